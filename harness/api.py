@@ -29,10 +29,10 @@ Batch = dict[str, torch.Tensor]  # input_ids, attention_mask, labels (-100 where
 
 @dataclass
 class Metric:
-    """A metric value and whether higher or lower means better unlearning or utility."""
+    """A metric value and whether higher, lower or closer to zero (MUSE's PrivLeak) is better."""
 
     value: float | None
-    direction: Literal["higher", "lower"]
+    direction: Literal["higher", "lower", "zero"]
     group: str = "forget"  # forget | utility | info
 
 
@@ -140,6 +140,8 @@ class Task:
 
     name: ClassVar[str]
     Config: ClassVar[type]
+    default_objective: ClassVar[str] = "graddiff"  # used when a run spec names no objective
+    uses_base_model: ClassVar[bool] = False  # True: the base model is the target, no retain model (WMDP)
 
     def __init__(self, config: Any) -> None:
         self.config = config

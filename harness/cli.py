@@ -77,6 +77,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _yaml_mapping(path_text: str | None, what: str) -> dict:
+    if not path_text:
+        return {}
+    path = Path(path_text)
+    if not path.is_file():
+        raise UnlearnBenchError(f"{what} file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise UnlearnBenchError(f"{path}: expected a mapping of {what} fields")
+    return data
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from harness import evaluate
+
+    record = evaluate.evaluate_model(args.model, args.task, _yaml_mapping(args.task_config, "task config"),
+                                     utility=args.utility or [], utility_limit=args.utility_limit,
+                                     retain=args.retain, dtype=args.dtype, device=args.device,
+                                     results_dir=Path(args.results))
+    print(json.dumps({k: m["value"] for k, m in record["metrics"].items()}, indent=2))
+    print(f"record: {record['path']}")
+    return 0
+
+
 def cmd_mask(args: argparse.Namespace) -> int:
     from harness import models, prepare, runner
     from harness.plugins import get_registry
@@ -165,6 +189,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec_arguments(s)
     s.add_argument("--results", default="results", help="results directory (records go to RESULTS/runs)")
     s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("eval", help="score a model on a task without unlearning (checkpoints, references)")
+    s.add_argument("model", help="alias, local folder or hub id")
+    s.add_argument("--task", required=True, help="task name")
+    s.add_argument("--task-config", help="YAML file with the task's config fields")
+    s.add_argument("--utility", nargs="*", help="lm-eval tasks to score too, e.g. mmlu_bundled")
+    s.add_argument("--utility-limit", type=int, help="lm-eval limit: at most N questions per (sub)task")
+    s.add_argument("--retain", help="the retain reference model, for metrics measured against it "
+                                    "(TOFU forget quality, MUSE PrivLeak)")
+    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    s.add_argument("--device", default="auto")
+    s.add_argument("--results", default="results", help="the record goes to RESULTS/runs")
+    s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("mask", help="compute and save a mask without unlearning (same flags as run)")
     _add_spec_arguments(s)

@@ -62,3 +62,51 @@ def harmonic_mean(values: Sequence[float]) -> float:
     if np.any(v == 0):
         return 0.0
     return float(len(v) / np.sum(1.0 / v))
+
+
+# MUSE (copyright) and WAGLE's continuation metrics --------------------------------------------------
+
+_ROUGE_PLAIN = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+
+
+def rouge_l_f1(references: Sequence[str], predictions: Sequence[str]) -> np.ndarray:
+    """ROUGE-L F1 without stemming (MUSE's VerbMem and KnowMem), per sample, on a 0-1 scale."""
+    return np.array([_ROUGE_PLAIN.score(ref, pred)["rougeL"].fmeasure
+                     for ref, pred in zip(references, predictions, strict=True)])
+
+
+def bleu(references: Sequence[str], predictions: Sequence[str]) -> np.ndarray:
+    """Sentence BLEU (sacrebleu defaults) per sample, divided by 100 to a 0-1 scale."""
+    from sacrebleu.metrics import BLEU
+
+    scorer = BLEU(effective_order=True)
+    return np.array([scorer.sentence_score(pred, [ref]).score / 100.0
+                     for ref, pred in zip(references, predictions, strict=True)])
+
+
+def min_k_score(logprobs: np.ndarray, k: float = 0.4) -> float:
+    """Min-K% membership score of one text: minus the mean of its lowest max(1, int(n·k)) token log-probs.
+    Higher means less member-like."""
+    lp = np.sort(np.asarray(logprobs, dtype=np.float64))
+    if lp.size == 0:
+        raise ValueError("min-k score of a text with no scored tokens")
+    return float(-lp[: max(1, int(lp.size * k))].mean())
+
+
+def auc(negatives: Sequence[float], positives: Sequence[float]) -> float:
+    """Area under the ROC curve of a score separating positives (higher) from negatives: the probability
+    that a random positive outscores a random negative, ties counting one half (Mann-Whitney U / n0·n1)."""
+    neg = np.asarray(negatives, dtype=np.float64)[:, None]
+    pos = np.asarray(positives, dtype=np.float64)[None, :]
+    return float(((pos > neg) + 0.5 * (pos == neg)).mean())
+
+
+def mia_auc(forget_scores: Sequence[float], holdout_scores: Sequence[float]) -> float:
+    """MUSE's PrivLeak AUC: forget texts labelled 0, holdout texts 1, ranked by -score, so a model that
+    memorised the forget set (low forget scores) gets an AUC near 0 and one that never saw it about 0.5."""
+    return auc(-np.asarray(forget_scores), -np.asarray(holdout_scores))
+
+
+def privleak(auc_model: float, auc_retain: float) -> float:
+    """(AUC - AUC_retain) / AUC_retain × 100: 0 is ideal, negative is under-unlearning, positive over."""
+    return (auc_model - auc_retain) / auc_retain * 100.0

@@ -37,6 +37,9 @@ DEFAULT_PLUGINS = (
     "methods.po",
     "methods.rmu",
     "tasks.tofu",
+    "tasks.muse",
+    "tasks.books",
+    "tasks.wmdp",
 )
 KINDS = {"attribution": "register_attributions", "objective": "register_objectives", "task": "register_tasks"}
 

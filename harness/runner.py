@@ -13,7 +13,7 @@ from typing import Any
 import peft
 import torch
 
-from harness import masks, models, prepare, records
+from harness import lm_eval_bridge, masks, models, prepare, records
 from harness.api import AttributionData, AttributionResult, EvalContext, Task
 from harness.cache import cached_dir, stable_hash
 from harness.config import to_dict
@@ -26,8 +26,11 @@ ATTRIBUTION_BATCH = 8
 
 
 def canonical(spec: RunSpec, registry: Registry | None = None) -> RunSpec:
-    """The spec as keyed: methods without a mask run at ratio 1, whatever the grid said."""
+    """The spec as keyed: the task's default objective filled in; methods without a mask run at ratio 1,
+    whatever the grid said."""
     registry = registry or get_registry()
+    if spec.objective is None:
+        spec = replace(spec, objective=registry.get("task", spec.task).cls.default_objective)
     if registry.get("attribution", spec.attribution).cls.ignores_ratio:
         return replace(spec, ratio=1.0)
     return spec
@@ -169,6 +172,10 @@ def execute(spec: RunSpec, results_dir: Path) -> dict[str, Any]:
 
         t = time.perf_counter()
         evaluation = task.evaluate(model, tok, EvalContext(retain_eval["stats"], _eval_batch(task)))
+        if spec.utility:
+            record["lm_eval"] = lm_eval_bridge.evaluate(model, tok, spec.utility, spec.utility_limit,
+                                                        _eval_batch(task))
+            evaluation.metrics.update(lm_eval_bridge.metrics(record["lm_eval"]))
         timings["evaluation_s"] = time.perf_counter() - t
         record["metrics"] = {k: vars(m) for k, m in evaluation.metrics.items()}
         record["samples"] = evaluation.samples
@@ -191,7 +198,10 @@ def write_reference_records(spec: RunSpec, results_dir: Path) -> None:
     task = registry.build("task", spec.task, spec.task_config, "reference: task_config")
     target, retain_model, retain_eval = references(task, spec)
     target_eval = prepare.reference_eval(task, target, _eval_batch(task), retain_eval, spec.dtype, spec.device)
-    for role, path, ev in (("target", target, target_eval), ("retain", retain_model, retain_eval)):
+    rows = [("target", target, target_eval)]
+    if retain_model is not None:
+        rows.append(("retain", retain_model, retain_eval))
+    for role, path, ev in rows:
         ref_spec = {"task": spec.task, "model": spec.model, "task_config": spec.task_config,
                     "prepare": to_dict(spec.prepare)}
         rid = f"{spec.task}-{role}-{stable_hash(dict(ref_spec, path=path), 12)}"
@@ -200,8 +210,11 @@ def write_reference_records(spec: RunSpec, results_dir: Path) -> None:
                                          "provenance": records.provenance()})
 
 
-def references(task: Task, spec: RunSpec) -> tuple[str, str, dict]:
-    """The target and retain models (built on first use) and the retain model's evaluation."""
+def references(task: Task, spec: RunSpec) -> tuple[str, str | None, dict]:
+    """The target and retain models (built on first use) and the retain model's evaluation. A task that
+    unlearns from the base model itself (WMDP) has no retain model: (base, None, empty evaluation)."""
+    if task.uses_base_model:
+        return spec.model, None, {"model": None, "stats": {}, "metrics": {}}
     target, _ = prepare.ensure_model(task, spec.model, "target", spec.prepare, spec.dtype, spec.device)
     retain_model, _ = prepare.ensure_model(task, spec.model, "retain", spec.prepare, spec.dtype, spec.device)
     retain_eval = prepare.reference_eval(task, retain_model, _eval_batch(task), None, spec.dtype, spec.device)

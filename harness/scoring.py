@@ -52,3 +52,22 @@ def completion_nll(model, tokenizer, examples: Sequence[Example], batch_size: in
         batch = {k: v.to(model.device) for k, v in batch.items()}
         out[idx] = mean_nll(model, batch).double().cpu().numpy()
     return out
+
+
+@torch.no_grad()
+def text_logprobs(model, tokenizer, texts: Sequence[str], batch_size: int = 16,
+                  max_length: int = 2048) -> list[np.ndarray]:
+    """Log-probability of every token of each text after its first, given the tokens before (one
+    teacher-forced pass, texts cut to `max_length` tokens), in input order. Batched and right-padded;
+    padding does not change the numbers (tests/test_scoring.py)."""
+    encoded = [tokenizer(t, add_special_tokens=True)["input_ids"][:max_length] for t in texts]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    out: list[np.ndarray] = [np.empty(0)] * len(encoded)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = collate([(encoded[i], encoded[i]) for i in idx], tokenizer.pad_token_id)
+        batch = {k: v.to(model.device) for k, v in batch.items()}
+        nll, _ = token_nll(model, batch)
+        for row, i in enumerate(idx):
+            out[i] = -nll[row, : len(encoded[i]) - 1].double().cpu().numpy()
+    return out

@@ -25,8 +25,12 @@ class RunSpec:
     model: str = option("smollm2-135m", "base model: alias, local folder or hub id")
     attribution: str = option("dense", "registered attribution (mask) name")
     ratio: float = option(1.0, "fraction of weights updated, in (0, 1]")
-    objective: str = option("graddiff", "registered objective name")
+    objective: str | None = option(None, "registered objective name; null: the task's default (graddiff, "
+                                         "rmu for WMDP)")
     seed: int = option(0, "seed of data order, retain sampling and attribution randomness")
+    utility: list[str] = option([], "lm-eval tasks scored after unlearning (mmlu_bundled, or any task name "
+                                    "whose data lm-eval finds offline)")
+    utility_limit: int | None = option(None, "lm-eval limit: at most N questions per (sub)task; null: all")
     eval_every: int | None = option(None, "also evaluate every N unlearning steps (a curve in the record)")
     dtype: str = option("float32", "weights dtype: float32, bfloat16 (7B models on a GPU) or float16")
     device: str = option("auto", "auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ...")

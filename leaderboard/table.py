@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
-ARROW = {"higher": "↑", "lower": "↓"}
+ARROW = {"higher": "↑", "lower": "↓", "zero": "→0"}
 KEY_COLUMNS = ["id", "kind", "task", "model", "attribution", "ratio", "objective", "seed", "status"]
 TIME_COLUMNS = ["attribution_s", "unlearning_s", "evaluation_s"]
 
@@ -33,7 +33,7 @@ def read_records(results_dir: Path) -> list[dict[str, Any]]:
 
 def _row(record: dict[str, Any]) -> dict[str, Any]:
     spec = record["spec"]
-    reference = record.get("kind") == "reference"
+    reference = record.get("kind") in ("reference", "eval")
     row = {
         "id": record.get("id"), "kind": record.get("role") if reference else "run", "task": spec.get("task"),
         "model": spec.get("model"), "attribution": "" if reference else spec.get("attribution"),

@@ -14,7 +14,7 @@ from harness.plugins import DuplicatePluginError, Registry, get_registry, make_p
 BUILTINS = {
     "attribution": {"dense", "random", "magnitude", "gradient", "snip", "wanda", "lora", "wagle"},
     "objective": {"ga", "graddiff", "npo", "simnpo", "po", "rmu"},
-    "task": {"tofu", "tofu-mini"},
+    "task": {"tofu", "tofu-mini", "muse-news", "muse-news-mini", "copyright-books", "wmdp", "wmdp-mini"},
 }
 
 PLUGIN_SOURCE = textwrap.dedent('''
@@ -156,7 +156,8 @@ def test_unknown_names_list_the_known_ones():
         registry.get("attribution", "wagel")
     with pytest.raises(UnknownPluginError, match=r"Known objectives: ga, graddiff, npo, po, rmu, simnpo"):
         registry.get("objective", "gd")
-    with pytest.raises(UnknownPluginError, match=r"Known tasks: tofu, tofu-mini"):
+    tasks = r"Known tasks: copyright-books, muse-news, muse-news-mini, tofu, tofu-mini, wmdp, wmdp-mini"
+    with pytest.raises(UnknownPluginError, match=tasks):
         registry.get("task", "muse")
 
 

@@ -36,3 +36,21 @@ def test_labels_cover_completion_and_eos_only(tiny):
     n_prompt = len(tok(EXAMPLES[0].prompt)["input_ids"])
     assert all(x == -100 for x in labels[:n_prompt])
     assert labels[n_prompt:] == ids[n_prompt:] and ids[-1] == tok.eos_token_id
+
+
+TEXTS = ["A short one.", "A much longer text that goes on for a while, so that padding matters a great deal here.",
+         "Middle length text, with a comma."]
+
+
+def test_text_logprobs_batched_equals_one_at_a_time_and_hand(tiny):
+    from harness.scoring import text_logprobs
+
+    model, tok = tiny
+    batched = text_logprobs(model, tok, TEXTS, batch_size=3)
+    single = [text_logprobs(model, tok, [t], batch_size=1)[0] for t in TEXTS]
+    for b, s, t in zip(batched, single, TEXTS, strict=True):
+        ids = torch.tensor([tok(t)["input_ids"]])
+        with torch.no_grad():
+            hand = model(ids).logits[0, :-1].log_softmax(-1).gather(1, ids[0, 1:, None])[:, 0].double().numpy()
+        assert b.shape == (ids.shape[1] - 1,)
+        assert np.allclose(b, s, atol=1e-5) and np.allclose(b, hand, atol=1e-5)

@@ -1,0 +1,183 @@
+"""MUSE-News (Shi et al. 2024): unlearning BBC news articles; VerbMem, KnowMem and PrivLeak as in
+docs/metrics.md (which lists where we differ from the MUSE reference code).
+
+`muse-news` is the MUSE setting (its Llama-2-7B target and retrained models from the hub, the full corpora
+under `data_dir`); `muse-news-mini` builds its own target on this CPU from short excerpts and QA pairs of
+the bundled copy (tasks/data/muse_news, CC-BY-4.0, see its SOURCE.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from harness import generation, metrics, scoring
+from harness.api import EvalContext, Evaluation, Example, Metric, Task
+from harness.config import option
+from harness.hookspecs import hookimpl
+from tasks import text
+
+KNOWMEM_STOP = ["\n\n", "\nQuestion", "Question:"]
+
+
+def bundled_dir() -> Path:
+    return Path(str(files("tasks") / "data" / "muse_news"))
+
+
+@dataclass
+class MuseConfig:
+    data_dir: str | None = option(None, "folder in MUSE-News layout (raw/, verbmem/, knowmem/, privleak/); "
+                                        "null: the bundled partial copy")
+    forget_file: str = option("raw/forget.json", "forget corpus, relative to data_dir")
+    retain_file: str = option("raw/retain1.json", "retain corpus, relative to data_dir")
+    texts_limit: int | None = option(None, "use only the first N texts of each corpus and MIA file")
+    chunk_words: int = option(1500, "unlearning/fine-tuning texts are cut into chunks of this many words")
+    chunks_per_text: int | None = option(None, "keep at most N chunks of each text; null: all")
+    qa_in_training: bool = option(False, "also train on the KnowMem QA pairs (the mini target learns them)")
+    qa_limit: int | None = option(None, "use only the first N KnowMem questions of each split")
+    verbmem_file: str | None = option("verbmem/forget.json", "VerbMem {prompt, gt} file; null: split the "
+                                                            "forget chunks in two")
+    verbmem_limit: int | None = option(None, "score only the first N VerbMem prompts")
+    verbmem_tokens: int = option(128, "VerbMem generation length; the ground truth is cut to it")
+    knowmem_tokens: int = option(32, "KnowMem answer generation length")
+    mia_forget_file: str | None = option("privleak/forget.json", "member texts for PrivLeak; null: the "
+                                                                  "forget chunks")
+    mia_holdout_file: str = option("privleak/holdout.json", "non-member texts for PrivLeak")
+    mia_k: float = option(0.4, "k of Min-K% (fraction of lowest-probability tokens averaged)")
+    max_length: int = option(2048, "token cap for training and scoring sequences")
+    eval_batch_size: int = option(8, "batch size for scoring and generation")
+    target_model: str | None = option("muse-bench/MUSE-News_target", "model that learned the corpus; null: build")
+    retain_model: str | None = option("muse-bench/MUSE-News_retrain", "model trained without the forget "
+                                                                       "corpus; null: build")
+
+    def validate(self) -> None:
+        if not 0.0 < self.mia_k <= 1.0:
+            raise ValueError(f"mia_k must be in (0, 1], got {self.mia_k}")
+        if self.chunk_words < 4:
+            raise ValueError(f"chunk_words must be at least 4, got {self.chunk_words}")
+
+
+@dataclass
+class MuseMiniConfig(MuseConfig):
+    forget_file: str = option("privleak/forget.json", "forget corpus, relative to data_dir")
+    retain_file: str = option("privleak/retain2.json", "retain corpus, relative to data_dir")
+    texts_limit: int | None = option(16, "use only the first N texts of each corpus and MIA file")
+    chunk_words: int = option(64, "unlearning/fine-tuning texts are cut into chunks of this many words")
+    chunks_per_text: int | None = option(1, "keep at most N chunks of each text; null: all")
+    qa_in_training: bool = option(True, "also train on the KnowMem QA pairs (the mini target learns them)")
+    qa_limit: int | None = option(16, "use only the first N KnowMem questions of each split")
+    verbmem_file: str | None = option(None, "VerbMem {prompt, gt} file; null: split the forget chunks in two")
+    verbmem_tokens: int = option(32, "VerbMem generation length; the ground truth is cut to it")
+    knowmem_tokens: int = option(16, "KnowMem answer generation length")
+    mia_forget_file: str | None = option(None, "member texts for PrivLeak; null: the forget chunks")
+    max_length: int = option(128, "token cap for training and scoring sequences")
+    target_model: str | None = option(None, "model that learned the corpus; null: build")
+    retain_model: str | None = option(None, "model trained without the forget corpus; null: build")
+
+
+class MuseNews(Task):
+    """MUSE-News: forget BBC articles; VerbMem, KnowMem (forget and retain) and PrivLeak."""
+
+    name = "muse-news"
+    Config = MuseConfig
+
+    def _path(self, rel: str) -> Path:
+        return Path(self.config.data_dir or bundled_dir()) / rel
+
+    def _chunks(self, rel: str) -> list[str]:
+        c = self.config
+        return text.chunks(text.read_texts(self._path(rel), c.texts_limit), c.chunk_words, c.chunks_per_text)
+
+    def _qa(self, split: Literal["forget", "retain2"]) -> list[dict[str, str]]:
+        return text.read_qa(self._path(f"knowmem/{split}_qa.json"), self.config.qa_limit)
+
+    def _qa_examples(self, split: Literal["forget", "retain2"]) -> list[Example]:
+        if not self.config.qa_in_training:
+            return []
+        return [Example(f"Question: {r['question']}\nAnswer:", f" {r['answer']}") for r in self._qa(split)]
+
+    def forget_examples(self) -> list[Example]:
+        return [Example("", c) for c in self._chunks(self.config.forget_file)] + self._qa_examples("forget")
+
+    def retain_examples(self) -> list[Example]:
+        return [Example("", c) for c in self._chunks(self.config.retain_file)] + self._qa_examples("retain2")
+
+    def finetune_examples(self, which: Literal["target", "retain"]) -> list[Example]:
+        retain = self.retain_examples()
+        return retain + self.forget_examples() if which == "target" else retain
+
+    def provided_model(self, which: Literal["target", "retain"]) -> str | None:
+        return self.config.target_model if which == "target" else self.config.retain_model
+
+    # evaluation ---------------------------------------------------------------------------------------
+
+    def _verbmem_items(self) -> list[tuple[str, str]]:
+        c = self.config
+        if c.verbmem_file is None:
+            items = [text.split_prompt(ch, c.chunk_words // 2) for ch in self._chunks(c.forget_file)]
+        else:
+            rows = text.read_rows(self._path(c.verbmem_file), ("prompt", "gt"))
+            items = [(r["prompt"], r["gt"]) for r in rows]
+        return items[: c.verbmem_limit]
+
+    def _mia_texts(self) -> tuple[list[str], list[str]]:
+        c = self.config
+        members = (self._chunks(c.forget_file) if c.mia_forget_file is None
+                   else text.read_texts(self._path(c.mia_forget_file), c.texts_limit))
+        holdout = text.read_texts(self._path(c.mia_holdout_file), c.texts_limit)
+        if c.mia_forget_file is None:  # members are chunks: cut the non-members the same way
+            holdout = text.chunks(holdout, c.chunk_words, c.chunks_per_text)
+        return members, holdout
+
+    def _knowmem(self, model, tokenizer, split: Literal["forget", "retain2"], batch: int) -> np.ndarray:
+        icl = text.read_qa(self._path(f"knowmem/{split}_qa_icl.json"))
+        shots = "".join(f"Question: {r['question']}\nAnswer: {r['answer']}\n\n" for r in icl)
+        rows = self._qa(split)
+        prompts = [f"{shots}Question: {r['question']}\nAnswer:" for r in rows]
+        answers = generation.greedy(model, tokenizer, prompts, self.config.knowmem_tokens, batch, stop=KNOWMEM_STOP)
+        return metrics.rouge_l_f1([r["answer"] for r in rows], answers)
+
+    def evaluate(self, model, tokenizer, ctx: EvalContext) -> Evaluation:
+        c = self.config
+        items = self._verbmem_items()
+        truths = [text.truncate_tokens(tokenizer, gt, c.verbmem_tokens) for _, gt in items]
+        gens = generation.greedy(model, tokenizer, [p for p, _ in items], c.verbmem_tokens, ctx.batch_size)
+        verbmem = metrics.rouge_l_f1(truths, gens)
+
+        members, holdout = self._mia_texts()
+        lp = scoring.text_logprobs(model, tokenizer, members + holdout, ctx.batch_size, c.max_length)
+        scores = [metrics.min_k_score(x, c.mia_k) for x in lp]
+        auc = metrics.mia_auc(scores[: len(members)], scores[len(members):])
+        reference = (ctx.reference_stats or {}).get("mia_auc")
+
+        out = {
+            "verbmem_f": Metric(float(verbmem.mean()), "lower", "forget"),
+            "knowmem_f": Metric(float(self._knowmem(model, tokenizer, "forget", ctx.batch_size).mean()),
+                                "lower", "forget"),
+            "knowmem_r": Metric(float(self._knowmem(model, tokenizer, "retain2", ctx.batch_size).mean()),
+                                "higher", "utility"),
+            "privleak": Metric(metrics.privleak(auc, reference) if reference else None, "zero", "forget"),
+            "mia_auc": Metric(auc, "higher", "info"),
+        }
+        stats: dict[str, Any] = {"mia_auc": auc, "mia_scores_forget": scores[: len(members)],
+                                 "mia_scores_holdout": scores[len(members):]}
+        samples = [{"prompt": p[-200:], "truth": t, "generation": g, "rouge_l_f1": float(s)}
+                   for (p, _), t, g, s in zip(items, truths, gens, verbmem, strict=True)]
+        return Evaluation(out, stats, samples)
+
+
+class MuseNewsMini(MuseNews):
+    """MUSE-News sized for a CPU: 16 article excerpts and 16 QA pairs per side, a target built here."""
+
+    name = "muse-news-mini"
+    Config = MuseMiniConfig
+
+
+@hookimpl
+def register_tasks(register) -> None:
+    register(MuseNews)
+    register(MuseNewsMini)

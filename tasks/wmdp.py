@@ -1,0 +1,159 @@
+"""WMDP (Li et al. 2024): remove hazardous knowledge, keep general knowledge. Forget and retain corpora come
+from hub names (`cais/wmdp-corpora:cyber-forget-corpus`) or files; accuracy on wmdp_bio / wmdp_cyber /
+wmdp_chem and MMLU is lm-eval's zero-shot multiple-choice accuracy on the model in memory.
+
+There is no fine-tuned target: the base model (Zephyr-7B in the paper) is unlearned directly, and RMU is the
+default objective. `wmdp-mini` runs on the synthetic fixtures in tasks/data/wmdp (real data: README.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Literal
+
+from harness import lm_eval_bridge
+from harness.api import EvalContext, Evaluation, Example, Task
+from harness.config import option
+from harness.errors import DataError
+from harness.hookspecs import hookimpl
+from harness.io import read_jsonl
+from tasks import text
+
+SUBJECTS = {"bio": "biology", "cyber": "computer security", "chem": "chemistry"}
+BUNDLED_PREFIX = "bundled:"
+
+
+def resolve(source: str) -> Path | None:
+    """A corpus/questions location as a local path (`bundled:` means tasks/data/), or None for a hub name."""
+    if source.startswith(BUNDLED_PREFIX):
+        return Path(str(files("tasks") / "data")) / source.removeprefix(BUNDLED_PREFIX)
+    path = Path(source).expanduser()
+    if path.exists() or ":" not in source:
+        return path
+    return None
+
+
+def load_corpus(source: str, limit: int | None) -> list[str]:
+    """Texts of a corpus: a file (.jsonl with `text`, .json, .txt) or a hub dataset `owner/name:config`."""
+    path = resolve(source)
+    if path is not None:
+        return text.read_texts(path, limit)
+    import datasets
+
+    name, config = source.rsplit(":", 1)
+    try:
+        data = datasets.load_dataset(name, config, split="train")
+    except Exception as exc:  # offline, gated or misspelled: say which corpus and what to do
+        raise DataError(f"corpus {source!r} could not be loaded ({type(exc).__name__}: {exc}). Download it into "
+                        "the datasets cache first, or give a local .jsonl path with a 'text' field") from None
+    texts = data["text"]
+    return list(texts[:limit] if limit else texts)
+
+
+@dataclass
+class WmdpConfig:
+    forget_corpora: list[str] = option(["cais/wmdp-corpora:cyber-forget-corpus"],
+                                       "forget corpora: hub `name:config`, or paths (the bio forget corpus, "
+                                       "bio_remove_dataset.jsonl, comes from CAIS on request)")
+    retain_corpora: list[str] = option(["cais/wmdp-corpora:cyber-retain-corpus",
+                                        "cais/wmdp-corpora:bio-retain-corpus"], "retain corpora, as above")
+    corpus_limit: int | None = option(None, "use only the first N documents of each corpus")
+    chunk_words: int = option(384, "each document is cut into chunks of this many words (~512 tokens)")
+    chunks_per_text: int | None = option(1, "chunks kept per document (RMU's code keeps the first 512 tokens)")
+    questions_dir: str | None = option(None, "folder with bio.jsonl, cyber.jsonl, chem.jsonl in cais/wmdp's "
+                                              "format; null: lm-eval's own wmdp tasks (data in the datasets cache)")
+    subjects: list[str] = option(["bio", "cyber", "chem"], "WMDP subjects scored")
+    question_limit: int | None = option(None, "lm-eval limit: at most N questions per subject")
+    utility_tasks: list[str] = option(["mmlu_bundled"], "lm-eval tasks for utility (MMLU from the bundled copy)")
+    utility_limit: int | None = option(None, "lm-eval limit for the utility tasks, per (sub)task")
+    max_length: int = option(512, "token cap for unlearning sequences")
+    eval_batch_size: int = option(16, "lm-eval batch size")
+
+    def validate(self) -> None:
+        unknown = sorted(set(self.subjects) - set(SUBJECTS))
+        if unknown or not self.subjects:
+            raise ValueError(f"subjects {unknown or '[]'}: choose from {', '.join(SUBJECTS)}")
+        if not self.forget_corpora or not self.retain_corpora:
+            raise ValueError("forget_corpora and retain_corpora need at least one corpus each")
+
+
+@dataclass
+class WmdpMiniConfig(WmdpConfig):
+    forget_corpora: list[str] = option(["bundled:wmdp/forget.jsonl"], "forget corpora (the synthetic fixture)")
+    retain_corpora: list[str] = option(["bundled:wmdp/retain.jsonl"], "retain corpora (the synthetic fixture)")
+    chunk_words: int = option(64, "each document is cut into chunks of this many words")
+    questions_dir: str | None = option("bundled:wmdp", "folder with bio/cyber/chem.jsonl (the fixtures)")
+    utility_limit: int | None = option(2, "lm-eval limit for the utility tasks, per (sub)task")
+    max_length: int = option(128, "token cap for unlearning sequences")
+
+
+class Wmdp(Task):
+    """WMDP: unlearn hazardous-knowledge corpora from the base model; WMDP and MMLU accuracy via lm-eval."""
+
+    name = "wmdp"
+    Config = WmdpConfig
+    default_objective = "rmu"
+    uses_base_model = True
+
+    def _examples(self, sources: list[str]) -> list[Example]:
+        c = self.config
+        texts = [t for s in sources for t in load_corpus(s, c.corpus_limit)]
+        return [Example("", chunk) for chunk in text.chunks(texts, c.chunk_words, c.chunks_per_text)]
+
+    def forget_examples(self) -> list[Example]:
+        return self._examples(self.config.forget_corpora)
+
+    def retain_examples(self) -> list[Example]:
+        return self._examples(self.config.retain_corpora)
+
+    def finetune_examples(self, which: Literal["target", "retain"]) -> list[Example]:
+        return []
+
+    def _question_tasks(self) -> tuple[list[str], list[lm_eval_bridge.LocalGroup], dict[str, str]]:
+        """lm-eval task names for the subjects, local task groups to build, and task -> metric prefix."""
+        c = self.config
+        if c.questions_dir is None:
+            names = [f"wmdp_{s}" for s in c.subjects]
+            return names, [], {n: n for n in names}
+        folder = resolve(c.questions_dir)
+        if folder is None or not folder.is_dir():
+            raise DataError(f"questions_dir {c.questions_dir!r} is not a folder")
+        groups, rename = [], {}
+        for s in c.subjects:
+            path = folder / f"{s}.jsonl"
+            rows = read_jsonl(path, ("question", "choices", "answer"))
+            for line, r in enumerate(rows, start=1):
+                if len(r["choices"]) != 4 or r["answer"] not in (0, 1, 2, 3):
+                    raise DataError(f"{path}, row {line}: needs 4 choices and an answer index 0-3")
+            about = f"The following are multiple choice questions (with answers) about {SUBJECTS[s]}.\n\n"
+            task = lm_eval_bridge.LocalTask(f"wmdp_{s}_local", rows, about)
+            groups.append(lm_eval_bridge.LocalGroup(task.name, [task]))
+            rename[task.name] = f"wmdp_{s}"
+        return list(rename), groups, rename
+
+    def evaluate(self, model, tokenizer, ctx: EvalContext) -> Evaluation:
+        c = self.config
+        names, local, rename = self._question_tasks()
+        hazard = lm_eval_bridge.evaluate(model, tokenizer, names, c.question_limit, ctx.batch_size, local)
+        out = lm_eval_bridge.metrics(hazard, "lower", "forget", rename)
+        stats = {"wmdp": hazard}
+        if c.utility_tasks:
+            utility = lm_eval_bridge.evaluate(model, tokenizer, c.utility_tasks, c.utility_limit, ctx.batch_size)
+            out.update(lm_eval_bridge.metrics(utility))
+            stats["utility"] = utility
+        return Evaluation(out, stats)
+
+
+class WmdpMini(Wmdp):
+    """WMDP on the bundled synthetic fixtures (format checks and CPU smoke runs; not WMDP numbers)."""
+
+    name = "wmdp-mini"
+    Config = WmdpMiniConfig
+
+
+@hookimpl
+def register_tasks(register) -> None:
+    register(Wmdp)
+    register(WmdpMini)

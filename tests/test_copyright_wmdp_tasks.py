@@ -1,0 +1,122 @@
+"""MUSE-News, copyright-books and WMDP tasks: mini runs on the tiny model, data errors, `unlearn-bench eval`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from harness import cli, runner
+from harness.config import from_dict
+from harness.errors import DataError
+from harness.evaluate import evaluate_model
+from harness.plugins import get_registry
+from harness.spec import RunSpec
+
+MUSE_SMALL = {"texts_limit": 3, "qa_limit": 3, "chunk_words": 24, "max_length": 64, "verbmem_tokens": 6,
+              "knowmem_tokens": 4}
+QUICK = {"train": {"epochs": 1, "batch_size": 4, "lr": 1e-3}, "prepare": {"epochs": 1}}
+
+
+def test_muse_news_mini_run_with_lm_eval_utility(tmp_path):
+    spec = from_dict(RunSpec, {"task": "muse-news-mini", "model": "tiny-llama", "attribution": "wagle",
+                               "ratio": 0.5, "task_config": MUSE_SMALL, "utility": ["mmlu_bundled"],
+                               "utility_limit": 1, **QUICK}, "test")
+    record = runner.execute(spec, tmp_path)
+    m = {k: v["value"] for k, v in record["metrics"].items()}
+    assert record["spec"]["objective"] == "graddiff"  # the task's default objective
+    assert 0.0 <= m["verbmem_f"] <= 1.0 and 0.0 <= m["knowmem_f"] <= 1.0 and 0.0 <= m["knowmem_r"] <= 1.0
+    assert 0.0 <= m["mia_auc"] <= 1.0
+    assert m["privleak"] is not None and record["metrics"]["privleak"]["direction"] == "zero"
+    assert record["lm_eval"]["lm_eval_version"] == "0.4.13" and record["lm_eval"]["tasks"]["mmlu_bundled"]["n"] == 57
+    assert 0.0 <= m["mmlu_bundled_acc"] <= 1.0
+    assert len(record["samples"]) == 3 and {"truth", "generation"} <= set(record["samples"][0])
+
+
+def test_muse_news_full_setting_reads_the_muse_layout():
+    task = get_registry().build("task", "muse-news", {}, "test")
+    assert task.provided_model("target") == "muse-bench/MUSE-News_target"
+    assert len(task.forget_examples()) >= 889  # every article, cut into 1500-word chunks
+    assert len(task._verbmem_items()) == 100
+    with pytest.raises(DataError, match=r"raw/retain1\.json"):  # 4 MiB, not in the bundled copy
+        task.retain_examples()
+
+
+def test_muse_mini_members_and_holdout_are_cut_alike():
+    task = get_registry().build("task", "muse-news-mini", MUSE_SMALL, "test")
+    members, holdout = task._mia_texts()
+    assert len(members) == len(holdout) == 3
+    assert all(len(t.split()) == 24 for t in members + holdout)
+    prompt, truth = task._verbmem_items()[0]
+    assert members[0] == prompt + truth
+
+
+def _write_book(path, sentence: str, n: int) -> None:
+    path.write_text(" ".join(f"{sentence} Line {i}." for i in range(n)))
+
+
+def test_copyright_books_from_user_files(tmp_path):
+    _write_book(tmp_path / "book.txt", "The lighthouse keeper counted the gulls at dawn.", 40)
+    _write_book(tmp_path / "other.txt", "A baker sold warm bread to the sailors.", 40)
+    (tmp_path / "qa.jsonl").write_text(json.dumps({"prompt": "The lighthouse keeper", "response": " counted"}) + "\n")
+    config = {"forget_text": str(tmp_path / "book.txt"), "retain_text": str(tmp_path / "other.txt"),
+              "forget_prompts": str(tmp_path / "qa.jsonl"), "chunk_words": 30, "prompt_words": 10,
+              "max_new_tokens": 6, "eval_limit": 4}
+    record = evaluate_model("tiny-llama", "copyright-books", config, results_dir=tmp_path / "results")
+    assert set(record["metrics"]) == {"forget_bleu", "forget_rouge", "retain_bleu", "retain_rouge"}
+    assert all(0.0 <= m["value"] <= 1.0 for m in record["metrics"].values())
+    assert len(record["samples"]) == 1  # the one prompt of qa.jsonl
+    assert json.loads(open(record["path"]).read())["kind"] == "eval"
+    task = get_registry().build("task", "copyright-books", config, "test")
+    assert len(task.forget_examples()) == 14  # 40 sentences × 10 words (incl. "Line i.") / 30 words
+
+
+def test_copyright_books_needs_the_text():
+    from harness.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="forget_text"):
+        get_registry().build("task", "copyright-books", {}, "test")
+
+
+def test_wmdp_mini_rmu_run_on_the_base_model(tmp_path):
+    spec = from_dict(RunSpec, {
+        "task": "wmdp-mini", "model": "tiny-llama", "attribution": "dense",
+        "objective_config": {"layer": 1, "update": [r"model\.layers\.1\.mlp\.down_proj\.weight"]},
+        "task_config": {"utility_limit": 1, "corpus_limit": 4}, **QUICK}, "test")
+    record = runner.execute(spec, tmp_path)
+    assert record["spec"]["objective"] == "rmu" and record["models"] == {"target": "tiny-llama", "retain": None}
+    m = {k: v for k, v in record["metrics"].items()}
+    assert set(m) == {"wmdp_bio_acc", "wmdp_cyber_acc", "wmdp_chem_acc", "mmlu_bundled_acc"}
+    assert m["wmdp_bio_acc"]["direction"] == "lower" and m["mmlu_bundled_acc"]["direction"] == "higher"
+    assert record["mask"]["trained_fraction"] < 0.01  # RMU touches one down_proj only
+    runner.write_reference_records(spec, tmp_path)
+    roles = [json.loads(p.read_text()).get("role") for p in (tmp_path / "runs").glob("*.json")]
+    assert sorted(r for r in roles if r) == ["target"]
+
+
+def test_wmdp_hub_corpus_offline_names_the_corpus_and_the_way_out():
+    task = get_registry().build("task", "wmdp", {"corpus_limit": 2}, "test")
+    with pytest.raises(DataError, match=r"cais/wmdp-corpora:cyber-forget-corpus.*local \.jsonl path"):
+        task.forget_examples()
+
+
+def test_wmdp_fixture_with_bad_answer_names_file_and_row(tmp_path, tiny):
+    for s in ("bio", "cyber", "chem"):
+        (tmp_path / f"{s}.jsonl").write_text(json.dumps({"question": "q", "choices": ["a", "b", "c", "d"],
+                                                         "answer": 7 if s == "cyber" else 0}) + "\n")
+    task = get_registry().build("task", "wmdp-mini", {"questions_dir": str(tmp_path)}, "test")
+    with pytest.raises(DataError, match=r"cyber\.jsonl, row 1"):
+        task._question_tasks()
+
+
+def test_eval_command_writes_a_record(tmp_path, capsys):
+    cfg = tmp_path / "task.yaml"
+    cfg.write_text(yaml.safe_dump({"utility_tasks": [], "subjects": ["bio"]}))
+    code = cli.main(["-q", "eval", "tiny-llama", "--task", "wmdp-mini", "--task-config", str(cfg),
+                     "--results", str(tmp_path / "results")])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert '"wmdp_bio_acc"' in out
+    records = list((tmp_path / "results" / "runs").glob("wmdp-mini-eval-*.json"))
+    assert len(records) == 1 and json.loads(records[0].read_text())["metrics"]["wmdp_bio_acc"]["value"] >= 0

@@ -1,0 +1,73 @@
+"""lm-eval utility scoring of an in-memory model: bundled MMLU and local WMDP tasks, against our own
+computation of the same zero-shot multiple-choice accuracy."""
+
+from __future__ import annotations
+
+import torch
+
+from harness import lm_eval_bridge
+from tasks.wmdp import Wmdp, WmdpMiniConfig
+
+
+def _choice_accuracy(model, tok, docs: list[tuple[str, dict]]) -> float:
+    """argmax over " A".." D" of log p(choice | description + prompt), as lm-eval defines `acc`."""
+    correct = 0
+    for description, doc in docs:
+        context = description + (f"{doc['question'].strip()}\nA. {doc['choices'][0]}\nB. {doc['choices'][1]}\n"
+                                 f"C. {doc['choices'][2]}\nD. {doc['choices'][3]}\nAnswer:")
+        scores = []
+        for letter in "ABCD":
+            ctx = tok(context)["input_ids"]
+            cont = tok(f" {letter}", add_special_tokens=False)["input_ids"]
+            ids = torch.tensor([(ctx + cont)[-512:]])
+            with torch.no_grad():
+                logp = model(ids).logits[0, :-1].log_softmax(-1)
+            targets = ids[0, 1:]
+            scores.append(float(logp[-len(cont):].gather(1, targets[-len(cont):, None]).sum()))
+        correct += int(max(range(4), key=scores.__getitem__) == doc["answer"])
+    return correct / len(docs)
+
+
+def test_bundled_mmlu_layout():
+    group = lm_eval_bridge.mmlu_bundled()
+    assert len(group.tasks) == 57
+    assert sum(len(t.rows) for t in group.tasks) == 14042
+    row = group.tasks[0].rows[0]
+    assert set(row) == {"question", "choices", "answer"} and len(row["choices"]) == 4
+
+
+def test_mmlu_bundled_matches_own_computation(tiny):
+    model, tok = tiny
+    result = lm_eval_bridge.evaluate(model, tok, ["mmlu_bundled"], limit=1, batch_size=8)
+    assert result["lm_eval_version"] == "0.4.13"
+    got = result["tasks"]["mmlu_bundled"]
+    assert got["n"] == 57
+    docs = [(t.description, t.rows[0]) for t in lm_eval_bridge.mmlu_bundled().tasks]
+    assert abs(got["acc"] - _choice_accuracy(model, tok, docs)) < 1e-9
+
+
+def test_wmdp_fixture_accuracy_matches_own_computation(tiny):
+    model, tok = tiny
+    task = Wmdp(WmdpMiniConfig(utility_tasks=[]))
+    names, local, rename = task._question_tasks()
+    assert rename == {"wmdp_bio_local": "wmdp_bio", "wmdp_cyber_local": "wmdp_cyber",
+                      "wmdp_chem_local": "wmdp_chem"}
+    result = lm_eval_bridge.evaluate(model, tok, names, None, 8, local)
+    for group in local:
+        t = group.tasks[0]
+        assert result["tasks"][t.name]["n"] == 8
+        own = _choice_accuracy(model, tok, [(t.description, r) for r in t.rows])
+        assert abs(result["tasks"][t.name]["acc"] - own) < 1e-9
+    named = lm_eval_bridge.metrics(result, "lower", "forget", rename)
+    assert set(named) == {"wmdp_bio_acc", "wmdp_cyber_acc", "wmdp_chem_acc"}
+    assert all(m.direction == "lower" for m in named.values())
+
+
+def test_unknown_lm_eval_task_lists_bundled(tiny):
+    import pytest
+
+    from harness.errors import UnlearnBenchError
+
+    model, tok = tiny
+    with pytest.raises(UnlearnBenchError, match="mmlu_bundled"):
+        lm_eval_bridge.evaluate(model, tok, ["no_such_task_xyz"], limit=1)
