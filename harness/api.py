@@ -142,6 +142,7 @@ class Task:
     Config: ClassVar[type]
     default_objective: ClassVar[str] = "graddiff"  # used when a run spec names no objective
     uses_base_model: ClassVar[bool] = False  # True: the base model is the target, no retain model (WMDP)
+    headline: ClassVar[tuple[str, str]] = ("", "")  # (forget metric, utility metric) for trade-off plots
 
     def __init__(self, config: Any) -> None:
         self.config = config

@@ -140,22 +140,29 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from harness import sweep
 
     cfg = sweep.load(Path(args.file))
-    counts = sweep.run(cfg, Path(args.results))
-    print(f"sweep done: {counts['finished']} finished, {counts['skipped']} skipped, {counts['failed']} failed")
+    counts = sweep.run(cfg, Path(args.results), retry_failed=args.retry_failed)
+    print(f"sweep done: {counts['finished']} finished, {counts['skipped']} skipped, {counts['failed']} failed, "
+          f"{counts['busy']} running in another sweep")
     if args.leaderboard:
-        from leaderboard import table
-
-        n = table.write(Path(args.results), Path(args.leaderboard), cfg.task)
-        print(f"leaderboard: {args.leaderboard} ({n} records)")
+        _write_leaderboard(Path(args.results), Path(args.leaderboard), cfg.task)
     return 1 if counts["failed"] else 0
 
 
-def cmd_leaderboard(args: argparse.Namespace) -> int:
+def _write_leaderboard(results: Path, out: Path, task: str | None) -> None:
     from leaderboard import table
 
-    out = Path(args.out) if args.out else Path(args.results_dir) / "leaderboard.csv"
-    n = table.write(Path(args.results_dir), out, args.task)
-    print(f"{out}: {n} records")
+    if out.suffix == ".csv":
+        n = table.write(results, out, task)
+        print(f"{out}: {n} records")
+        return
+    for path in table.write_all(results, out, task):
+        print(path)
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    if not (Path(args.results_dir) / "runs").is_dir():
+        raise UnlearnBenchError(f"{args.results_dir}: no runs/ folder of records here")
+    _write_leaderboard(Path(args.results_dir), Path(args.out or Path(args.results_dir) / "leaderboard"), args.task)
     return 0
 
 
@@ -212,15 +219,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--plot", help="also write a layer x module density heatmap PNG here")
     s.set_defaults(func=cmd_mask_report)
 
-    s = sub.add_parser("sweep", help="run a grid from a YAML file; finished runs are skipped")
+    s = sub.add_parser("sweep", help="run a grid from a YAML file; runs with a record are skipped")
     s.add_argument("file")
     s.add_argument("--results", default="results")
-    s.add_argument("--leaderboard", help="also write this leaderboard CSV when done")
+    s.add_argument("--leaderboard", help="also write the leaderboard when done: a folder (CSVs, Markdown, HTML, "
+                                         "plots) or a .csv path (the per-run CSV only)")
+    s.add_argument("--retry-failed", action="store_true", help="run again the runs whose record says failed")
     s.set_defaults(func=cmd_sweep)
 
-    s = sub.add_parser("leaderboard", help="write a leaderboard CSV from stored run records alone")
+    s = sub.add_parser("leaderboard", help="write leaderboard files from stored run records alone")
     s.add_argument("results_dir")
-    s.add_argument("--out", help="CSV path (default RESULTS_DIR/leaderboard.csv)")
+    s.add_argument("--out", help="folder for runs.csv, methods.csv, leaderboard.md, index.html and plots "
+                                 "(default RESULTS_DIR/leaderboard), or a .csv path for the per-run CSV only")
     s.add_argument("--task", help="only records of this task")
     s.set_defaults(func=cmd_leaderboard)
     return p

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -78,17 +79,21 @@ def report(masks: Sequence[tuple[str, Mapping[str, torch.Tensor]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def heatmap(masks: Sequence[tuple[str, Mapping[str, torch.Tensor]]], out: Path) -> None:
+def heatmap(masks: Sequence[tuple[str, Mapping[str, torch.Tensor]]], out: Path | BinaryIO) -> None:
     """One layer × module-type density heatmap per mask, side by side, as a PNG."""
+    density_heatmap([(label, layer_module_density(m)) for label, m in masks], out)
+
+
+def density_heatmap(items: Sequence[tuple[str, Mapping[tuple[int, str], float]]], out: Path | BinaryIO) -> None:
+    """Heatmaps of (layer, module type) -> fraction updated, side by side, as a PNG (file or stream)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     types = ["q", "k", "v", "o", "gate", "up", "down", "norm"]
-    fig, axes = plt.subplots(1, len(masks), figsize=(3.2 * len(masks) + 1, 6), squeeze=False)
-    for ax, (label, m) in zip(axes[0], masks, strict=True):
-        d = layer_module_density(m)
+    fig, axes = plt.subplots(1, len(items), figsize=(3.2 * len(items) + 1, 6), squeeze=False)
+    for ax, (label, d) in zip(axes[0], items, strict=True):
         layers = sorted({layer for layer, _ in d})
         grid = [[d.get((layer, t), float("nan")) for t in types] for layer in layers]
         image = ax.imshow(grid, aspect="auto", vmin=0, vmax=1, cmap="viridis")
@@ -96,6 +101,7 @@ def heatmap(masks: Sequence[tuple[str, Mapping[str, torch.Tensor]]], out: Path) 
         ax.set_title(label, fontsize=9)
     axes[0][0].set_ylabel("layer")
     fig.colorbar(image, ax=axes[0].tolist(), label="fraction updated")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    if isinstance(out, Path):
+        out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110, format="png", metadata={"Software": None})
     plt.close(fig)

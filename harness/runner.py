@@ -13,7 +13,7 @@ from typing import Any
 import peft
 import torch
 
-from harness import lm_eval_bridge, masks, models, prepare, records
+from harness import lm_eval_bridge, mask_report, masks, models, prepare, records
 from harness.api import AttributionData, AttributionResult, EvalContext, Task
 from harness.cache import cached_dir, stable_hash
 from harness.config import to_dict
@@ -119,6 +119,7 @@ def execute(spec: RunSpec, results_dir: Path) -> dict[str, Any]:
                (("task", spec.task), ("attribution", spec.attribution), ("objective", spec.objective))}
     record: dict[str, Any] = {
         "kind": "run", "spec": to_dict(spec), "status": "running", "timings": {},
+        "headline": dict(zip(("forget", "utility"), entries["task"].cls.headline, strict=True)),
         "provenance": records.provenance({k: {"name": e.name, "plugin": e.plugin, "distribution": e.distribution,
                                               "version": e.version} for k, e in entries.items()}),
     }
@@ -140,6 +141,9 @@ def execute(spec: RunSpec, results_dir: Path) -> dict[str, Any]:
         mask, mask_meta, lora = build_mask(spec, task, attribution, target, model, tok)
         timings["attribution_s"] = time.perf_counter() - t
         record["mask"] = {k: v for k, v in mask_meta.items() if k not in ("config",)}
+        if mask is not None:  # for the leaderboard's density heatmaps, which read records only
+            record["mask"]["layer_module_density"] = {
+                f"{layer}.{module}": d for (layer, module), d in sorted(mask_report.layer_module_density(mask).items())}
 
         t = time.perf_counter()
         reference = None
@@ -207,6 +211,7 @@ def write_reference_records(spec: RunSpec, results_dir: Path) -> None:
         rid = f"{spec.task}-{role}-{stable_hash(dict(ref_spec, path=path), 12)}"
         records.write(results_dir, rid, {"kind": "reference", "role": role, "spec": ref_spec, "model": path,
                                          "status": "finished", "metrics": ev["metrics"],
+                                         "headline": dict(zip(("forget", "utility"), task.headline, strict=True)),
                                          "provenance": records.provenance()})
 
 

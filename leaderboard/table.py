@@ -9,8 +9,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from leaderboard import aggregate, html, plots
+
 log = logging.getLogger(__name__)
-ARROW = {"higher": "↑", "lower": "↓", "zero": "→0"}
+ARROW = html.ARROW
 KEY_COLUMNS = ["id", "kind", "task", "model", "attribution", "ratio", "objective", "seed", "status"]
 TIME_COLUMNS = ["attribution_s", "unlearning_s", "evaluation_s"]
 
@@ -67,9 +69,95 @@ def runs_csv(records: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+def methods_csv(rows: list[dict[str, Any]]) -> str:
+    """One row per method configuration: seeds, n, then per metric mean, ci_low, ci_high."""
+    metrics = sorted({(m, r["metrics"][m]["direction"]) for r in rows for m in r["metrics"]})
+    fields = [*aggregate.GROUP_COLUMNS, "seeds", "n"]
+    for name, direction in metrics:
+        label = f"{name} {ARROW.get(direction, '')}".strip()
+        fields += [f"{label} mean", f"{label} ci_low", f"{label} ci_high"]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(fields)
+    for r in rows:
+        line = [r[c] for c in aggregate.GROUP_COLUMNS] + [r["seeds"], r["n"]]
+        for name, _ in metrics:
+            s = r["metrics"].get(name)
+            line += ["", "", ""] if s is None else [f"{s['mean']:.6g}", f"{s['ci_low']:.6g}", f"{s['ci_high']:.6g}"]
+        writer.writerow(line)
+    return buf.getvalue()
+
+
+def markdown(tasks: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, str]]]) -> str:
+    """Per task: reference rows, then methods, each metric as mean [95% CI] when there are several seeds."""
+    out = ["# Leaderboard", "", "Mean over seeds; [95% bootstrap interval of the mean] with two or more seeds.", ""]
+    for task, (rows, refs, directions) in sorted(tasks.items()):
+        metrics = sorted(directions)
+        out += [f"## {task}", "", "| method | ratio | objective | seeds | "
+                + " | ".join(f"{m} {ARROW.get(directions[m], '')}" for m in metrics) + " |",
+                "| --- " * (4 + len(metrics)) + "|"]
+        for ref in refs:
+            vals = [((ref.get("metrics") or {}).get(m) or {}).get("value") for m in metrics]
+            out.append(f"| {ref.get('role')} | | | | " + " | ".join("" if v is None else f"{v:.4g}" for v in vals)
+                       + " |")
+        for r in rows:
+            cells = []
+            for m in metrics:
+                s = r["metrics"].get(m)
+                ci = f" [{s['ci_low']:.4g}, {s['ci_high']:.4g}]" if s and r["n"] > 1 else ""
+                cells.append("" if s is None else f"{s['mean']:.4g}{ci}")
+            out.append(f"| {r['attribution']} | {r['ratio']:g} | {r['objective']} | {r['n']} | "
+                       + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
 def write(results_dir: Path, out: Path, task: str | None = None) -> int:
+    """The per-run CSV alone (`out` is the file)."""
     from harness.io import atomic_write_text
 
     records = [r for r in read_records(results_dir) if task is None or r["spec"].get("task") == task]
     atomic_write_text(out, runs_csv(records))
     return len(records)
+
+
+def write_all(results_dir: Path, out_dir: Path, task: str | None = None) -> list[Path]:
+    """Every leaderboard file into `out_dir`: runs.csv, methods.csv, leaderboard.md, index.html and the
+    per-task plots. A pure function of the records: the same records give byte-identical files."""
+    from harness.io import atomic_write_bytes, atomic_write_text
+
+    records = [r for r in read_records(results_dir) if task is None or r["spec"].get("task") == task]
+    rows = aggregate.method_rows(records)
+    per_task: dict[str, tuple[list, list, dict[str, str]]] = {}
+    for name in sorted({r["spec"].get("task") or "" for r in records}):
+        task_records = [r for r in records if r["spec"].get("task") == name]
+        refs = sorted((r for r in task_records if r.get("kind") == "reference"),
+                      key=lambda r: ({"target": 0, "retain": 1}.get(r.get("role"), 2), r.get("id") or ""))
+        directions = {m: v.get("direction", "") for r in task_records for m, v in (r.get("metrics") or {}).items()}
+        per_task[name] = ([r for r in rows if r["task"] == name], refs, dict(sorted(directions.items())))
+    out_dir = Path(out_dir)
+    written = [out_dir / "runs.csv", out_dir / "methods.csv", out_dir / "leaderboard.md", out_dir / "index.html"]
+    atomic_write_text(written[0], runs_csv(records))
+    atomic_write_text(written[1], methods_csv(rows))
+    atomic_write_text(written[2], markdown(per_task))
+    sections = []
+    for name, (task_rows, refs, directions) in per_task.items():
+        headline = next((r["headline"] for r in records if r["spec"].get("task") == name and r.get("headline")),
+                        None)
+        tradeoff = None
+        if headline and headline["forget"] in directions and headline["utility"] in directions:
+            points = plots.tradeoff_points(task_rows, refs, headline)
+            if points:
+                tradeoff = plots.tradeoff_png(name, points, headline,
+                                              (directions[headline["forget"]], directions[headline["utility"]]))
+                written.append(out_dir / f"tradeoff-{name}.png")
+                atomic_write_bytes(written[-1], tradeoff)
+        runs = [r for r in records if r["spec"].get("task") == name and r.get("kind") == "run"
+                and r.get("status") == "finished"]
+        density = plots.density_png(runs)
+        if density:
+            written.append(out_dir / f"masks-{name}.png")
+            atomic_write_bytes(written[-1], density)
+        sections.append(html.task_section(name, task_rows, refs, directions, tradeoff, density))
+    atomic_write_text(written[3], html.page(sections, len(records)))
+    return written

@@ -47,6 +47,7 @@ class Books(Task):
 
     name = "copyright-books"
     Config = BooksConfig
+    headline = ("forget_rouge", "retain_rouge")
 
     def _chunks(self, source: str) -> list[str]:
         c = self.config

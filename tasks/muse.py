@@ -84,6 +84,7 @@ class MuseNews(Task):
 
     name = "muse-news"
     Config = MuseConfig
+    headline = ("verbmem_f", "knowmem_r")
 
     def _path(self, rel: str) -> Path:
         return Path(self.config.data_dir or bundled_dir()) / rel

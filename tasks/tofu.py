@@ -62,6 +62,7 @@ class Tofu(Task):
 
     name = "tofu"
     Config = TofuConfig
+    headline = ("forget_rouge", "model_utility")
 
     def __init__(self, config: TofuConfig) -> None:
         super().__init__(config)

@@ -94,6 +94,7 @@ class Wmdp(Task):
 
     name = "wmdp"
     Config = WmdpConfig
+    headline = ("wmdp_bio_acc", "mmlu_bundled_acc")
     default_objective = "rmu"
     uses_base_model = True
 

@@ -30,7 +30,7 @@ def swept(tmp_path_factory):
 def test_sweep_runs_the_deduplicated_grid(swept):
     _, results, counts = swept
     # dense ignores the ratio: 2 dense runs + 2 ratios x 2 objectives wagle runs
-    assert counts == {"finished": 6, "skipped": 0, "failed": 0}
+    assert counts == {"finished": 6, "skipped": 0, "failed": 0, "busy": 0}
     records = [json.loads(p.read_text()) for p in (results / "runs").glob("*.json")]
     runs = [r for r in records if r["kind"] == "run"]
     assert len(runs) == 6 and {r["role"] for r in records if r["kind"] == "reference"} == {"target", "retain"}
@@ -51,7 +51,7 @@ def test_sweep_runs_the_deduplicated_grid(swept):
 
 def test_rerun_skips_finished_runs(swept):
     cfg, results, _ = swept
-    assert sweep.run(cfg, results) == {"finished": 0, "skipped": 6, "failed": 0}
+    assert sweep.run(cfg, results) == {"finished": 0, "skipped": 6, "failed": 0, "busy": 0}
 
 
 def test_leaderboard_from_records_alone(swept, tmp_path):
@@ -68,6 +68,10 @@ def test_leaderboard_from_records_alone(swept, tmp_path):
     first = out.read_bytes()
     table.write(copy, out)
     assert out.read_bytes() == first  # byte-identical on regeneration
+    files = table.write_all(copy, tmp_path / "board")
+    again = table.write_all(results, tmp_path / "board2")
+    assert [p.read_bytes() for p in files] == [p.read_bytes() for p in again]
+    assert {p.name for p in files} >= {"methods.csv", "index.html", "tradeoff-tofu-mini.png", "masks-tofu-mini.png"}
 
 
 def test_bad_sweep_files(tmp_path):

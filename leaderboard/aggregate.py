@@ -1,0 +1,65 @@
+"""Per-method rows: finished runs grouped by everything but the seed, each metric's mean over seeds and a
+95% percentile-bootstrap confidence interval of that mean (fixed resampling seed: same records, same
+numbers)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from harness.cache import stable_hash
+
+GROUP_COLUMNS = ["task", "model", "attribution", "ratio", "objective", "config"]
+RESAMPLES = 10_000
+
+
+def bootstrap_ci(values: list[float], level: float = 0.95, resamples: int = RESAMPLES,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean: resample the values with replacement `resamples` times,
+    take the (1-level)/2 and (1+level)/2 quantiles of the resampled means."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        raise ValueError("bootstrap of no values")
+    if v.size == 1 or np.all(v == v[0]):
+        return float(v[0]), float(v[0])
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, v.size, size=(resamples, v.size))].mean(axis=1)
+    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
+def config_key(spec: dict[str, Any]) -> str:
+    """A short hash of the spec without its seed (and device): runs that differ only by seed share it."""
+    return stable_hash({k: v for k, v in spec.items() if k not in ("seed", "device")}, 8)
+
+
+def method_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per method configuration: n seeds, then per metric mean / ci_low / ci_high; sorted."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in records:
+        if r.get("kind") != "run" or r.get("status") != "finished":
+            continue
+        s = r["spec"]
+        key = (s.get("task"), s.get("model"), s.get("attribution"), s.get("ratio"), s.get("objective"),
+               config_key(s))
+        groups.setdefault(key, []).append(r)
+    rows = []
+    for key in sorted(groups, key=lambda k: tuple(str(x) for x in k)):
+        runs = groups[key]
+        row: dict[str, Any] = dict(zip(GROUP_COLUMNS, key, strict=True))
+        row["seeds"] = " ".join(str(s) for s in sorted(r["spec"].get("seed") for r in runs))
+        row["n"] = len(runs)
+        metrics: dict[str, tuple[str, list[float]]] = {}
+        for r in runs:
+            for name, m in (r.get("metrics") or {}).items():
+                if m.get("value") is not None:
+                    metrics.setdefault(name, (m.get("direction", ""), []))[1].append(float(m["value"]))
+        row["metrics"] = {}
+        for name in sorted(metrics):
+            direction, values = metrics[name]
+            low, high = bootstrap_ci(values)
+            row["metrics"][name] = {"direction": direction, "mean": float(np.mean(values)), "ci_low": low,
+                                    "ci_high": high, "n": len(values)}
+        rows.append(row)
+    return rows

@@ -1,0 +1,152 @@
+"""Leaderboard files from records alone: aggregation over seeds with bootstrap intervals (checked by hand),
+the Pareto front, byte-identical regeneration, and the HTML page in a real headless Chromium."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from leaderboard import aggregate, plots, table
+
+
+def _record(runs: Path, rid: str, *, seed: int = 0, attribution: str = "wagle", forget: float = 0.5,
+            utility: float = 0.4, kind: str = "run", role: str | None = None, status: str = "finished") -> None:
+    spec = {"task": "tofu-mini", "model": "m", "attribution": attribution, "ratio": 0.5, "objective": "npo",
+            "seed": seed, "train": {"lr": 1e-5}}
+    record = {"record_version": 1, "id": rid, "kind": kind, "spec": spec, "status": status,
+              "headline": {"forget": "forget_rouge", "utility": "model_utility"},
+              "metrics": {"forget_rouge": {"value": forget, "direction": "lower", "group": "forget"},
+                          "model_utility": {"value": utility, "direction": "higher", "group": "utility"}},
+              "mask": {"layer_module_density": {"0.q": 0.25, "0.v": 0.75, "1.q": 0.5, "1.down": 1.0}}}
+    if role:
+        record["role"] = role
+    runs.mkdir(parents=True, exist_ok=True)
+    (runs / f"{rid}.json").write_text(json.dumps(record))
+
+
+@pytest.fixture
+def results(tmp_path) -> Path:
+    runs = tmp_path / "results" / "runs"
+    _record(runs, "target", kind="reference", role="target", forget=0.98, utility=0.45)
+    _record(runs, "retain", kind="reference", role="retain", forget=0.33, utility=0.42)
+    for seed, (f, u) in enumerate([(0.5, 0.40), (0.7, 0.44), (0.6, 0.42)]):
+        _record(runs, f"wagle-{seed}", seed=seed, forget=f, utility=u)
+    _record(runs, "dense-0", attribution="dense", forget=0.4, utility=0.30)
+    _record(runs, "random-0", attribution="random", forget=0.8, utility=0.35)  # dominated by wagle's mean
+    _record(runs, "broken-0", attribution="magnitude", status="failed")
+    (runs / "corrupt.json").write_text("{half a rec")
+    (runs / "foreign.json").write_text(json.dumps({"some": "other tool"}))
+    return tmp_path / "results"
+
+
+def test_bootstrap_interval_by_hand():
+    # two values: resampled means are a (1/4), (a+b)/2 (1/2), b (1/4): the 2.5% / 97.5% quantiles are a and b
+    low, high = aggregate.bootstrap_ci([1.0, 3.0])
+    assert (low, high) == (1.0, 3.0)
+    assert aggregate.bootstrap_ci([0.7]) == (0.7, 0.7)
+    assert aggregate.bootstrap_ci([2.0, 2.0, 2.0]) == (2.0, 2.0)
+    # many values: close to scipy's percentile bootstrap of the mean
+    values = np.random.default_rng(1).normal(0.5, 0.1, 40)
+    ref = stats.bootstrap((values,), np.mean, method="percentile", n_resamples=10_000, random_state=0)
+    low, high = aggregate.bootstrap_ci(values.tolist())
+    assert low == pytest.approx(ref.confidence_interval.low, abs=0.006)
+    assert high == pytest.approx(ref.confidence_interval.high, abs=0.006)
+    assert low < values.mean() < high
+
+
+def test_method_rows_aggregate_seeds(results):
+    rows = aggregate.method_rows(table.read_records(results))
+    by = {r["attribution"]: r for r in rows}
+    assert set(by) == {"wagle", "dense", "random"}  # the failed run is not aggregated
+    w = by["wagle"]
+    assert w["n"] == 3 and w["seeds"] == "0 1 2"
+    assert w["metrics"]["forget_rouge"]["mean"] == pytest.approx(0.6)
+    assert w["metrics"]["forget_rouge"]["ci_low"] >= 0.5 and w["metrics"]["forget_rouge"]["ci_high"] <= 0.7
+
+
+def test_pareto_front_respects_directions():
+    # x lower is better, y higher is better: (0.4, 0.3) and (0.6, 0.42) trade off; (0.8, 0.35) is dominated
+    points = [(0.4, 0.30), (0.6, 0.42), (0.8, 0.35)]
+    assert plots.pareto_front(points, ("lower", "higher")) == [0, 1]
+    assert plots.pareto_front(points, ("higher", "higher")) == [1, 2]
+
+
+def test_write_all_is_a_pure_function_of_the_records(results, tmp_path):
+    out = tmp_path / "board"
+    files = table.write_all(results, out)
+    names = sorted(p.name for p in files)
+    assert names == ["index.html", "leaderboard.md", "masks-tofu-mini.png", "methods.csv", "runs.csv",
+                     "tradeoff-tofu-mini.png"]
+    first = {p.name: p.read_bytes() for p in files}
+    # records copied elsewhere, files rebuilt: byte-identical
+    copy = tmp_path / "copy"
+    shutil.copytree(results, copy)
+    again = table.write_all(copy, tmp_path / "board2")
+    assert {p.name: p.read_bytes() for p in again} == first
+    methods = list(csv.DictReader((out / "methods.csv").open()))
+    assert [r["attribution"] for r in methods] == ["dense", "random", "wagle"]
+    assert methods[2]["forget_rouge ↓ mean"] == "0.6" and methods[2]["n"] == "3"
+    runs = list(csv.DictReader((out / "runs.csv").open()))
+    assert [r["kind"] for r in runs[:2]] == ["target", "retain"] and len(runs) == 8  # corrupt/foreign skipped
+    md = (out / "leaderboard.md").read_text()
+    assert "| wagle | 0.5 | npo | 3 | 0.6 [" in md and "| target |" in md
+    assert (out / "tradeoff-tofu-mini.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _chromium():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    driver_path = shutil.which("chromedriver")
+    if driver_path is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromedriver is missing: `make test` installs Debian's chromium and chromium-driver")
+        pytest.skip("chromedriver not installed (make test installs it)")
+    options = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(arg)
+    chromium = shutil.which("chromium")
+    if chromium:
+        options.binary_location = chromium
+    return webdriver.Chrome(service=Service(driver_path), options=options)
+
+
+def test_html_page_renders_sorts_and_shows_the_plot_in_chromium(results, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    out = tmp_path / "board"
+    table.write_all(results, out)
+    driver = _chromium()
+    try:
+        driver.get((out / "index.html").as_uri())
+        assert driver.title == "unlearn-bench leaderboard"
+        tbl = driver.find_element(By.CSS_SELECTOR, "section#task-tofu-mini table.sortable")
+        headers = tbl.find_elements(By.TAG_NAME, "th")
+        labels = [h.text for h in headers]
+        assert "forget_rouge ↓" in labels and "model_utility ↑" in labels
+        assert headers[labels.index("forget_rouge ↓")].get_attribute("title") == "lower is better"
+
+        def column(i):
+            return [r.find_elements(By.TAG_NAME, "td")[i].text.split(" ")[0]
+                    for r in tbl.find_elements(By.CSS_SELECTOR, "tbody tr")]
+
+        assert column(0) == ["target", "retain", "dense", "random", "wagle"]
+        col = labels.index("forget_rouge ↓")
+        headers[col].click()
+        assert column(col) == ["0.33", "0.4", "0.6", "0.8", "0.98"]
+        headers[col].click()
+        assert column(col) == ["0.98", "0.8", "0.6", "0.4", "0.33"]
+        for img in driver.find_elements(By.CSS_SELECTOR, "img.tradeoff, img.density"):
+            assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img) > 100
+        shot = tmp_path / "page.png"
+        driver.save_screenshot(str(shot))
+        assert shot.stat().st_size > 10_000
+    finally:
+        driver.quit()
