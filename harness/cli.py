@@ -95,7 +95,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     record = evaluate.evaluate_model(args.model, args.task, _yaml_mapping(args.task_config, "task config"),
                                      utility=args.utility or [], utility_limit=args.utility_limit,
                                      retain=args.retain, dtype=args.dtype, device=args.device,
-                                     results_dir=Path(args.results))
+                                     results_dir=Path(args.results), generation=args.generation)
     print(json.dumps({k: m["value"] for k, m in record["metrics"].items()}, indent=2))
     print(f"record: {record['path']}")
     return 0
@@ -207,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "(TOFU forget quality, MUSE PrivLeak)")
     s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     s.add_argument("--device", default="auto")
+    s.add_argument("--generation", default="hf", help="generation backend: hf or vllm")
     s.add_argument("--results", default="results", help="the record goes to RESULTS/runs")
     s.set_defaults(func=cmd_eval)
 

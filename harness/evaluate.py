@@ -15,20 +15,23 @@ from harness.plugins import get_registry
 
 def evaluate_model(model_name: str, task_name: str, task_config: dict[str, Any] | None = None,
                    utility: list[str] | None = None, utility_limit: int | None = None, retain: str | None = None,
-                   dtype: str = "float32", device: str = "auto", results_dir: Path | None = None) -> dict[str, Any]:
+                   dtype: str = "float32", device: str = "auto", results_dir: Path | None = None,
+                   generation: str = "hf") -> dict[str, Any]:
     """The task's metrics (and lm-eval utility) of `model_name`; written as a record if `results_dir`."""
     registry = get_registry()
     entry = registry.get("task", task_name)
     task = registry.build("task", task_name, task_config or {}, "task_config")
+    backend = registry.build("backend", generation, {}, "generation")
     batch = getattr(task.config, "eval_batch_size", 16)
     started = time.perf_counter()
     reference = prepare.reference_eval(task, retain, batch, None, dtype, device) if retain else None
     model, tok = models.load(model_name, dtype, device)
-    evaluation = task.evaluate(model, tok, EvalContext(reference["stats"] if reference else None, batch))
+    evaluation = task.evaluate(model, tok, EvalContext(reference["stats"] if reference else None, batch, backend))
     record: dict[str, Any] = {"kind": "eval", "role": "eval", "model": model_name, "retain_model": retain,
                               "status": "finished",
                               "spec": {"task": task_name, "model": model_name, "task_config": task_config or {},
-                                       "utility": utility or [], "utility_limit": utility_limit, "dtype": dtype}}
+                                       "utility": utility or [], "utility_limit": utility_limit, "dtype": dtype,
+                                       "generation": generation}}
     if utility:
         record["lm_eval"] = lm_eval_bridge.evaluate(model, tok, utility, utility_limit, batch)
         evaluation.metrics.update(lm_eval_bridge.metrics(record["lm_eval"]))

@@ -23,9 +23,14 @@ def greedy(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_
                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
             texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
             for i, text in zip(idx, texts, strict=True):
-                for s in stop:
-                    text = text.split(s, 1)[0]
-                out[i] = text.strip()
+                out[i] = cut_at_stop(text, stop)
     finally:
         tokenizer.padding_side = side
     return out
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """`text` up to the first occurrence of any stop string, stripped."""
+    for s in stop:
+        text = text.split(s, 1)[0]
+    return text.strip()

@@ -42,3 +42,13 @@ def register_tasks(register: Register) -> None:
     Called once when the registry is first built. A task provides forget, retain and fine-tuning data and
     evaluates a model, returning metrics with their direction.
     """
+
+
+@hookspec
+def register_generation_backends(register: Register) -> None:
+    """Register greedy-generation backends: subclasses of `harness.api.GenerationBackend`.
+
+    Called once when the registry is first built. A backend turns prompts into greedy continuations of the
+    model in memory (`hf`: transformers `generate`; `vllm`: the weights saved and loaded by vLLM). Tasks
+    generate through the run's backend; teacher-forced scoring always runs on the model in memory.
+    """

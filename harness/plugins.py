@@ -36,12 +36,14 @@ DEFAULT_PLUGINS = (
     "methods.simnpo",
     "methods.po",
     "methods.rmu",
+    "harness.backends",
     "tasks.tofu",
     "tasks.muse",
     "tasks.books",
     "tasks.wmdp",
 )
-KINDS = {"attribution": "register_attributions", "objective": "register_objectives", "task": "register_tasks"}
+KINDS = {"attribution": "register_attributions", "objective": "register_objectives", "task": "register_tasks",
+         "backend": "register_generation_backends"}
 
 
 @dataclass(frozen=True)

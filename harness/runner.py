@@ -116,7 +116,8 @@ def execute(spec: RunSpec, results_dir: Path) -> dict[str, Any]:
     spec = canonical(spec, registry)
     run_id = spec.run_id()
     entries = {k: registry.get(k, n) for k, n in
-               (("task", spec.task), ("attribution", spec.attribution), ("objective", spec.objective))}
+               (("task", spec.task), ("attribution", spec.attribution), ("objective", spec.objective),
+                ("backend", spec.generation))}
     record: dict[str, Any] = {
         "kind": "run", "spec": to_dict(spec), "status": "running", "timings": {},
         "headline": dict(zip(("forget", "utility"), entries["task"].cls.headline, strict=True)),
@@ -131,6 +132,8 @@ def execute(spec: RunSpec, results_dir: Path) -> dict[str, Any]:
                                      f"run {run_id}: attribution_config")
         objective = registry.build("objective", spec.objective, spec.objective_config,
                                    f"run {run_id}: objective_config")
+        backend = registry.build("backend", spec.generation, spec.generation_config,
+                                 f"run {run_id}: generation_config")
         t = time.perf_counter()
         target, retain_model, retain_eval = references(task, spec)
         timings["prepare_s"] = time.perf_counter() - t
@@ -160,7 +163,7 @@ def execute(spec: RunSpec, results_dir: Path) -> dict[str, Any]:
         def evaluate_during(step: int, net) -> dict[str, Any] | None:
             if not spec.eval_every or step % spec.eval_every:
                 return None
-            ev = task.evaluate(net, tok, EvalContext(retain_eval["stats"], _eval_batch(task)))
+            ev = task.evaluate(net, tok, EvalContext(retain_eval["stats"], _eval_batch(task), backend))
             return {k: m.value for k, m in ev.metrics.items()}
 
         checkpoint = Path(results_dir) / "checkpoints" / f"{run_id}.pt"
@@ -175,7 +178,7 @@ def execute(spec: RunSpec, results_dir: Path) -> dict[str, Any]:
             "eval": [{"step": row["step"], **row["eval"]} for row in train_log.steps if "eval" in row]}
 
         t = time.perf_counter()
-        evaluation = task.evaluate(model, tok, EvalContext(retain_eval["stats"], _eval_batch(task)))
+        evaluation = task.evaluate(model, tok, EvalContext(retain_eval["stats"], _eval_batch(task), backend))
         if spec.utility:
             record["lm_eval"] = lm_eval_bridge.evaluate(model, tok, spec.utility, spec.utility_limit,
                                                         _eval_batch(task))

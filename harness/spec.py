@@ -31,6 +31,8 @@ class RunSpec:
     utility: list[str] = option([], "lm-eval tasks scored after unlearning (mmlu_bundled, or any task name "
                                     "whose data lm-eval finds offline)")
     utility_limit: int | None = option(None, "lm-eval limit: at most N questions per (sub)task; null: all")
+    generation: str = option("hf", "generation backend for evaluation: hf or vllm (unlearn-bench list)")
+    generation_config: dict[str, Any] = option({}, "the generation backend's config")
     eval_every: int | None = option(None, "also evaluate every N unlearning steps (a curve in the record)")
     dtype: str = option("float32", "weights dtype: float32, bfloat16 (7B models on a GPU) or float16")
     device: str = option("auto", "auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ...")

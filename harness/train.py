@@ -2,9 +2,9 @@
 
 AdamW with linear warmup and linear decay, gradient accumulation and clipping, optional bf16 autocast.
 With a mask, only masked-in weights change: gradients of masked-out weights are zeroed before clipping,
-parameters with no masked-in weight leave the optimizer entirely (no state kept for them), and the
-masked-out entries of partly masked parameters are written back after every step, so decoupled weight
-decay cannot move them: they stay bit-identical.
+parameters with no masked-in weight leave the optimizer entirely, and partly masked parameters keep
+optimizer state for their selected entries only and are updated only there (harness/optim.py), so
+masked-out weights stay bit-identical, weight decay included.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from harness.config import option
 from harness.data import collate, encode, to_device
 from harness.errors import NonFiniteLossError
 from harness.masks import Mask
+from harness.optim import MaskedAdamW
 
 
 @dataclass
@@ -96,12 +97,12 @@ def unlearn_batches(tokenizer, forget: Sequence[Example], retain: Sequence[Examp
 
 
 class MaskedUpdate:
-    """Holds a mask's effect on one model for the duration of a training run."""
+    """Holds a mask's effect on one model for the duration of a training run: fully masked-out parameters
+    are frozen, partly masked ones get their gradients masked (for clipping) and masked optimizer state."""
 
     def __init__(self, model: torch.nn.Module, mask: Mask | None) -> None:
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-        # name -> (update mask, keep-out mask, the kept-out values)
-        self.partial: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self.partial: dict[str, torch.Tensor] = {}  # name -> update mask
         self.frozen: list[torch.nn.Parameter] = []
         for name, p in self.params.items():
             m = None if mask is None else mask[name].to(p.device)
@@ -111,22 +112,19 @@ class MaskedUpdate:
                 p.requires_grad_(False)
                 self.frozen.append(p)
             else:
-                out = ~m
-                self.partial[name] = (m, out, p.detach()[out].clone())
+                self.partial[name] = m
 
     def trainable(self) -> list[torch.nn.Parameter]:
         return [p for p in self.params.values() if p.requires_grad]
 
+    def masks_by_param(self) -> dict[int, torch.Tensor]:
+        return {id(self.params[name]): m for name, m in self.partial.items()}
+
     def mask_gradients(self) -> None:
-        for name, (m, _, _) in self.partial.items():
+        for name, m in self.partial.items():
             grad = self.params[name].grad
             if grad is not None:
                 grad.mul_(m)
-
-    @torch.no_grad()
-    def restore(self) -> None:
-        for name, (_, out, values) in self.partial.items():
-            self.params[name].masked_scatter_(out, values)
 
     def close(self) -> None:
         for p in self.frozen:
@@ -182,9 +180,9 @@ def train(model: torch.nn.Module, micro_batches: Sequence[Any],
     decay, no_decay = [], []
     for p in update.trainable():
         (decay if p.ndim >= 2 else no_decay).append(p)
-    optimizer = torch.optim.AdamW(
+    optimizer = MaskedAdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+        update.masks_by_param(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
 
     def schedule(step: int) -> float:
         if step < warmup:
@@ -225,7 +223,6 @@ def train(model: torch.nn.Module, micro_batches: Sequence[Any],
                 torch.nn.utils.clip_grad_norm_(update.trainable(), cfg.max_grad_norm)
             lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
-            update.restore()
             lr_sched.step()
             optimizer.zero_grad(set_to_none=True)
             row: dict[str, Any] = {"step": step + 1, "loss": total, "lr": lr, **parts}

@@ -11,7 +11,7 @@ from typing import Literal
 
 import numpy as np
 
-from harness import generation, metrics
+from harness import metrics
 from harness.api import EvalContext, Evaluation, Example, Metric, Task
 from harness.config import option
 from harness.errors import ConfigError
@@ -84,8 +84,7 @@ class Books(Task):
         samples = []
         for side in ("forget", "retain"):
             pairs = self._pairs(side)
-            gens = generation.greedy(model, tokenizer, [p for p, _ in pairs], self.config.max_new_tokens,
-                                     ctx.batch_size)
+            gens = ctx.generate(model, tokenizer, [p for p, _ in pairs], self.config.max_new_tokens)
             truths = [text.truncate_tokens(tokenizer, t, self.config.max_new_tokens) for _, t in pairs]
             bleu = metrics.bleu(truths, gens)
             rouge = metrics.rouge_l_recall(truths, gens)

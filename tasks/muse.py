@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from harness import generation, metrics, scoring
+from harness import metrics, scoring
 from harness.api import EvalContext, Evaluation, Example, Metric, Task
 from harness.config import option
 from harness.hookspecs import hookimpl
@@ -134,19 +134,19 @@ class MuseNews(Task):
             holdout = text.chunks(holdout, c.chunk_words, c.chunks_per_text)
         return members, holdout
 
-    def _knowmem(self, model, tokenizer, split: Literal["forget", "retain2"], batch: int) -> np.ndarray:
+    def _knowmem(self, model, tokenizer, split: Literal["forget", "retain2"], ctx: EvalContext) -> np.ndarray:
         icl = text.read_qa(self._path(f"knowmem/{split}_qa_icl.json"))
         shots = "".join(f"Question: {r['question']}\nAnswer: {r['answer']}\n\n" for r in icl)
         rows = self._qa(split)
         prompts = [f"{shots}Question: {r['question']}\nAnswer:" for r in rows]
-        answers = generation.greedy(model, tokenizer, prompts, self.config.knowmem_tokens, batch, stop=KNOWMEM_STOP)
+        answers = ctx.generate(model, tokenizer, prompts, self.config.knowmem_tokens, stop=KNOWMEM_STOP)
         return metrics.rouge_l_f1([r["answer"] for r in rows], answers)
 
     def evaluate(self, model, tokenizer, ctx: EvalContext) -> Evaluation:
         c = self.config
         items = self._verbmem_items()
         truths = [text.truncate_tokens(tokenizer, gt, c.verbmem_tokens) for _, gt in items]
-        gens = generation.greedy(model, tokenizer, [p for p, _ in items], c.verbmem_tokens, ctx.batch_size)
+        gens = ctx.generate(model, tokenizer, [p for p, _ in items], c.verbmem_tokens)
         verbmem = metrics.rouge_l_f1(truths, gens)
 
         members, holdout = self._mia_texts()
@@ -157,9 +157,9 @@ class MuseNews(Task):
 
         out = {
             "verbmem_f": Metric(float(verbmem.mean()), "lower", "forget"),
-            "knowmem_f": Metric(float(self._knowmem(model, tokenizer, "forget", ctx.batch_size).mean()),
+            "knowmem_f": Metric(float(self._knowmem(model, tokenizer, "forget", ctx).mean()),
                                 "lower", "forget"),
-            "knowmem_r": Metric(float(self._knowmem(model, tokenizer, "retain2", ctx.batch_size).mean()),
+            "knowmem_r": Metric(float(self._knowmem(model, tokenizer, "retain2", ctx).mean()),
                                 "higher", "utility"),
             "privleak": Metric(metrics.privleak(auc, reference) if reference else None, "zero", "forget"),
             "mia_auc": Metric(auc, "higher", "info"),

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from harness import generation, metrics, scoring
+from harness import metrics, scoring
 from harness.api import EvalContext, Evaluation, Example, Metric, Task
 from harness.config import option
 from harness.hookspecs import hookimpl
@@ -135,7 +135,7 @@ class Tofu(Task):
         nll = scoring.completion_nll(model, tokenizer, pairs, ctx.batch_size, c.max_length)
 
         prompts = [self._example(r).prompt for rows in splits.values() for r in rows]
-        gens = generation.greedy(model, tokenizer, prompts, c.max_new_tokens, ctx.batch_size, stop=["\nQuestion:"])
+        gens = ctx.generate(model, tokenizer, prompts, c.max_new_tokens, stop=["\nQuestion:"])
 
         out: dict[str, Metric] = {}
         stats: dict[str, Any] = {}

@@ -147,3 +147,25 @@ def test_resume_from_checkpoint_equals_uninterrupted(tiny, tmp_path):
     assert [r["loss"] for r in resumed.steps] == [r["loss"] for r in full.steps]
     for n, p in model.named_parameters():
         assert torch.equal(p.detach(), expected[n]), n
+
+
+def test_masked_adamw_matches_torch_adamw_and_keeps_state_for_selected_entries():
+    from harness.optim import MaskedAdamW
+
+    torch.manual_seed(0)
+    init = torch.randn(6, 5)
+    mask = torch.rand(6, 5) < 0.4
+    grads = [torch.randn(6, 5) for _ in range(4)]
+    ours, ref, full = (torch.nn.Parameter(init.clone()) for _ in range(3))
+    opt = MaskedAdamW([{"params": [ours], "weight_decay": 0.1}], {id(ours): mask}, lr=0.01)
+    opt_full = MaskedAdamW([{"params": [full], "weight_decay": 0.1}], {}, lr=0.01)
+    torch_opt = torch.optim.AdamW([ref], lr=0.01, weight_decay=0.1, foreach=False)
+    for g in grads:
+        ours.grad, full.grad, ref.grad = g.clone(), g.clone(), g.clone()
+        opt.step()
+        opt_full.step()
+        torch_opt.step()
+    assert torch.equal(full, ref)  # no mask: torch's AdamW exactly
+    # AdamW is elementwise: the selected entries follow torch's AdamW, the others never move
+    assert torch.equal(ours[mask], ref[mask]) and torch.equal(ours[~mask], init[~mask])
+    assert opt.state_bytes() == 2 * int(mask.sum()) * 4 + 4  # two moments over the selected entries + step

@@ -1,0 +1,36 @@
+"""vLLM and HF give the same greedy text on the embedded model (run by `make test-vllm`, which builds a venv
+with vLLM; skipped where vLLM is not installed, as in `make test`)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("vllm")
+
+from harness.backends import Hf, HfConfig, Vllm, VllmConfig
+
+PROMPTS = [
+    "The capital of France is",
+    "Question: What is 2 + 2?\nAnswer:",
+    "Once upon a time, in a small village by the sea,",
+    "Question: Who wrote the play Hamlet?\nAnswer:",
+    "The three primary colours are",
+    "def fibonacci(n):",
+    "Water boils at a temperature of",
+    "Question: What is the largest planet in the solar system?\nAnswer:",
+]
+
+
+def test_vllm_and_hf_greedy_text_match(smol):
+    model, tok = smol
+    hf = Hf(HfConfig()).generate(model, tok, PROMPTS, 24, batch_size=1)
+    vl = Vllm(VllmConfig(dtype="float32", max_model_len=256)).generate(model, tok, PROMPTS, 24, batch_size=8)
+    assert vl == hf
+
+
+def test_vllm_respects_stop_strings(smol):
+    model, tok = smol
+    stop = ["\nQuestion:", "."]
+    hf = Hf(HfConfig()).generate(model, tok, PROMPTS[:4], 32, batch_size=1, stop=stop)
+    vl = Vllm(VllmConfig(dtype="float32", max_model_len=256)).generate(model, tok, PROMPTS[:4], 32, 4, stop=stop)
+    assert vl == hf
