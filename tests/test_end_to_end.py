@@ -39,14 +39,18 @@ def test_sweep_runs_the_deduplicated_grid(swept):
         assert set(r["timings"]) >= {"attribution_s", "unlearning_s", "evaluation_s", "total_s"}
         assert r["memory"]["host_peak_rss_mb"] > 0
         assert r["provenance"]["packages"]["torch"] and r["provenance"]["hardware"]["cpu_count"]
-        assert all(m["direction"] in ("higher", "lower") for m in r["metrics"].values())
+        assert all(m["direction"] in ("higher", "lower", "zero") for m in r["metrics"].values())
         assert r["metrics"]["forget_quality"]["value"] is not None
         assert r["curves"]["train"][0]["forget_nll"] > 0
     wagle = [r for r in runs if r["spec"]["attribution"] == "wagle"]
     assert sorted(r["mask"]["density"] for r in wagle) == pytest.approx([0.5, 0.5, 0.8, 0.8])
     assert all(r["mask"]["info"]["retain_term_norm"] > 0 for r in wagle)
-    # the second objective at a ratio reuses the cached mask
-    assert sum(r["mask"]["cache_hit"] for r in wagle) == 2
+    # the second objective at a ratio reuses the cached mask (both may hit a cache left by an earlier session)
+    by_ratio: dict = {}
+    for r in wagle:
+        by_ratio.setdefault(r["spec"]["ratio"], []).append(r["mask"])
+    for same in by_ratio.values():
+        assert len({m["digest"] for m in same}) == 1 and sum(not m["cache_hit"] for m in same) <= 1
 
 
 def test_rerun_skips_finished_runs(swept):
