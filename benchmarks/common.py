@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import resource
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -48,20 +49,37 @@ def median_time(fn: Callable[[], Any], repeats: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize()
+
+
 def _probe(target, args, queue) -> None:
     setup, run = target(*args)
     state = setup()
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = _rss_bytes()
+    peak = [base]
+    done = threading.Event()
+
+    def sample() -> None:  # torch kernels release the GIL, so this thread sees the peak while they run
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     start = time.perf_counter()
     result = run(state)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    queue.put((seconds, (peak - base) / 1024, result))
+    done.set()
+    sampler.join()
+    peak[0] = max(peak[0], _rss_bytes())
+    queue.put((seconds, (peak[0] - base) / 2**20, result))
 
 
 def peak_extra_mb(target: Callable, *args) -> tuple[float, float, Any]:
-    """Run `setup, run = target(*args)` in a fresh process: (seconds of run, MB of peak memory that run added
-    over what setup had already reached, run's picklable result)."""
+    """Run `setup, run = target(*args)` in a fresh process: (seconds of run, MB of resident memory that run
+    added at its peak over what was resident after setup, sampled every 2 ms; run's picklable result)."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_probe, args=(target, args, queue))
