@@ -9,6 +9,7 @@ PIP := $(BIN)/python -m pip -q
 QUIET := { grep -v "is ignored" || true; }
 STAMP := $(VENV)/.installed
 RESULTS ?= results/demo
+LEADERBOARD ?= leaderboard/tofu-mini
 
 .PHONY: venv browser demo test test-vllm lint clean
 
@@ -31,7 +32,7 @@ browser:
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/unlearn-bench sweep experiments/demo-tofu-mini.yaml \
-		--results $(RESULTS) --leaderboard leaderboard/tofu-mini
+		--results $(RESULTS) --leaderboard $(LEADERBOARD)
 
 test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q --durations=10
