@@ -61,6 +61,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     registry = get_registry()
     task = registry.build("task", args.task, None)
+    if task.uses_base_model:
+        print(f"{args.task} unlearns the base model itself ({args.model}): nothing to build")
+        return 0
     cfg = PrepareConfig()
     for which in ("target", "retain"):
         path, hit = prepare.ensure_model(task, args.model, which, cfg)

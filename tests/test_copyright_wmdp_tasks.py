@@ -120,3 +120,8 @@ def test_eval_command_writes_a_record(tmp_path, capsys):
     assert '"wmdp_bio_acc"' in out
     records = list((tmp_path / "results" / "runs").glob("wmdp-mini-eval-*.json"))
     assert len(records) == 1 and json.loads(records[0].read_text())["metrics"]["wmdp_bio_acc"]["value"] >= 0
+
+
+def test_prepare_has_nothing_to_build_for_wmdp(capsys):
+    assert cli.main(["-q", "prepare", "wmdp-mini", "--model", "tiny-llama"]) == 0
+    assert "unlearns the base model itself" in capsys.readouterr().out
