@@ -35,7 +35,8 @@ def evaluate_model(model_name: str, task_name: str, task_config: dict[str, Any] 
     if utility:
         record["lm_eval"] = lm_eval_bridge.evaluate(model, tok, utility, utility_limit, batch)
         evaluation.metrics.update(lm_eval_bridge.metrics(record["lm_eval"]))
-    record.update(metrics={k: vars(m) for k, m in evaluation.metrics.items()}, samples=evaluation.samples,
+    record.update(metrics={k: vars(m) for k, m in evaluation.metrics.items()}, stats=evaluation.stats,
+                  samples=evaluation.samples,
                   timings={"evaluation_s": time.perf_counter() - started}, memory=records.peak_memory_mb(),
                   provenance=records.provenance({"task": {"name": entry.name, "plugin": entry.plugin,
                                                           "distribution": entry.distribution,

@@ -185,6 +185,7 @@ def execute(spec: RunSpec, results_dir: Path) -> dict[str, Any]:
             evaluation.metrics.update(lm_eval_bridge.metrics(record["lm_eval"]))
         timings["evaluation_s"] = time.perf_counter() - t
         record["metrics"] = {k: vars(m) for k, m in evaluation.metrics.items()}
+        record["stats"] = evaluation.stats  # per-sample numbers and, for lm-eval tasks, lm-eval's results
         record["samples"] = evaluation.samples
         record["status"] = "finished"
         checkpoint.unlink(missing_ok=True)

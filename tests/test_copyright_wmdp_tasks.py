@@ -89,6 +89,8 @@ def test_wmdp_mini_rmu_run_on_the_base_model(tmp_path):
     m = {k: v for k, v in record["metrics"].items()}
     assert set(m) == {"wmdp_bio_acc", "wmdp_cyber_acc", "wmdp_chem_acc", "mmlu_bundled_acc"}
     assert m["wmdp_bio_acc"]["direction"] == "lower" and m["mmlu_bundled_acc"]["direction"] == "higher"
+    assert record["stats"]["utility"]["lm_eval_version"] == "0.4.13"
+    assert record["stats"]["wmdp"]["tasks"]["wmdp_bio_local"]["n"] == 8
     assert record["mask"]["trained_fraction"] < 0.01  # RMU touches one down_proj only
     runner.write_reference_records(spec, tmp_path)
     roles = [json.loads(p.read_text()).get("role") for p in (tmp_path / "runs").glob("*.json")]
