@@ -23,13 +23,19 @@ def read_texts(path: Path, limit: int | None = None) -> list[str]:
         return [path.read_text(encoding="utf-8")]
     if path.suffix == ".jsonl":
         return [r["text"] for r in read_jsonl(path, ("text",))][:limit]
+    data = _json_list(path, "texts")
+    return [_text(item, path, i) for i, item in enumerate(data[:limit])]
+
+
+def _json_list(path: Path, of: str) -> list[Any]:
+    """The JSON list in `path`; bad JSON or another top-level type names the file."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise DataError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON list of texts")
-    return [_text(item, path, i) for i, item in enumerate(data[:limit])]
+        raise DataError(f"{path}: expected a JSON list of {of}")
+    return data
 
 
 def _text(item: Any, path: Path, index: int) -> str:
@@ -40,7 +46,7 @@ def _text(item: Any, path: Path, index: int) -> str:
     if isinstance(item, dict) and isinstance(item.get("prompt"), str) and isinstance(item.get("gt"), str):
         return item["prompt"] + item["gt"]
     raise DataError(f"{path}, item {index}: expected a string or an object with 'text' (or 'prompt' "
-                            "and 'gt')")
+                    "and 'gt')")
 
 
 def read_rows(path: Path, required: tuple[str, ...], limit: int | None = None) -> list[dict[str, Any]]:
@@ -50,12 +56,7 @@ def read_rows(path: Path, required: tuple[str, ...], limit: int | None = None) -
         raise DataError(f"data file not found: {path}")
     if path.suffix == ".jsonl":
         return read_jsonl(path, required)[:limit]
-    try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(rows, list):
-        raise DataError(f"{path}: expected a JSON list of objects")
+    rows = _json_list(path, "objects")
     for i, r in enumerate(rows):
         if not isinstance(r, dict) or not set(required) <= set(r):
             raise DataError(f"{path}, item {i}: needs fields {', '.join(required)}")
