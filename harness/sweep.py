@@ -179,8 +179,9 @@ def run(cfg: SweepConfig, results_dir: Path, retry_failed: bool = False) -> dict
     done = ("finished", "failed") if not retry_failed else ("finished",)
     for i, spec in enumerate(specs, start=1):
         run_id = spec.run_id()
-        if status(results_dir, run_id) in done:
-            log.info("[%d/%d] %s: already %s, skipped", i, len(specs), run_id, status(results_dir, run_id))
+        before = status(results_dir, run_id)
+        if before in done:
+            log.info("[%d/%d] %s: already %s, skipped", i, len(specs), run_id, before)
             counts["skipped"] += 1
             continue
         with run_lock(results_dir, run_id) as mine:
