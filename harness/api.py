@@ -6,7 +6,7 @@ A plugin class declares `name` (unique per kind), a `Config` dataclass (fields m
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -47,6 +47,7 @@ class AttributionData:
     forget_refusal: Sequence[Batch] = ()  # forget questions with refusal answers (for PO-style variants)
     seed: int = 0
     ratio: float = 1.0  # the run's ratio, for methods with their own selection rule
+    grad_buffers: str | None = None  # device for fp32 gradient sums (harness.attribution); None: the model's
 
 
 @dataclass
@@ -132,6 +133,22 @@ class GenerationBackend:
         raise NotImplementedError
 
 
+class Executor:
+    """Where a sweep's runs execute. `run(jobs)` calls every job (a picklable zero-argument callable that
+    runs one spec and returns its outcome: finished, failed, skipped or busy) and yields (index, outcome) as
+    each ends; a job whose worker was lost (killed, node gone) yields 'lost'. The sweep owns the rest: which
+    runs are pending, locks, records, the event log."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    def run(self, jobs: Sequence[Callable[[], str]]) -> Iterator[tuple[int, str]]:
+        raise NotImplementedError
+
+
 @dataclass
 class EvalContext:
     """What a task's evaluation needs besides the model: the retain reference's per-sample statistics
@@ -143,12 +160,19 @@ class EvalContext:
 
     def generate(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
                  max_new_tokens: int, stop: Sequence[str] = ()) -> list[str]:
-        """Greedy continuations through the run's backend."""
-        if self.backend is None:
-            from harness.generation import greedy
+        """Greedy continuations through the run's backend (under a multi-process launch, each process
+        generates its share and every process gets all the texts, in input order)."""
+        from harness import distributed
+        from harness.generation import greedy
 
-            return greedy(model, tokenizer, prompts, max_new_tokens, self.batch_size, stop)
-        return self.backend.generate(model, tokenizer, prompts, max_new_tokens, self.batch_size, stop)
+        def run(part: list[str]) -> list[str]:
+            if not part:
+                return []
+            if self.backend is None:
+                return greedy(model, tokenizer, part, max_new_tokens, self.batch_size, stop)
+            return self.backend.generate(model, tokenizer, part, max_new_tokens, self.batch_size, stop)
+
+        return distributed.map_sharded(run, prompts)
 
 
 @dataclass

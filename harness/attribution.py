@@ -6,29 +6,36 @@ from collections.abc import Sequence
 
 import torch
 
+from harness import distributed
 from harness.api import Batch
 from harness.data import to_device
 from harness.scoring import mean_nll
 
 
-def summed_gradients(model: torch.nn.Module, batches: Sequence[Batch]) -> dict[str, torch.Tensor]:
-    """G = Σ_samples ∇ CE(sample), CE the token-mean next-token loss of one sample (fp32, on CPU).
+def summed_gradients(model: torch.nn.Module, batches: Sequence[Batch],
+                     buffer_device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+    """G = Σ_samples ∇ CE(sample), CE the token-mean next-token loss of one sample, in fp32.
 
-    Batching does not change G: each sample's mean is taken before summing over the batch.
+    Batching does not change G: each sample's mean is taken before summing over the batch. Under a
+    multi-process launch each process sums every world-th batch and the sums are added across processes.
+    `buffer_device` keeps G elsewhere than the model (the CPU, for a 7B model on one GPU); default: with
+    each parameter.
     """
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    grads = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
+    grads = {n: torch.zeros(p.shape, dtype=torch.float32, device=buffer_device or p.device)
+             for n, p in params.items()}
     was_training = model.training
     model.eval()  # no dropout, as in the reference
     try:
-        for batch in batches:
+        for batch in distributed.shard(batches):
             model.zero_grad(set_to_none=True)
             batch = to_device(batch, model.device)
             mean_nll(model, batch).sum().backward()
             for n, p in params.items():
                 if p.grad is not None:
-                    grads[n] += p.grad.float()
+                    grads[n] += p.grad.to(grads[n].device, torch.float32)
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)
+    distributed.sum_(grads)
     return grads

@@ -32,10 +32,13 @@ def cached_dir(kind: str, key: str, build: Callable[[Path], None]) -> tuple[Path
     """Return cache folder `kind/key`, building it with `build(tmp)` first if absent.
 
     The folder is built under a temporary name and renamed into place, so an interrupted build never
-    leaves a half-written entry. Returns (path, hit).
+    leaves a half-written entry. Returns (path, hit). Under a multi-process launch the main process's view
+    decides, so all processes build together (builds may be collective: attribution, fine-tuning).
     """
+    from harness import distributed
+
     final = cache_root() / kind / key
-    if final.is_dir():
+    if distributed.broadcast(final.is_dir()):
         return final, True
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))

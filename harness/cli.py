@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from harness import __version__
+from harness import __version__, distributed
 from harness.config import describe, from_dict
 from harness.errors import UnlearnBenchError
 
@@ -76,7 +76,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     spec = _spec_from_args(args)
     record = runner.execute(spec, Path(args.results))
-    print(json.dumps({k: m["value"] for k, m in record["metrics"].items()}, indent=2))
+    if distributed.is_main():
+        print(json.dumps({k: m["value"] for k, m in record["metrics"].items()}, indent=2))
     return 0
 
 
@@ -143,12 +144,34 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from harness import sweep
 
     cfg = sweep.load(Path(args.file))
+    if args.executor:
+        cfg.executor = args.executor
+    if args.address:
+        cfg.executor_config = dict(cfg.executor_config, address=args.address)
     counts = sweep.run(cfg, Path(args.results), retry_failed=args.retry_failed)
     print(f"sweep done: {counts['finished']} finished, {counts['skipped']} skipped, {counts['failed']} failed, "
           f"{counts['busy']} running in another sweep")
     if args.leaderboard:
         _write_leaderboard(Path(args.results), Path(args.leaderboard), cfg.task)
     return 1 if counts["failed"] else 0
+
+
+def cmd_memory(args: argparse.Namespace) -> int:
+    from transformers import AutoConfig
+
+    from harness import memory, models
+    from harness.plugins import get_registry
+
+    try:
+        config = AutoConfig.from_pretrained(models.resolve(args.model))
+    except (OSError, ValueError) as exc:
+        raise UnlearnBenchError(f"cannot read the config of model {args.model!r}: {exc}") from exc
+    n, largest = memory.shape_of(config)
+    reference = get_registry().build("objective", args.objective, {}).needs_reference
+    print(f"{args.model}: {n / 1e9:.2f} B parameters, {args.dtype}, ratio {args.ratio:g}, objective "
+          f"{args.objective}")
+    print(memory.table(memory.estimate(n, largest, args.dtype, args.ratio, reference, args.attribution_buffers)))
+    return 0
 
 
 def _write_leaderboard(results: Path, out: Path, task: str | None) -> None:
@@ -229,7 +252,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--leaderboard", help="also write the leaderboard when done: a folder (CSVs, Markdown, HTML, "
                                          "plots) or a .csv path (the per-run CSV only)")
     s.add_argument("--retry-failed", action="store_true", help="run again the runs whose record says failed")
+    s.add_argument("--executor", help="where runs execute (overrides the file's `executor`): local, ray, or a "
+                                      "plugin's executor")
+    s.add_argument("--address", help="the cluster to join (overrides executor_config.address), e.g. "
+                                     "head-node:6379 for Ray")
     s.set_defaults(func=cmd_sweep)
+
+    s = sub.add_parser("memory", help="memory per phase of a run, estimated from the model's config alone")
+    s.add_argument("model", help="alias, local folder or hub id (only its config is read)")
+    s.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    s.add_argument("--ratio", type=float, default=0.5, help="fraction of weights updated")
+    s.add_argument("--objective", default="npo", help="objective (decides whether a reference copy is held)")
+    s.add_argument("--attribution-buffers", default="model", choices=["model", "cpu"])
+    s.set_defaults(func=cmd_memory)
 
     s = sub.add_parser("leaderboard", help="write leaderboard files from stored run records alone")
     s.add_argument("results_dir")

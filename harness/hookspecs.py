@@ -45,6 +45,16 @@ def register_tasks(register: Register) -> None:
 
 
 @hookspec
+def register_executors(register: Register) -> None:
+    """Register sweep executors: subclasses of `harness.api.Executor`.
+
+    Called once when the registry is first built. An executor decides where a sweep's runs execute (`local`:
+    one after another in this process; `ray`: as Ray tasks on a cluster); the sweep keeps the guarantees
+    (skip finished runs, one run per spec at a time, failures recorded).
+    """
+
+
+@hookspec
 def register_generation_backends(register: Register) -> None:
     """Register greedy-generation backends: subclasses of `harness.api.GenerationBackend`.
 

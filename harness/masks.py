@@ -1,9 +1,10 @@
 """Masks: from attribution scores to a boolean "update" mask at an exact ratio, saved and reused.
 
 The global top-k over every parameter is found by radix selection on the scores' float bits: four passes of
-256-bin histograms, one tensor at a time, so the extra memory is one key per element of the largest tensor
-(not two int64 index arrays per parameter, as a global argsort needs). Ties at the threshold are broken in
-parameter order, so exactly k = round(ratio * N) weights are selected, deterministically.
+256-bin histograms over fixed-size chunks of each tensor, so the extra memory beyond the output mask is a few
+chunk-sized temporaries (not a concatenated copy and an int64 index per weight, as a global argsort needs).
+Ties at the threshold are broken in parameter order, so exactly k = round(ratio * N) weights are selected,
+deterministically.
 """
 
 from __future__ import annotations
@@ -23,10 +24,20 @@ from harness.io import atomic_write_json
 Mask = dict[str, torch.Tensor]  # parameter name -> bool tensor, True = updated during unlearning
 
 
+CHUNK = 1 << 20  # elements keyed at a time: the working memory is a few CHUNK-sized temporaries (8 MB each)
+
+
 def _order_keys(x: torch.Tensor) -> torch.Tensor:
     """Map float32 values to int64 keys in [0, 2^32) with the same order (the float bits, sign-folded)."""
     bits = x.detach().float().contiguous().view(torch.int32).to(torch.int64)
     return torch.where(bits >= 0, bits + 2**31, 2**31 - 1 - (bits & 0x7FFFFFFF))
+
+
+def _chunks(s: torch.Tensor):
+    """Consecutive flat slices of `s` (views when `s` is contiguous), in parameter order."""
+    flat = s.detach().reshape(-1)
+    for start in range(0, flat.numel(), CHUNK):
+        yield start, flat[start : start + CHUNK]
 
 
 def kth_largest_key(scores: Mapping[str, torch.Tensor], k: int) -> tuple[int, int]:
@@ -35,10 +46,11 @@ def kth_largest_key(scores: Mapping[str, torch.Tensor], k: int) -> tuple[int, in
     for shift in (24, 16, 8, 0):
         hist = torch.zeros(256, dtype=torch.int64)
         for s in scores.values():
-            key = _order_keys(s).flatten()
-            if shift < 24:
-                key = key[(key >> (shift + 8)) == prefix]
-            hist += torch.bincount(((key >> shift) & 0xFF).cpu(), minlength=256)
+            for _, part in _chunks(s):
+                key = _order_keys(part)
+                if shift < 24:
+                    key = key[(key >> (shift + 8)) == prefix]
+                hist += torch.bincount(((key >> shift) & 0xFF).cpu(), minlength=256)
         above = torch.flip(torch.cumsum(torch.flip(hist, [0]), 0), [0])  # above[b] = count in bins >= b
         bucket = int(torch.nonzero(above >= remaining).max())
         remaining -= int(above[bucket] - hist[bucket])
@@ -51,25 +63,29 @@ def top_fraction(scores: Mapping[str, torch.Tensor], ratio: float) -> Mask:
     if not 0.0 < ratio <= 1.0:
         raise UnlearnBenchError(f"ratio must be in (0, 1], got {ratio}")
     for name, s in scores.items():
-        if not torch.isfinite(s).all():
+        if not all(bool(torch.isfinite(part).all()) for _, part in _chunks(s)):
             raise UnlearnBenchError(f"attribution scores for {name} contain NaN or inf")
     total = sum(s.numel() for s in scores.values())
     k = round(ratio * total)
     if k == 0:
         raise UnlearnBenchError(f"ratio {ratio} selects no weight out of {total}")
+    # the masks are allocated before any temporary, so the allocator can reuse and return the temporaries'
+    # memory instead of leaving it stranded between long-lived masks
+    mask: Mask = {name: torch.empty(s.shape, dtype=torch.bool, device=s.device) for name, s in scores.items()}
     threshold, n_above = kth_largest_key(scores, k)
     ties_left = k - n_above
-    mask: Mask = {}
     for name, s in scores.items():
-        key = _order_keys(s)
-        chosen = key > threshold
-        tie = key == threshold
-        if ties_left > 0 and bool(tie.any()):
-            flat = tie.flatten()
-            take = flat & (torch.cumsum(flat.to(torch.int64), 0) <= ties_left)
-            ties_left -= int(take.sum())
-            chosen |= take.view_as(tie)
-        mask[name] = chosen
+        chosen = mask[name].view(-1)
+        for start, part in _chunks(s):
+            key = _order_keys(part)
+            out = chosen[start : start + part.numel()]
+            torch.gt(key, threshold, out=out)
+            if ties_left > 0:
+                tie = key == threshold
+                if bool(tie.any()):
+                    take = tie & (torch.cumsum(tie.to(torch.int64), 0) <= ties_left)
+                    ties_left -= int(take.sum())
+                    out |= take
     return mask
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedModel
 
+from harness import distributed
 from harness.cache import cached_dir
 from harness.errors import ModelNotFoundError
 
@@ -88,9 +89,10 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def pick_device(device: str = "auto") -> torch.device:
-    """`auto`: the first CUDA device if there is one, else the CPU."""
+    """`auto`: this process's device under `accelerate launch`, else the first CUDA device if there is one,
+    else the CPU."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return distributed.device() or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
 
 

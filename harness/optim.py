@@ -2,9 +2,14 @@
 
 For a partly masked parameter the moments are vectors over its selected entries (k values, not N), and the
 update touches only those entries, so masked-out weights stay bit-identical without a saved copy and the
-optimizer's memory is about ratio × that of dense AdamW. The arithmetic is torch's single-tensor AdamW
-(decoupled weight decay), so an unmasked parameter is updated exactly as `torch.optim.AdamW(foreach=False)`
-updates it (tests/test_train.py).
+optimizer's memory is about ratio × that of dense AdamW. The selected entries' flat positions are found once
+(int32, 4 bytes per selected weight) and each step gathers the gradient and the weights there, updates them,
+and writes them back: no boolean indexing (a full scan of the mask) per step. Gradient clipping happens here
+too, on the gathered gradients, so it measures exactly the gradient that unlearning applies.
+
+The arithmetic is torch's single-tensor AdamW (decoupled weight decay) and its clip_grad_norm_ formula, so
+an unmasked parameter is updated exactly as `torch.optim.AdamW(foreach=False)` updates it
+(tests/test_train.py).
 """
 
 from __future__ import annotations
@@ -16,23 +21,62 @@ from typing import Any
 import torch
 
 
+def _flat_index(mask: torch.Tensor) -> torch.Tensor:
+    positions = mask.flatten().nonzero().squeeze(1)
+    return positions.to(torch.int32) if mask.numel() < 2**31 else positions
+
+
+def clip_(grads: list[torch.Tensor], max_norm: float) -> float:
+    """Scale `grads` in place so their joint L2 norm is at most `max_norm` (torch's clip_grad_norm_ formula);
+    returns the norm before clipping."""
+    if not grads:
+        return 0.0
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, 2.0) for g in grads]), 2.0)
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for g in grads:
+        g.mul_(coef.to(g.device))
+    return float(total)
+
+
 class MaskedAdamW(torch.optim.Optimizer):
     def __init__(self, params: Iterable[Any], masks: Mapping[int, torch.Tensor], lr: float,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0) -> None:
-        """`masks` maps id(parameter) to its boolean update mask; parameters without one update fully."""
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+                 max_grad_norm: float | None = None) -> None:
+        """`masks` maps id(parameter) to its boolean update mask; parameters without one update fully.
+        With `max_grad_norm`, the gradients (selected entries only) are clipped to that joint norm first."""
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
-        self.masks = dict(masks)
+        self.max_grad_norm = max_grad_norm
+        self.index = {id(p): _flat_index(masks[id(p)].to(p.device))
+                      for group in self.param_groups for p in group["params"] if id(p) in masks}
+        self.last_grad_norm: float | None = None
+
+    def _gather_grads(self) -> dict[int, torch.Tensor]:
+        """Each parameter's gradient over its selected entries; a masked parameter's full gradient is freed."""
+        grads = {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                index = self.index.get(id(p))
+                if index is None:
+                    grads[id(p)] = p.grad
+                else:
+                    grads[id(p)] = p.grad.reshape(-1).index_select(0, index)
+                    p.grad = None
+        return grads
 
     @torch.no_grad()
     def step(self, closure: None = None) -> None:
+        grads = self._gather_grads()
+        if self.max_grad_norm is not None:
+            self.last_grad_norm = clip_(list(grads.values()), self.max_grad_norm)
         for group in self.param_groups:
             lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
             beta1, beta2 = group["betas"]
             for p in group["params"]:
-                if p.grad is None:
+                grad = grads.get(id(p))
+                if grad is None:
                     continue
-                mask = self.masks.get(id(p))
-                grad = p.grad if mask is None else p.grad[mask]
                 state = self.state[p]
                 if not state:
                     state["step"] = torch.tensor(0.0)
@@ -45,13 +89,20 @@ class MaskedAdamW(torch.optim.Optimizer):
                 exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
                 step_size = lr / (1 - beta1 ** t)
                 denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2 ** t)).add_(eps)
-                if mask is None:
+                index = self.index.get(id(p))
+                if index is None:
                     p.mul_(1 - lr * wd).addcdiv_(exp_avg, denom, value=-step_size)
                 else:
-                    selected = p[mask].mul_(1 - lr * wd).addcdiv_(exp_avg, denom, value=-step_size)
-                    p.masked_scatter_(mask, selected)
+                    flat = p.view(-1)
+                    selected = flat.index_select(0, index).mul_(1 - lr * wd).addcdiv_(exp_avg, denom,
+                                                                                       value=-step_size)
+                    flat.index_put_((index,), selected)
 
     def state_bytes(self) -> int:
-        """Bytes held in optimizer state tensors."""
+        """Bytes held in optimizer state tensors (the two moments and the step counters)."""
         return sum(t.numel() * t.element_size() for s in self.state.values() for t in s.values()
                    if isinstance(t, torch.Tensor))
+
+    def index_bytes(self) -> int:
+        """Bytes held by the selected entries' positions (4 per selected weight)."""
+        return sum(i.numel() * i.element_size() for i in self.index.values())

@@ -37,13 +37,14 @@ DEFAULT_PLUGINS = (
     "methods.po",
     "methods.rmu",
     "harness.backends",
+    "harness.executors",
     "tasks.tofu",
     "tasks.muse",
     "tasks.books",
     "tasks.wmdp",
 )
 KINDS = {"attribution": "register_attributions", "objective": "register_objectives", "task": "register_tasks",
-         "backend": "register_generation_backends"}
+         "backend": "register_generation_backends", "executor": "register_executors"}
 
 
 @dataclass(frozen=True)

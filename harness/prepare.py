@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Literal
 
-from harness import models
+from harness import distributed, models
 from harness.api import EvalContext, LossOutput, Task
 from harness.cache import cache_root, cached_dir, stable_hash
 from harness.config import to_dict
@@ -73,7 +73,7 @@ def reference_eval(task: Task, model_path: str, batch_size: int, against: dict |
     key = stable_hash({"model": model_path, "task": task.name, "config": to_dict(task.config),
                        "against": against["model"] if against else None, "dtype": dtype, "format": 1})
     path = cache_root() / "evals" / f"{task.name}-{key}.json"
-    if path.is_file():
+    if distributed.broadcast(path.is_file()):  # the main process decides: evaluation is collective
         return json.loads(path.read_text())
     model, tok = models.load(model_path, dtype, device)
     stats = against["stats"] if against else None

@@ -13,7 +13,7 @@ from typing import Any
 import peft
 import torch
 
-from harness import lm_eval_bridge, mask_report, masks, models, prepare, records
+from harness import distributed, lm_eval_bridge, mask_report, masks, models, prepare, records
 from harness.api import AttributionData, AttributionResult, EvalContext, Task
 from harness.cache import cached_dir, stable_hash
 from harness.config import to_dict
@@ -78,7 +78,8 @@ def build_mask(spec: RunSpec, task: Task, attribution: Any, target: str, model,
         data = AttributionData(model, tok, make_batches(tok, forget, ATTRIBUTION_BATCH, max_length),
                                make_batches(tok, retain, ATTRIBUTION_BATCH, max_length),
                                make_batches(tok, task.refusal_examples(), ATTRIBUTION_BATCH, max_length),
-                               seed=spec.seed, ratio=spec.ratio)
+                               seed=spec.seed, ratio=spec.ratio,
+                               grad_buffers=None if spec.attribution_buffers == "model" else spec.attribution_buffers)
         result = attribution.scores(data)
         mask = _mask_from(result, spec.ratio, model)
         if mask is None:
@@ -179,7 +180,7 @@ def execute(spec: RunSpec, results_dir: Path) -> dict[str, Any]:
 
         t = time.perf_counter()
         evaluation = task.evaluate(model, tok, EvalContext(retain_eval["stats"], _eval_batch(task), backend))
-        if spec.utility:
+        if spec.utility and distributed.is_main():  # only the main process writes the record
             record["lm_eval"] = lm_eval_bridge.evaluate(model, tok, spec.utility, spec.utility_limit,
                                                         _eval_batch(task))
             evaluation.metrics.update(lm_eval_bridge.metrics(record["lm_eval"]))
@@ -188,7 +189,8 @@ def execute(spec: RunSpec, results_dir: Path) -> dict[str, Any]:
         record["stats"] = evaluation.stats  # per-sample numbers and, for lm-eval tasks, lm-eval's results
         record["samples"] = evaluation.samples
         record["status"] = "finished"
-        checkpoint.unlink(missing_ok=True)
+        if distributed.is_main():
+            checkpoint.unlink(missing_ok=True)
     except Exception as exc:
         record["status"] = "failed"
         record["error"] = {"type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc()}
@@ -196,7 +198,10 @@ def execute(spec: RunSpec, results_dir: Path) -> dict[str, Any]:
     finally:
         timings["total_s"] = time.perf_counter() - started
         record["memory"] = records.peak_memory_mb()
-        records.write(results_dir, run_id, record)
+        if distributed.world_size() > 1:
+            record["processes"] = distributed.world_size()
+        if distributed.is_main():
+            records.write(results_dir, run_id, record)
     return record
 
 
@@ -209,7 +214,7 @@ def write_reference_records(spec: RunSpec, results_dir: Path) -> None:
     rows = [("target", target, target_eval)]
     if retain_model is not None:
         rows.append(("retain", retain_model, retain_eval))
-    for role, path, ev in rows:
+    for role, path, ev in rows if distributed.is_main() else ():
         ref_spec = {"task": spec.task, "model": spec.model, "task_config": spec.task_config,
                     "prepare": to_dict(spec.prepare)}
         rid = f"{spec.task}-{role}-{stable_hash(dict(ref_spec, path=path), 12)}"

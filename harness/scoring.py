@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from harness import distributed
 from harness.api import Batch, Example
 from harness.data import IGNORE, collate, encode
 
@@ -39,10 +40,17 @@ def sum_nll(model, batch: Batch) -> torch.Tensor:
     return nll.sum(1)
 
 
-@torch.no_grad()
 def completion_nll(model, tokenizer, examples: Sequence[Example], batch_size: int = 16,
                    max_length: int = 512) -> np.ndarray:
-    """Token-mean NLL of each example's completion given its prompt, in input order."""
+    """Token-mean NLL of each example's completion given its prompt, in input order (under a multi-process
+    launch, each process scores its share and every process gets all the numbers)."""
+    return np.asarray(distributed.map_sharded(
+        lambda part: _completion_nll(model, tokenizer, part, batch_size, max_length), examples), dtype=np.float64)
+
+
+@torch.no_grad()
+def _completion_nll(model, tokenizer, examples: Sequence[Example], batch_size: int,
+                    max_length: int) -> np.ndarray:
     encoded = [encode(tokenizer, ex, max_length) for ex in examples]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
     out = np.empty(len(encoded), dtype=np.float64)
@@ -54,12 +62,17 @@ def completion_nll(model, tokenizer, examples: Sequence[Example], batch_size: in
     return out
 
 
-@torch.no_grad()
 def text_logprobs(model, tokenizer, texts: Sequence[str], batch_size: int = 16,
                   max_length: int = 2048) -> list[np.ndarray]:
     """Log-probability of every token of each text after its first, given the tokens before (one
     teacher-forced pass, texts cut to `max_length` tokens), in input order. Batched and right-padded;
-    padding does not change the numbers (tests/test_scoring.py)."""
+    padding does not change the numbers (tests/test_scoring.py). Sharded across processes like
+    `completion_nll`."""
+    return distributed.map_sharded(lambda part: _text_logprobs(model, tokenizer, part, batch_size, max_length), texts)
+
+
+@torch.no_grad()
+def _text_logprobs(model, tokenizer, texts: Sequence[str], batch_size: int, max_length: int) -> list[np.ndarray]:
     encoded = [tokenizer(t, add_special_tokens=True)["input_ids"][:max_length] for t in texts]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     out: list[np.ndarray] = [np.empty(0)] * len(encoded)

@@ -36,6 +36,8 @@ class RunSpec:
     eval_every: int | None = option(None, "also evaluate every N unlearning steps (a curve in the record)")
     dtype: str = option("float32", "weights dtype: float32, bfloat16 (7B models on a GPU) or float16")
     device: str = option("auto", "auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ...")
+    attribution_buffers: str = option("model", "where attribution keeps its fp32 gradient sums: model (the "
+                                               "model's device) or cpu (a 7B model on one 80 GB GPU)")
     task_config: dict[str, Any] = option({}, "the task's config")
     attribution_config: dict[str, Any] = option({}, "the attribution's config")
     objective_config: dict[str, Any] = option({}, "the objective's config")
@@ -47,8 +49,12 @@ class RunSpec:
             raise ValueError(f"dtype {self.dtype!r}: choose float32, bfloat16 or float16")
         if not 0.0 < self.ratio <= 1.0:
             raise ValueError(f"ratio must be in (0, 1], got {self.ratio}")
+        if self.attribution_buffers not in ("model", "cpu"):
+            raise ValueError(f"attribution_buffers {self.attribution_buffers!r}: choose model or cpu")
 
     def run_id(self) -> str:
-        """A hash of everything that determines the run's result (the device does not)."""
-        keyed = {k: v for k, v in to_dict(self).items() if k != "device"}
+        """A hash of everything that determines the run's result (where it runs and how memory is spent do
+        not: device, attribution_buffers, train.gradient_checkpointing)."""
+        keyed = {k: v for k, v in to_dict(self).items() if k not in ("device", "attribution_buffers")}
+        keyed["train"] = {k: v for k, v in keyed["train"].items() if k != "gradient_checkpointing"}
         return f"{self.task}-{self.attribution}-{self.objective}-{stable_hash(keyed, 12)}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import itertools
 import json
 import logging
@@ -17,14 +18,18 @@ from typing import Any
 
 import yaml
 
-from harness import runner
+from harness import distributed, runner
 from harness.config import from_dict, option
-from harness.errors import ConfigError
+from harness.errors import ConfigError, UnlearnBenchError
 from harness.plugins import get_registry
 from harness.spec import PrepareConfig, RunSpec
 from harness.train import TrainConfig
 
 log = logging.getLogger(__name__)
+
+
+class SweepError(UnlearnBenchError):
+    """A sweep could not start its runs."""
 
 
 @dataclass
@@ -43,6 +48,8 @@ class SweepConfig:
     objective_config: dict[str, Any] = option({}, "per objective name: its config")
     train: TrainConfig = option(TrainConfig(), "unlearning optimizer settings")
     prepare: PrepareConfig = option(PrepareConfig(), "fine-tuning settings for target and retain models")
+    executor: str = option("local", "where runs execute: local (this process, in order) or ray (Ray tasks)")
+    executor_config: dict[str, Any] = option({}, "the executor's config (ray: address, gpus_per_run, ...)")
 
 
 def load(path: Path) -> SweepConfig:
@@ -163,43 +170,85 @@ def _alive(pid: int) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def _claim(results_dir: Path, run_id: str, done: tuple[str, ...]) -> Iterator[str | None]:
+    """Holds the run's lock and yields None when this sweep should run it, else why not (skipped, busy).
+    Under a multi-process launch the main process decides and holds the lock; all processes run."""
+    if not distributed.is_main():
+        yield distributed.broadcast(None)
+        return
+    if status(results_dir, run_id) in done:
+        yield distributed.broadcast("skipped")
+        return
+    with run_lock(results_dir, run_id) as mine:
+        if not mine:
+            yield distributed.broadcast("busy")
+        elif status(results_dir, run_id) in done:  # finished by another sweep since we looked
+            yield distributed.broadcast("skipped")
+        else:
+            yield distributed.broadcast(None)
+
+
+def run_one(spec: RunSpec, results_dir: Path, done: tuple[str, ...]) -> str:
+    """Run `spec` unless its record says one of `done` or another sweep is running it; the outcome:
+    finished, failed, skipped or busy. A failure is recorded by the runner and logged, never raised."""
+    run_id = spec.run_id()
+    main = distributed.is_main()
+    with _claim(results_dir, run_id, done) as why_not:
+        if why_not is not None:
+            return why_not
+        if main:
+            log_event(results_dir, "start", run_id)
+        try:
+            runner.execute(spec, results_dir)
+        except Exception as exc:
+            if main:
+                log_event(results_dir, "fail", run_id, error=f"{type(exc).__name__}: {exc}")
+            log.error("%s failed: %s: %s", run_id, type(exc).__name__, exc)
+            return "failed"
+        if main:
+            log_event(results_dir, "finish", run_id)
+        return "finished"
+
+
+def write_references(spec: RunSpec, results_dir: Path) -> str:
+    """The target and retain models' records (built first if needed), one writer at a time."""
+    main = distributed.is_main()  # under a launch the main process holds the lock; all take part
+    with run_lock(results_dir, "references", wait=True) if main else contextlib.nullcontext():
+        runner.write_reference_records(spec, results_dir)
+    return "finished"
+
+
 def run(cfg: SweepConfig, results_dir: Path, retry_failed: bool = False) -> dict[str, int]:
-    """Run every spec without a finished record (and, with `retry_failed`, those whose record says failed).
-    Each run holds its lock while it runs, so several sweep processes can share a results directory and
-    never run the same spec twice; a failed run is recorded and the sweep goes on."""
+    """Run every spec without a finished record (and, with `retry_failed`, those whose record says failed),
+    on the sweep's executor. Each run holds its lock while it runs, so several sweeps can share a results
+    directory and never run the same spec twice; a failed run is recorded and the sweep goes on."""
     specs = expand(cfg)
+    executor = get_registry().build("executor", cfg.executor, cfg.executor_config, "sweep: executor_config")
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / "runs").mkdir(exist_ok=True)
-    if remove_stale_temporaries(results_dir):
+    if distributed.is_main() and remove_stale_temporaries(results_dir):
         log.info("removed temporary files of writers that died")
-    with run_lock(results_dir, "references", wait=True):
-        runner.write_reference_records(specs[0], results_dir)
+    for _, outcome in executor.run([functools.partial(write_references, specs[0], results_dir)]):
+        if outcome != "finished":
+            raise SweepError(f"the reference models could not be prepared ({outcome}); see the log above")
     counts = {"finished": 0, "skipped": 0, "failed": 0, "busy": 0}
     done = ("finished", "failed") if not retry_failed else ("finished",)
-    for i, spec in enumerate(specs, start=1):
-        run_id = spec.run_id()
-        before = status(results_dir, run_id)
+    pending = []
+    for spec in specs:  # a first look; run_one decides again under the run's lock
+        before = status(results_dir, spec.run_id())
         if before in done:
-            log.info("[%d/%d] %s: already %s, skipped", i, len(specs), run_id, before)
+            log.info("%s: already %s, skipped", spec.run_id(), before)
             counts["skipped"] += 1
-            continue
-        with run_lock(results_dir, run_id) as mine:
-            if not mine:
-                log.info("[%d/%d] %s: another sweep is running it, skipped", i, len(specs), run_id)
-                counts["busy"] += 1
-                continue
-            if status(results_dir, run_id) in done:  # finished by another sweep since we looked
-                counts["skipped"] += 1
-                continue
-            log.info("[%d/%d] %s: running", i, len(specs), run_id)
-            log_event(results_dir, "start", run_id)
-            try:
-                runner.execute(spec, results_dir)
-                log_event(results_dir, "finish", run_id)
-                counts["finished"] += 1
-            except Exception as exc:  # recorded by the runner; the sweep goes on
-                log_event(results_dir, "fail", run_id, error=f"{type(exc).__name__}: {exc}")
-                log.error("[%d/%d] %s failed: %s: %s", i, len(specs), run_id, type(exc).__name__, exc)
-                counts["failed"] += 1
+        else:
+            pending.append(spec)
+    jobs = [functools.partial(run_one, spec, results_dir, done) for spec in pending]
+    for n, (i, outcome) in enumerate(executor.run(jobs), start=1):
+        run_id = pending[i].run_id()
+        if outcome == "lost":  # the worker died before the run could record anything
+            log_event(results_dir, "fail", run_id, error="worker lost")
+            outcome = "failed"
+        log.info("[%d/%d] %s: %s", n, len(pending), run_id, outcome)
+        counts[outcome] += 1
     return counts

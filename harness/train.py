@@ -1,10 +1,10 @@
 """The one training loop: fine-tuning (building target/retain models) and unlearning both run through it.
 
 AdamW with linear warmup and linear decay, gradient accumulation and clipping, optional bf16 autocast.
-With a mask, only masked-in weights change: gradients of masked-out weights are zeroed before clipping,
-parameters with no masked-in weight leave the optimizer entirely, and partly masked parameters keep
-optimizer state for their selected entries only and are updated only there (harness/optim.py), so
-masked-out weights stay bit-identical, weight decay included.
+With a mask, only masked-in weights change: parameters with no masked-in weight leave the optimizer
+entirely, and partly masked parameters keep optimizer state for their selected entries only, are clipped on
+those entries' gradients and are updated only there (harness/optim.py), so masked-out weights stay
+bit-identical, weight decay included.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from harness import distributed
 from harness.api import Batch, Example, LossOutput, UnlearnBatch
 from harness.config import option
 from harness.data import collate, encode, to_device
@@ -40,6 +41,8 @@ class TrainConfig:
     weight_decay: float = option(0.0, "AdamW decoupled weight decay (never applied to masked-out weights)")
     max_grad_norm: float | None = option(1.0, "clip the (masked) gradient norm; null: no clipping")
     checkpoint_every: int | None = option(None, "save a resumable checkpoint every N optimizer steps")
+    gradient_checkpointing: bool = option(False, "recompute activations in backward (less memory, ~30% more "
+                                                 "compute; for 7B models)")
     bf16_autocast: bool = option(False, "forward/backward in bf16 autocast (fast on GPUs; on CPUs without "
                                         "avx512_bf16 it is about 25x slower than fp32)")
 
@@ -98,7 +101,7 @@ def unlearn_batches(tokenizer, forget: Sequence[Example], retain: Sequence[Examp
 
 class MaskedUpdate:
     """Holds a mask's effect on one model for the duration of a training run: fully masked-out parameters
-    are frozen, partly masked ones get their gradients masked (for clipping) and masked optimizer state."""
+    are frozen, partly masked ones get optimizer state and updates over their selected entries only."""
 
     def __init__(self, model: torch.nn.Module, mask: Mask | None) -> None:
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -119,12 +122,6 @@ class MaskedUpdate:
 
     def masks_by_param(self) -> dict[int, torch.Tensor]:
         return {id(self.params[name]): m for name, m in self.partial.items()}
-
-    def mask_gradients(self) -> None:
-        for name, m in self.partial.items():
-            grad = self.params[name].grad
-            if grad is not None:
-                grad.mul_(m)
 
     def close(self) -> None:
         for p in self.frozen:
@@ -177,12 +174,15 @@ def train(model: torch.nn.Module, micro_batches: Sequence[Any],
         n_steps = min(n_steps, cfg.max_steps)
     warmup = max(1, int(n_steps * cfg.warmup_ratio))
     update = MaskedUpdate(model, mask)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    net = distributed.wrap(model)  # DistributedDataParallel under a multi-process launch
     decay, no_decay = [], []
     for p in update.trainable():
         (decay if p.ndim >= 2 else no_decay).append(p)
     optimizer = MaskedAdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        update.masks_by_param(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+        update.masks_by_param(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, max_grad_norm=cfg.max_grad_norm)
 
     def schedule(step: int) -> float:
         if step < warmup:
@@ -206,26 +206,26 @@ def train(model: torch.nn.Module, micro_batches: Sequence[Any],
                 index = step * cfg.grad_accum + j
                 if index >= len(micro_batches):
                     break
-                batch = to_device(micro_batches[index], device)
+                batch = to_device(distributed.rows(micro_batches[index]), device)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16_autocast):
-                    out = loss_fn(model, batch)
-                value = float(out.loss.detach())
+                    out = loss_fn(net, batch)
+                names = sorted(out.parts)
+                value, *part_values = distributed.mean([float(out.loss.detach()), *(out.parts[k] for k in names)])
                 if not math.isfinite(value):
                     raise NonFiniteLossError(
                         f"loss is {value} at optimizer step {step + 1}/{n_steps} (micro-batch {index}); "
                         f"loss parts: {out.parts}. Lower the learning rate or check the objective's config.")
                 (out.loss / cfg.grad_accum).backward()
                 total += value / cfg.grad_accum
-                for k, v in out.parts.items():
+                for k, v in zip(names, part_values, strict=True):
                     parts[k] = parts.get(k, 0.0) + v / cfg.grad_accum
-            update.mask_gradients()
-            if cfg.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(update.trainable(), cfg.max_grad_norm)
             lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
             lr_sched.step()
             optimizer.zero_grad(set_to_none=True)
             row: dict[str, Any] = {"step": step + 1, "loss": total, "lr": lr, **parts}
+            if optimizer.last_grad_norm is not None:
+                row["grad_norm"] = optimizer.last_grad_norm
             if on_step is not None:
                 model.eval()
                 extra = on_step(step + 1, model)
@@ -236,9 +236,13 @@ def train(model: torch.nn.Module, micro_batches: Sequence[Any],
             if progress is not None:
                 progress(step + 1, n_steps, row)
             if checkpoint is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
-                _save_checkpoint(checkpoint, step + 1, update, optimizer, lr_sched, log)
+                if distributed.is_main():  # every process holds the same weights and optimizer state
+                    _save_checkpoint(checkpoint, step + 1, update, optimizer, lr_sched, log)
+                distributed.barrier()
     finally:
         update.close()
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_disable()
         model.eval()
     log.seconds = time.perf_counter() - start
     return log

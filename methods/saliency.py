@@ -24,7 +24,8 @@ class Gradient(Attribution):
     Config = SaliencyConfig
 
     def scores(self, data: AttributionData) -> AttributionResult:
-        return AttributionResult({n: g.abs_() for n, g in summed_gradients(data.model, data.forget).items()})
+        grads = summed_gradients(data.model, data.forget, data.grad_buffers)
+        return AttributionResult({n: g.abs_() for n, g in grads.items()})
 
 
 class Snip(Attribution):
@@ -34,9 +35,9 @@ class Snip(Attribution):
     Config = SaliencyConfig
 
     def scores(self, data: AttributionData) -> AttributionResult:
-        grads = summed_gradients(data.model, data.forget)
+        grads = summed_gradients(data.model, data.forget, data.grad_buffers)
         with torch.no_grad():
-            return AttributionResult({n: grads[n].mul_(p.detach().float()).abs_()
+            return AttributionResult({n: grads[n].mul_(p.detach().to(grads[n].device, torch.float32)).abs_()
                                       for n, p in data.model.named_parameters() if n in grads})
 
 

@@ -38,15 +38,15 @@ class Wagle(Attribution):
         forget = data.forget_refusal if self.config.forget_target == "refusal" else data.forget
         if not forget:
             raise ValueError(f"wagle: no forget batches for forget_target {self.config.forget_target!r}")
-        g_f = summed_gradients(data.model, forget)
-        g_r = summed_gradients(data.model, data.retain)
+        g_f = summed_gradients(data.model, forget, data.grad_buffers)
+        g_r = summed_gradients(data.model, data.retain, data.grad_buffers)
         scores: dict[str, torch.Tensor] = {}
         snip_sq = retain_sq = 0.0
         with torch.no_grad():
             for name, p in data.model.named_parameters():
                 if name not in g_f:
                     continue
-                theta = p.detach().float()
+                theta = p.detach().to(g_f[name].device, torch.float32)
                 snip = theta * g_f[name]
                 retain = g_r.pop(name).div_(self.config.gamma).mul_(g_f[name])
                 snip_sq += float(snip.pow(2).sum())

@@ -18,7 +18,9 @@ def _scores(seed: int, ties: bool = False, negative: bool = False) -> dict[str, 
 @pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("negative", [False, True])
 @pytest.mark.parametrize("ratio", [0.01, 0.1, 0.5, 0.8, 0.95, 1.0])
-def test_top_fraction_matches_a_global_sort(ties, negative, ratio):
+@pytest.mark.parametrize("chunk", [16, 1 << 22])  # chunks that split every tensor, and whole tensors
+def test_top_fraction_matches_a_global_sort(ties, negative, ratio, chunk, monkeypatch):
+    monkeypatch.setattr(masks, "CHUNK", chunk)
     scores = _scores(1, ties, negative)
     flat = torch.cat([s.flatten() for s in scores.values()])
     k = round(ratio * flat.numel())
@@ -28,10 +30,9 @@ def test_top_fraction_matches_a_global_sort(ties, negative, ratio):
     kth = torch.sort(flat, descending=True).values[k - 1]
     assert bool((flat[chosen] >= kth).all())  # everything chosen is at least the k-th largest
     assert bool((flat[~chosen] <= kth).all())  # everything left out is at most the k-th largest
-    if not ties:
-        reference = torch.zeros_like(flat, dtype=torch.bool)
-        reference[torch.argsort(flat, descending=True)[:k]] = True
-        assert torch.equal(chosen, reference)
+    reference = torch.zeros_like(flat, dtype=torch.bool)  # ties broken in parameter order: a stable sort
+    reference[torch.argsort(flat, descending=True, stable=True)[:k]] = True
+    assert torch.equal(chosen, reference)
 
 
 def test_kth_largest_key_matches_sort():

@@ -169,3 +169,27 @@ def test_masked_adamw_matches_torch_adamw_and_keeps_state_for_selected_entries()
     # AdamW is elementwise: the selected entries follow torch's AdamW, the others never move
     assert torch.equal(ours[mask], ref[mask]) and torch.equal(ours[~mask], init[~mask])
     assert opt.state_bytes() == 2 * int(mask.sum()) * 4 + 4  # two moments over the selected entries + step
+
+
+def test_clipping_uses_the_selected_gradients_only_and_matches_torch():
+    from harness.optim import MaskedAdamW
+
+    torch.manual_seed(1)
+    init = [torch.randn(4, 6), torch.randn(5)]
+    mask = torch.rand(4, 6) < 0.5
+    grads = [torch.randn(4, 6) * 10, torch.randn(5) * 10]
+    ours = [torch.nn.Parameter(t.clone()) for t in init]
+    ref = [torch.nn.Parameter(t.clone()) for t in init]
+    opt = MaskedAdamW([{"params": ours}], {id(ours[0]): mask}, lr=0.01, max_grad_norm=1.0)
+    torch_opt = torch.optim.AdamW(ref, lr=0.01, weight_decay=0.0, foreach=False)
+    ours[0].grad, ours[1].grad = grads[0].clone(), grads[1].clone()
+    ref[0].grad, ref[1].grad = grads[0] * mask, grads[1].clone()  # what unlearning applies: the masked gradient
+    norm = torch.nn.utils.clip_grad_norm_(ref, 1.0)
+    opt.step()
+    torch_opt.step()
+    expected = math.sqrt(float((grads[0][mask] ** 2).sum() + (grads[1] ** 2).sum()))
+    assert opt.last_grad_norm == pytest.approx(expected, rel=1e-6) and float(norm) == pytest.approx(expected, rel=1e-6)
+    torch.testing.assert_close(ours[0][mask], ref[0][mask], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(ours[1], ref[1], rtol=1e-6, atol=1e-7)
+    assert torch.equal(ours[0][~mask], init[0][~mask])
+    assert opt.index_bytes() == 4 * int(mask.sum())

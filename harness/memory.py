@@ -1,0 +1,77 @@
+"""Memory per phase of a run, from the model's shape alone (no weights are loaded).
+
+Counts the tensors the harness holds in each phase; activations are left out, as they scale with batch size
+× sequence length (and shrink with train.gradient_checkpointing). docs/scale.md has the 7B figures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+GB = 1e9
+
+
+@dataclass
+class Phase:
+    """Bytes held on the model's device and in host memory during one phase, by what holds them."""
+
+    name: str
+    device: dict[str, int] = field(default_factory=dict)
+    host: dict[str, int] = field(default_factory=dict)
+
+    def device_bytes(self) -> int:
+        return sum(self.device.values())
+
+    def host_bytes(self) -> int:
+        return sum(self.host.values())
+
+
+def shape_of(config) -> tuple[int, int]:
+    """(parameter count, largest parameter's element count) of a transformers config, built on the meta
+    device (no memory)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    sizes = [p.numel() for p in model.parameters()]
+    return sum(sizes), max(sizes)
+
+
+def estimate(n_params: int, largest: int, dtype: str = "bfloat16", ratio: float = 1.0,
+             reference_copy: bool = False, attribution_buffers: str = "model") -> list[Phase]:
+    """The harness's tensors in each phase of a run of a model with `n_params` weights.
+
+    attribution: the weights, one backward's gradients (weights' dtype), the two fp32 gradient sums (WAGLE:
+    forget and retain), fp32 scores that replace the sums tensor by tensor, then the boolean mask; the
+    sums and scores live on `attribution_buffers` (model or cpu).
+    unlearning: the weights, their gradients, Adam's two moments for the selected k = ratio × N weights (in
+    the weights' dtype, as torch's AdamW keeps them), the selected positions (int32), the boolean mask, and
+    a frozen copy of the weights for objectives with a reference model (NPO, GradDiff with KL).
+    evaluation: the weights (vLLM loads its own copy while the HF copy waits in host memory).
+    """
+    w = BYTES[dtype]
+    k = round(ratio * n_params)
+    sums = {"gradient sums (2 × fp32)": 8 * n_params, "scores being built (fp32, one tensor)": 4 * largest}
+    attribution = Phase("attribution", {"weights": w * n_params, "gradients": w * n_params})
+    (attribution.device if attribution_buffers == "model" else attribution.host).update(sums)
+    unlearning = Phase("unlearning", {
+        "weights": w * n_params, "gradients": w * n_params, "Adam moments (selected)": 2 * w * k,
+        "selected positions (int32)": 4 * k if ratio < 1.0 else 0, "mask (bool)": n_params if ratio < 1.0 else 0})
+    if reference_copy:
+        unlearning.device["reference copy"] = w * n_params
+    evaluation = Phase("evaluation", {"weights": w * n_params})
+    return [attribution, unlearning, evaluation]
+
+
+def table(phases: list[Phase]) -> str:
+    """A plain-text table: one line per phase with its device and host totals in GB, then the parts."""
+    lines = []
+    for ph in phases:
+        lines.append(f"{ph.name:12s} device {ph.device_bytes() / GB:7.1f} GB   host {ph.host_bytes() / GB:7.1f} GB")
+        for where, parts in (("device", ph.device), ("host", ph.host)):
+            lines += [f"    {where:6s} {name:40s} {b / GB:7.2f} GB" for name, b in parts.items() if b]
+    lines.append("(activations not included: they scale with batch × length; see docs/scale.md)")
+    return "\n".join(lines)

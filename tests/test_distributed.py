@@ -1,0 +1,112 @@
+"""One run on two CPU processes against the same run in one process: the same mask, the same training curve
+and the same metrics, within the stated tolerances (docs/scale.md): summing gradients in another order moves
+numbers by float rounding only. The processes come from accelerate's multi-process launcher
+(`accelerate launch --multi_gpu --num_processes 2` on a machine without GPUs, gloo); its `--cpu` flag starts
+a single process unless MPI is used."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from harness import masks
+
+BIN = Path(sys.executable).parent
+SPEC = {
+    "task": "tofu-mini", "model": "tiny-llama", "attribution": "wagle", "ratio": 0.3, "objective": "graddiff",
+    "seed": 0,
+    # 8 evaluation questions per side and 4-token answers: both processes score and generate a share
+    "task_config": {"utility_limit": 8, "eval_limit": 8, "max_new_tokens": 4, "retain_authors": 1},
+    "train": {"epochs": 2, "batch_size": 10, "lr": 1e-3},  # 10 rows: 5 per process
+    "prepare": {"epochs": 1},
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(cmd: list[str], cache: Path, log: Path, extra_env: dict[str, str] | None = None) -> None:
+    env = dict(os.environ, UNLEARN_BENCH_CACHE=str(cache), OMP_NUM_THREADS="1", **(extra_env or {}))
+    done = subprocess.run(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, timeout=900)
+    assert done.returncode == 0, log.read_text()[-4000:]
+
+
+def _record(results: Path) -> dict:
+    (path,) = (results / "runs").glob("tofu-mini-*wagle*.json")
+    return json.loads(path.read_text())
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(SPEC))
+    one, two = tmp_path / "cache1", tmp_path / "cache2"
+    _run([str(BIN / "unlearn-bench"), "run", "--spec", str(spec), "--results", str(tmp_path / "r1")], one,
+         tmp_path / "one.log")
+    # the same prepared models and reference evaluations; the mask is computed again, by two processes
+    shutil.copytree(one, two, ignore=lambda folder, names: ["masks"] if Path(folder) == one else [])
+    env_no_gpu = {"CUDA_VISIBLE_DEVICES": ""}
+    _run([str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+          "-m", "harness.cli", "run", "--spec", str(spec), "--results", str(tmp_path / "r2")], two,
+         tmp_path / "two.log", env_no_gpu)
+    a, b = _record(tmp_path / "r1"), _record(tmp_path / "r2")
+    assert b["processes"] == 2 and "processes" not in a
+    assert len(list((tmp_path / "r2" / "runs").glob("*.json"))) == 1  # one record, from the main process
+
+    # the mask: attribution gradients summed across the processes select the same weights
+    (m1,), (m2,) = (list((c / "masks").iterdir()) for c in (one, two))
+    mask1, mask2 = masks.load(m1)[0], masks.load(m2)[0]
+    differ = sum(int((mask1[n] != mask2[n]).sum()) for n in mask1)
+    total = sum(m.numel() for m in mask1.values())
+    assert masks.density(mask1) == masks.density(mask2)  # exact ratio either way
+    assert differ <= 1e-4 * total, f"{differ} of {total} weights selected differently"
+
+    # training: the same samples per step (5 rows on each process), gradients averaged across processes
+    losses1 = [row["loss"] for row in a["curves"]["train"]]
+    losses2 = [row["loss"] for row in b["curves"]["train"]]
+    assert len(losses1) == len(losses2) > 1
+    assert losses2 == pytest.approx(losses1, rel=1e-4, abs=1e-5)
+
+    # evaluation split across the processes and gathered: every metric, and the per-question numbers
+    assert a["metrics"].keys() == b["metrics"].keys()
+    for name, metric in a["metrics"].items():
+        assert b["metrics"][name]["value"] == pytest.approx(metric["value"], rel=1e-3, abs=1e-4), name
+    assert [x["generation"] for x in b["samples"]] == [x["generation"] for x in a["samples"]]
+    for name, values in a["stats"].items():  # per-question truth ratios, gathered back in question order
+        assert b["stats"][name] == pytest.approx(values, rel=1e-4, abs=1e-5), name
+
+
+def test_one_process_helpers_are_identities():
+    from harness import distributed
+
+    assert not distributed.active() and distributed.rank() == 0 and distributed.is_main()
+    assert distributed.map_sharded(lambda xs: [x * 2 for x in xs], [1, 2, 3]) == [2, 4, 6]
+    t = {"w": torch.ones(3)}
+    distributed.sum_(t)
+    assert torch.equal(t["w"], torch.ones(3))
+    batch = {"input_ids": torch.arange(6).view(3, 2)}
+    assert distributed.rows(batch) is batch
+    assert distributed.broadcast("x") == "x" and distributed.mean([1.5, 2.0]) == [1.5, 2.0]
+
+
+@pytest.mark.parametrize("world,n", [(2, 5), (3, 7), (4, 2), (1, 3)])
+def test_interleave_inverts_sharding(world, n):
+    """Shares taken as `shard` takes them (every world-th item from the rank) come back in input order,
+    including processes with nothing to do."""
+    from harness import distributed
+
+    items = list(range(100, 100 + n))
+    assert distributed.interleave([items[r::world] for r in range(world)], n) == items
