@@ -2,7 +2,8 @@
 
 accelerate starts the processes (`accelerate launch --multi_gpu --num_processes N`; on a machine without
 GPUs the same launcher starts N CPU processes, as accelerate's `--cpu` flag starts only one without MPI)
-and sets up torch.distributed (gloo on the CPU, NCCL on GPUs); every process holds the whole model. What each phase does with the processes:
+and sets up torch.distributed (gloo on the CPU, NCCL on GPUs); every process holds the whole model.
+What each phase does with the processes:
 
 - attribution: each process takes every world-th batch and the summed gradients are added across
   processes, so G = Σ over all samples exactly as in one process;
