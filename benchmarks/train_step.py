@@ -28,7 +28,7 @@ def step_seconds(model, batches, objective, cfg, mask) -> float:
 
 
 def state_mb(model, mask) -> tuple[float, float]:
-    """Optimizer state after one step with random gradients, and the selected entries' positions (MB)."""
+    """Optimizer state after one step with random gradients, and the masks it reads (MB)."""
     update = MaskedUpdate(model, mask)
     opt = MaskedAdamW([{"params": update.trainable()}], update.masks_by_param(), lr=1e-5)
     for p in update.trainable():
@@ -37,7 +37,7 @@ def state_mb(model, mask) -> tuple[float, float]:
     for p in update.trainable():
         p.grad = None
     update.close()
-    return opt.state_bytes() / 2**20, opt.index_bytes() / 2**20
+    return opt.state_bytes() / 2**20, opt.mask_bytes() / 2**20
 
 
 def main() -> None:
@@ -60,11 +60,10 @@ def main() -> None:
     d, m = sorted(dense_s)[len(dense_s) // 2], sorted(masked_s)[len(masked_s) // 2]
     print(f"step (batch 8 forget + 8 retain, GradDiff): dense {d:.3f} s, masked at ratio {args.ratio:g} {m:.3f} s, "
           f"ratio {m / d:.3f}x (target <= 1.05x)")
-    (dense_mb, _), (masked_mb, index_mb) = state_mb(model, None), state_mb(model, mask)
+    (dense_mb, _), (masked_mb, mask_mb) = state_mb(model, None), state_mb(model, mask)
     print(f"AdamW state: dense {dense_mb:.0f} MB, masked {masked_mb:.0f} MB, ratio {masked_mb / dense_mb:.3f} "
-          f"(selected fraction {args.ratio:g}); with the selected positions (int32, {index_mb:.0f} MB) "
-          f"{(masked_mb + index_mb) / dense_mb:.3f}; the boolean mask itself is 1 byte per weight, "
-          f"{sum(p.numel() for p in model.parameters()) / 2**20:.0f} MB)")
+          f"(selected fraction {args.ratio:g}); with the boolean mask the optimizer reads (1 byte per weight, "
+          f"{mask_mb:.0f} MB) {(masked_mb + mask_mb) / dense_mb:.3f}")
 
 
 if __name__ == "__main__":

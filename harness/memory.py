@@ -48,8 +48,9 @@ def estimate(n_params: int, largest: int, dtype: str = "bfloat16", ratio: float 
     forget and retain), fp32 scores that replace the sums tensor by tensor, then the boolean mask; the
     sums and scores live on `attribution_buffers` (model or cpu).
     unlearning: the weights, their gradients, Adam's two moments for the selected k = ratio × N weights (in
-    the weights' dtype, as torch's AdamW keeps them), the selected positions (int32), the boolean mask, and
-    a frozen copy of the weights for objectives with a reference model (NPO, GradDiff with KL).
+    the weights' dtype, as torch's AdamW keeps them), the boolean mask, the selected positions of the
+    tensor being updated (transient), and a frozen copy of the weights for objectives with a reference
+    model (NPO, GradDiff with KL).
     evaluation: the weights (vLLM loads its own copy while the HF copy waits in host memory).
     """
     w = BYTES[dtype]
@@ -57,9 +58,11 @@ def estimate(n_params: int, largest: int, dtype: str = "bfloat16", ratio: float 
     sums = {"gradient sums (2 × fp32)": 8 * n_params, "scores being built (fp32, one tensor)": 4 * largest}
     attribution = Phase("attribution", {"weights": w * n_params, "gradients": w * n_params})
     (attribution.device if attribution_buffers == "model" else attribution.host).update(sums)
+    masked = ratio < 1.0
     unlearning = Phase("unlearning", {
         "weights": w * n_params, "gradients": w * n_params, "Adam moments (selected)": 2 * w * k,
-        "selected positions (int32)": 4 * k if ratio < 1.0 else 0, "mask (bool)": n_params if ratio < 1.0 else 0})
+        "mask (bool)": n_params if masked else 0,
+        "selected positions (int64, one tensor)": 8 * round(ratio * largest) if masked else 0})
     if reference_copy:
         unlearning.device["reference copy"] = w * n_params
     evaluation = Phase("evaluation", {"weights": w * n_params})

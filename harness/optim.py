@@ -2,10 +2,12 @@
 
 For a partly masked parameter the moments are vectors over its selected entries (k values, not N), and the
 update touches only those entries, so masked-out weights stay bit-identical without a saved copy and the
-optimizer's memory is about ratio × that of dense AdamW. The selected entries' flat positions are found once
-(int32, 4 bytes per selected weight) and each step gathers the gradient and the weights there, updates them,
-and writes them back: no boolean indexing (a full scan of the mask) per step. Gradient clipping happens here
-too, on the gathered gradients, so it measures exactly the gradient that unlearning applies.
+optimizer's memory is about ratio × that of dense AdamW, plus the boolean mask (1 byte per weight). Each step
+finds a parameter's selected positions once (a transient index for one parameter at a time, never kept: at
+ratio 0.95 a kept int32 index would cost as much as both bf16 moments), gathers the gradient and the weights
+there, updates them and writes them back: one scan of the mask per parameter and step, not one per boolean
+indexing. Gradient clipping happens here too, on the gathered gradients, so it measures exactly the gradient
+that unlearning applies.
 
 The arithmetic is torch's single-tensor AdamW (decoupled weight decay) and its clip_grad_norm_ formula, so
 an unmasked parameter is updated exactly as `torch.optim.AdamW(foreach=False)` updates it
@@ -19,11 +21,6 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
-
-
-def _flat_index(mask: torch.Tensor) -> torch.Tensor:
-    positions = mask.flatten().nonzero().squeeze(1)
-    return positions.to(torch.int32) if mask.numel() < 2**31 else positions
 
 
 def clip_(grads: list[torch.Tensor], max_norm: float) -> float:
@@ -46,7 +43,7 @@ class MaskedAdamW(torch.optim.Optimizer):
         With `max_grad_norm`, the gradients (selected entries only) are clipped to that joint norm first."""
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
         self.max_grad_norm = max_grad_norm
-        self.index = {id(p): _flat_index(masks[id(p)].to(p.device))
+        self.masks = {id(p): masks[id(p)].to(p.device).reshape(-1)
                       for group in self.param_groups for p in group["params"] if id(p) in masks}
         self.last_grad_norm: float | None = None
 
@@ -57,11 +54,11 @@ class MaskedAdamW(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                index = self.index.get(id(p))
-                if index is None:
+                mask = self.masks.get(id(p))
+                if mask is None:
                     grads[id(p)] = p.grad
                 else:
-                    grads[id(p)] = p.grad.reshape(-1).index_select(0, index)
+                    grads[id(p)] = p.grad.reshape(-1).index_select(0, mask.nonzero().squeeze(1))
                     p.grad = None
         return grads
 
@@ -89,10 +86,11 @@ class MaskedAdamW(torch.optim.Optimizer):
                 exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
                 step_size = lr / (1 - beta1 ** t)
                 denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2 ** t)).add_(eps)
-                index = self.index.get(id(p))
-                if index is None:
+                mask = self.masks.get(id(p))
+                if mask is None:
                     p.mul_(1 - lr * wd).addcdiv_(exp_avg, denom, value=-step_size)
                 else:
+                    index = mask.nonzero().squeeze(1)
                     flat = p.view(-1)
                     selected = flat.index_select(0, index).mul_(1 - lr * wd).addcdiv_(exp_avg, denom,
                                                                                        value=-step_size)
@@ -103,6 +101,6 @@ class MaskedAdamW(torch.optim.Optimizer):
         return sum(t.numel() * t.element_size() for s in self.state.values() for t in s.values()
                    if isinstance(t, torch.Tensor))
 
-    def index_bytes(self) -> int:
-        """Bytes held by the selected entries' positions (4 per selected weight)."""
-        return sum(i.numel() * i.element_size() for i in self.index.values())
+    def mask_bytes(self) -> int:
+        """Bytes held by the masks of partly masked parameters (1 per weight)."""
+        return sum(m.numel() for m in self.masks.values())
