@@ -128,6 +128,19 @@ class MaskedUpdate:
             p.requires_grad_(True)
 
 
+def _checkpointing(model: torch.nn.Module, on: bool) -> None:
+    """Activation (gradient) checkpointing on or off, by its current transformers name or the older one."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        if on:
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            model.activation_checkpointing_disable()
+    elif on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_disable()
+
+
 def log_step(step: int, total: int, row: dict[str, float]) -> None:
     """A progress callback for `train` that logs every fifth step."""
     if step == 1 or step == total or step % 5 == 0:
@@ -175,7 +188,7 @@ def train(model: torch.nn.Module, micro_batches: Sequence[Any],
     warmup = max(1, int(n_steps * cfg.warmup_ratio))
     update = MaskedUpdate(model, mask)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _checkpointing(model, True)
     net = distributed.wrap(model)  # DistributedDataParallel under a multi-process launch
     decay, no_decay = [], []
     for p in update.trainable():
@@ -242,7 +255,7 @@ def train(model: torch.nn.Module, micro_batches: Sequence[Any],
     finally:
         update.close()
         if cfg.gradient_checkpointing:
-            model.gradient_checkpointing_disable()
+            _checkpointing(model, False)
         model.eval()
     log.seconds = time.perf_counter() - start
     return log

@@ -193,3 +193,23 @@ def test_clipping_uses_the_selected_gradients_only_and_matches_torch():
     torch.testing.assert_close(ours[1], ref[1], rtol=1e-6, atol=1e-7)
     assert torch.equal(ours[0][~mask], init[0][~mask])
     assert opt.mask_bytes() == mask.numel()
+
+
+def test_gradient_checkpointing_changes_memory_not_results(tiny):
+    model, tok = tiny
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    runs = []
+    for checkpointing in (False, True):
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(start[n])
+        cfg = TrainConfig(lr=5e-3, epochs=2, batch_size=4, gradient_checkpointing=checkpointing)
+        seen = []
+        log = train(model, finetune_batches(tok, EXAMPLES, cfg, 64, seed=1), _loss, cfg, seed=1,
+                    on_step=lambda step, m: seen.append(m.is_activation_checkpointing))
+        assert set(seen) == {checkpointing}
+        runs.append(([row["loss"] for row in log.steps], {n: p.detach().clone() for n, p in model.named_parameters()}))
+        assert not model.is_activation_checkpointing  # switched off again after training
+    assert runs[1][0] == pytest.approx(runs[0][0], rel=1e-5)
+    for n, p in runs[0][1].items():
+        torch.testing.assert_close(runs[1][1][n], p, rtol=1e-5, atol=1e-6)
