@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import lm_eval_bridge, models, prepare, records
+from harness import distributed, lm_eval_bridge, models, prepare, records
 from harness.api import EvalContext
 from harness.cache import stable_hash
 from harness.plugins import get_registry
@@ -32,7 +32,7 @@ def evaluate_model(model_name: str, task_name: str, task_config: dict[str, Any] 
                               "spec": {"task": task_name, "model": model_name, "task_config": task_config or {},
                                        "utility": utility or [], "utility_limit": utility_limit, "dtype": dtype,
                                        "generation": generation}}
-    if utility:
+    if utility and distributed.is_main():  # lm-eval runs on the main process under a multi-process launch
         record["lm_eval"] = lm_eval_bridge.evaluate(model, tok, utility, utility_limit, batch)
         evaluation.metrics.update(lm_eval_bridge.metrics(record["lm_eval"]))
     record.update(metrics={k: vars(m) for k, m in evaluation.metrics.items()}, stats=evaluation.stats,
@@ -41,7 +41,7 @@ def evaluate_model(model_name: str, task_name: str, task_config: dict[str, Any] 
                   provenance=records.provenance({"task": {"name": entry.name, "plugin": entry.plugin,
                                                           "distribution": entry.distribution,
                                                           "version": entry.version}}))
-    if results_dir is not None:
+    if results_dir is not None and distributed.is_main():
         rid = f"{task_name}-eval-{stable_hash(dict(record['spec'], retain=retain), 12)}"
         record["path"] = str(records.write(results_dir, rid, record))
     return record

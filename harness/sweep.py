@@ -245,6 +245,7 @@ def run(cfg: SweepConfig, results_dir: Path, retry_failed: bool = False) -> dict
             counts["skipped"] += 1
         else:
             pending.append(spec)
+    pending = distributed.broadcast(pending)  # under a launch, every process walks the main process's list
     jobs = [functools.partial(run_one, spec, results_dir, done) for spec in pending]
     for n, (i, outcome) in enumerate(executor.run(jobs), start=1):
         run_id = pending[i].run_id()

@@ -43,15 +43,24 @@ def _run(cmd: list[str], cache: Path, log: Path, extra_env: dict[str, str] | Non
     assert done.returncode == 0, log.read_text()[-4000:]
 
 
-def _record(results: Path) -> dict:
+def _record(results: Path) -> tuple[str, dict]:
     (path,) = (results / "runs").glob("tofu-mini-*wagle*.json")
-    return json.loads(path.read_text())
+    return path.stem, json.loads(path.read_text())
+
+
+def _grid(spec: dict) -> dict:
+    """The sweep file whose grid is exactly `spec`."""
+    grid = {k: v for k, v in spec.items() if k not in ("attribution", "ratio", "objective", "seed")}
+    return dict(grid, attributions=[spec["attribution"]], ratios=[spec["ratio"]], objectives=[spec["objective"]],
+                seeds=[spec["seed"]])
 
 
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
-    spec = tmp_path / "spec.yaml"
+    """One `run` in one process against a `sweep` of the same spec under a two-process launch."""
+    spec, grid = tmp_path / "spec.yaml", tmp_path / "grid.yaml"
     spec.write_text(yaml.safe_dump(SPEC))
+    grid.write_text(yaml.safe_dump(_grid(SPEC)))
     one, two = tmp_path / "cache1", tmp_path / "cache2"
     _run([str(BIN / "unlearn-bench"), "run", "--spec", str(spec), "--results", str(tmp_path / "r1")], one,
          tmp_path / "one.log")
@@ -60,11 +69,16 @@ def test_two_processes_match_one(tmp_path):
     env_no_gpu = {"CUDA_VISIBLE_DEVICES": ""}
     _run([str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-          "-m", "harness.cli", "run", "--spec", str(spec), "--results", str(tmp_path / "r2")], two,
+          "-m", "harness.cli", "sweep", str(grid), "--results", str(tmp_path / "r2")], two,
          tmp_path / "two.log", env_no_gpu)
-    a, b = _record(tmp_path / "r1"), _record(tmp_path / "r2")
+    (id1, a), (id2, b) = _record(tmp_path / "r1"), _record(tmp_path / "r2")
+    assert id1 == id2  # the same spec
     assert b["processes"] == 2 and "processes" not in a
-    assert len(list((tmp_path / "r2" / "runs").glob("*.json"))) == 1  # one record, from the main process
+    # the main process writes: one run record (plus the target and retain rows), one start and one finish
+    assert sorted(json.loads(p.read_text())["kind"] for p in (tmp_path / "r2" / "runs").glob("*.json")) == [
+        "reference", "reference", "run"]
+    events = [json.loads(line)["event"] for line in (tmp_path / "r2" / "events.jsonl").read_text().splitlines()]
+    assert events == ["start", "finish"]
 
     # the mask: attribution gradients summed across the processes select the same weights
     (m1,), (m2,) = (list((c / "masks").iterdir()) for c in (one, two))

@@ -206,7 +206,7 @@ def test_gradient_checkpointing_changes_memory_not_results(tiny):
         cfg = TrainConfig(lr=5e-3, epochs=2, batch_size=4, gradient_checkpointing=checkpointing)
         seen = []
         log = train(model, finetune_batches(tok, EXAMPLES, cfg, 64, seed=1), _loss, cfg, seed=1,
-                    on_step=lambda step, m: seen.append(m.is_activation_checkpointing))
+                    on_step=lambda step, m, seen=seen: seen.append(m.is_activation_checkpointing))
         assert set(seen) == {checkpointing}
         runs.append(([row["loss"] for row in log.steps], {n: p.detach().clone() for n, p in model.named_parameters()}))
         assert not model.is_activation_checkpointing  # switched off again after training
