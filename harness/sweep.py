@@ -199,6 +199,7 @@ def run_one(spec: RunSpec, results_dir: Path, done: tuple[str, ...]) -> str:
     with _claim(results_dir, run_id, done) as why_not:
         if why_not is not None:
             return why_not
+        log.info("%s: running", run_id)
         if main:
             log_event(results_dir, "start", run_id)
         try:
