@@ -3,11 +3,11 @@
 For a partly masked parameter the moments are vectors over its selected entries (k values, not N), and the
 update touches only those entries, so masked-out weights stay bit-identical without a saved copy and the
 optimizer's memory is about ratio × that of dense AdamW, plus the boolean mask (1 byte per weight). Each step
-finds a parameter's selected positions once (a transient index for one parameter at a time, never kept: at
-ratio 0.95 a kept int32 index would cost as much as both bf16 moments), gathers the gradient and the weights
-there, updates them and writes them back: one scan of the mask per parameter and step, not one per boolean
-indexing. Gradient clipping happens here too, on the gathered gradients, so it measures exactly the gradient
-that unlearning applies.
+finds a parameter's selected positions from its mask twice, once to gather its gradient (all gradients are
+gathered before clipping) and once to update it: a transient index for one parameter at a time, never kept,
+since at ratio 0.95 a kept int32 index would cost as much as both bf16 moments. The update gathers the
+weights there, updates them and writes them back. Gradient clipping happens here too, on the gathered
+gradients, so it measures exactly the gradient that unlearning applies.
 
 The arithmetic is torch's single-tensor AdamW (decoupled weight decay) and its clip_grad_norm_ formula, so
 an unmasked parameter is updated exactly as `torch.optim.AdamW(foreach=False)` updates it
@@ -28,7 +28,7 @@ def clip_(grads: list[torch.Tensor], max_norm: float) -> float:
     returns the norm before clipping."""
     if not grads:
         return 0.0
-    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, 2.0) for g in grads]), 2.0)
+    total = torch.nn.utils.get_total_norm(grads, 2.0)  # what clip_grad_norm_ itself computes
     coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
     for g in grads:
         g.mul_(coef.to(g.device))

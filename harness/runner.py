@@ -198,7 +198,7 @@ def execute(spec: RunSpec, results_dir: Path) -> dict[str, Any]:
     finally:
         timings["total_s"] = time.perf_counter() - started
         record["memory"] = records.peak_memory_mb()
-        if distributed.world_size() > 1:
+        if distributed.active():
             record["processes"] = distributed.world_size()
         if distributed.is_main():
             records.write(results_dir, run_id, record)
