@@ -33,7 +33,9 @@ def cached_dir(kind: str, key: str, build: Callable[[Path], None]) -> tuple[Path
 
     The folder is built under a temporary name and renamed into place, so an interrupted build never
     leaves a half-written entry. Returns (path, hit). Under a multi-process launch the main process's view
-    decides, so all processes build together (builds may be collective: attribution, fine-tuning).
+    decides, so all processes build together (builds may be collective: attribution, fine-tuning), and only
+    the main process's folder is published: other processes may write partial folders (transformers'
+    save_pretrained writes weights on rank 0 only), which are discarded.
     """
     from harness import distributed
 
@@ -44,6 +46,10 @@ def cached_dir(kind: str, key: str, build: Callable[[Path], None]) -> tuple[Path
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
     try:
         build(tmp)
+        if not distributed.is_main():
+            shutil.rmtree(tmp, ignore_errors=True)
+            distributed.barrier()  # the main process's folder is in place after this
+            return final, False
         try:
             os.rename(tmp, final)
         except OSError:  # another process published it first
@@ -53,4 +59,5 @@ def cached_dir(kind: str, key: str, build: Callable[[Path], None]) -> tuple[Path
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    distributed.barrier()
     return final, False

@@ -149,6 +149,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.address:
         cfg.executor_config = dict(cfg.executor_config, address=args.address)
     counts = sweep.run(cfg, Path(args.results), retry_failed=args.retry_failed)
+    if not distributed.is_main():  # under a launch the main process reports and writes
+        return 1 if counts["failed"] else 0
     print(f"sweep done: {counts['finished']} finished, {counts['skipped']} skipped, {counts['failed']} failed, "
           f"{counts['busy']} running in another sweep")
     if args.leaderboard:

@@ -9,6 +9,9 @@ since at ratio 0.95 a kept int32 index would cost as much as both bf16 moments. 
 weights there, updates them and writes them back. Gradient clipping happens here too, on the gathered
 gradients, so it measures exactly the gradient that unlearning applies.
 
+Under FSDP (harness/fsdp.py) a parameter is a shard: the optimizer works on each process's local part of the
+weights and gradients with masks cut the same way, and the clipping norm is summed over the processes.
+
 The arithmetic is torch's single-tensor AdamW (decoupled weight decay) and its clip_grad_norm_ formula, so
 an unmasked parameter is updated exactly as `torch.optim.AdamW(foreach=False)` updates it
 (tests/test_train.py).
@@ -22,13 +25,18 @@ from typing import Any
 
 import torch
 
+from harness.fsdp import global_norm, local
 
-def clip_(grads: list[torch.Tensor], max_norm: float) -> float:
+
+def clip_(grads: list[torch.Tensor], max_norm: float, sharded: bool = False) -> float:
     """Scale `grads` in place so their joint L2 norm is at most `max_norm` (torch's clip_grad_norm_ formula);
-    returns the norm before clipping."""
+    returns the norm before clipping. `sharded`: each process holds shards of the gradients, and the norm is
+    taken over all of them."""
     if not grads:
         return 0.0
     total = torch.nn.utils.get_total_norm(grads, 2.0)  # what clip_grad_norm_ itself computes
+    if sharded:
+        total = global_norm(total)
     coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
     for g in grads:
         g.mul_(coef.to(g.device))
@@ -38,12 +46,14 @@ def clip_(grads: list[torch.Tensor], max_norm: float) -> float:
 class MaskedAdamW(torch.optim.Optimizer):
     def __init__(self, params: Iterable[Any], masks: Mapping[int, torch.Tensor], lr: float,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
-                 max_grad_norm: float | None = None) -> None:
-        """`masks` maps id(parameter) to its boolean update mask; parameters without one update fully.
-        With `max_grad_norm`, the gradients (selected entries only) are clipped to that joint norm first."""
+                 max_grad_norm: float | None = None, sharded: bool = False) -> None:
+        """`masks` maps id(parameter) to its boolean update mask (for a sharded parameter, the mask of its
+        local shard); parameters without one update fully. With `max_grad_norm`, the gradients (selected
+        entries only) are clipped to that joint norm first; `sharded`: the parameters are FSDP shards."""
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
         self.max_grad_norm = max_grad_norm
-        self.masks = {id(p): masks[id(p)].to(p.device).reshape(-1)
+        self.sharded = sharded
+        self.masks = {id(p): masks[id(p)].to(local(p).device).reshape(-1)
                       for group in self.param_groups for p in group["params"] if id(p) in masks}
         self.last_grad_norm: float | None = None
 
@@ -56,9 +66,9 @@ class MaskedAdamW(torch.optim.Optimizer):
                     continue
                 mask = self.masks.get(id(p))
                 if mask is None:
-                    grads[id(p)] = p.grad
+                    grads[id(p)] = local(p.grad)
                 else:
-                    grads[id(p)] = p.grad.reshape(-1).index_select(0, mask.nonzero().squeeze(1))
+                    grads[id(p)] = local(p.grad).reshape(-1).index_select(0, mask.nonzero().squeeze(1))
                     p.grad = None
         return grads
 
@@ -66,7 +76,7 @@ class MaskedAdamW(torch.optim.Optimizer):
     def step(self, closure: None = None) -> None:
         grads = self._gather_grads()
         if self.max_grad_norm is not None:
-            self.last_grad_norm = clip_(list(grads.values()), self.max_grad_norm)
+            self.last_grad_norm = clip_(list(grads.values()), self.max_grad_norm, self.sharded)
         for group in self.param_groups:
             lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
             beta1, beta2 = group["betas"]
@@ -87,11 +97,12 @@ class MaskedAdamW(torch.optim.Optimizer):
                 step_size = lr / (1 - beta1 ** t)
                 denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2 ** t)).add_(eps)
                 mask = self.masks.get(id(p))
+                data = local(p)
                 if mask is None:
-                    p.mul_(1 - lr * wd).addcdiv_(exp_avg, denom, value=-step_size)
+                    data.mul_(1 - lr * wd).addcdiv_(exp_avg, denom, value=-step_size)
                 else:
                     index = mask.nonzero().squeeze(1)
-                    flat = p.view(-1)
+                    flat = data.view(-1)
                     selected = flat.index_select(0, index).mul_(1 - lr * wd).addcdiv_(exp_avg, denom,
                                                                                        value=-step_size)
                     flat.index_put_((index,), selected)

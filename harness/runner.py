@@ -13,7 +13,7 @@ from typing import Any
 import peft
 import torch
 
-from harness import distributed, lm_eval_bridge, mask_report, masks, models, prepare, records
+from harness import distributed, fsdp, lm_eval_bridge, mask_report, masks, models, prepare, records
 from harness.api import AttributionData, AttributionResult, EvalContext, Task
 from harness.cache import cached_dir, stable_hash
 from harness.config import to_dict
@@ -200,6 +200,7 @@ def execute(spec: RunSpec, results_dir: Path) -> dict[str, Any]:
         record["memory"] = records.peak_memory_mb()
         if distributed.active():
             record["processes"] = distributed.world_size()
+            record["parallelism"] = "fsdp" if fsdp.enabled() else "ddp"
         if distributed.is_main():
             records.write(results_dir, run_id, record)
     return record

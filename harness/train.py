@@ -5,6 +5,9 @@ With a mask, only masked-in weights change: parameters with no masked-in weight 
 entirely, and partly masked parameters keep optimizer state for their selected entries only, are clipped on
 those entries' gradients and are updated only there (harness/optim.py), so masked-out weights stay
 bit-identical, weight decay included.
+
+Under a multi-process launch the model is wrapped for data parallelism (harness/distributed.py), or, with
+accelerate's --use_fsdp, a sharded copy is trained and its weights gathered back (harness/fsdp.py).
 """
 
 from __future__ import annotations
@@ -21,11 +24,11 @@ from typing import Any
 
 import torch
 
-from harness import distributed
+from harness import distributed, fsdp
 from harness.api import Batch, Example, LossOutput, UnlearnBatch
 from harness.config import option
 from harness.data import collate, encode, to_device
-from harness.errors import NonFiniteLossError
+from harness.errors import NonFiniteLossError, UnlearnBenchError
 from harness.masks import Mask
 from harness.optim import MaskedAdamW
 
@@ -117,6 +120,14 @@ class MaskedUpdate:
             else:
                 self.partial[name] = m
 
+    def follow(self, net: torch.nn.Module) -> None:
+        """Point at the parameters of a sharded copy of the model (the same names), each mask cut as its
+        parameter is sharded. Which parameters are frozen was decided on the whole masks, so it is the same
+        on every process."""
+        params = dict(net.named_parameters())
+        self.params = {n: params[n] for n in self.params}
+        self.partial = {n: fsdp.local_mask(m, self.params[n]) for n, m in self.partial.items()}
+
     def trainable(self) -> list[torch.nn.Parameter]:
         return [p for p in self.params.values() if p.requires_grad]
 
@@ -142,7 +153,9 @@ def _checkpointing(model: torch.nn.Module, on: bool) -> None:
 
 
 def log_step(step: int, total: int, row: dict[str, float]) -> None:
-    """A progress callback for `train` that logs every fifth step."""
+    """A progress callback for `train` that logs every fifth step (on the main process)."""
+    if not distributed.is_main():
+        return
     if step == 1 or step == total or step % 5 == 0:
         logging.getLogger("harness.train").info("step %d/%d loss %.4f", step, total, row["loss"])
 
@@ -186,16 +199,25 @@ def train(model: torch.nn.Module, micro_batches: Sequence[Any],
     if cfg.max_steps is not None:
         n_steps = min(n_steps, cfg.max_steps)
     warmup = max(1, int(n_steps * cfg.warmup_ratio))
+    sharded = fsdp.enabled()
+    if sharded and checkpoint is not None and cfg.checkpoint_every:
+        raise UnlearnBenchError("train.checkpoint_every is not supported under FSDP (accelerate launch "
+                                "--use_fsdp): leave it unset, or launch without --use_fsdp")
     update = MaskedUpdate(model, mask)
     if cfg.gradient_checkpointing:
         _checkpointing(model, True)
-    net = distributed.wrap(model)  # DistributedDataParallel under a multi-process launch
+    if sharded:
+        net = fsdp.shard(model)  # a sharded copy; its weights come back to `model` at the end
+        update.follow(net)
+    else:
+        net = distributed.wrap(model)  # DistributedDataParallel under a launch: parameters shared with model
     decay, no_decay = [], []
     for p in update.trainable():
         (decay if p.ndim >= 2 else no_decay).append(p)
     optimizer = MaskedAdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        update.masks_by_param(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, max_grad_norm=cfg.max_grad_norm)
+        update.masks_by_param(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, max_grad_norm=cfg.max_grad_norm,
+        sharded=sharded)
 
     def schedule(step: int) -> float:
         if step < warmup:
@@ -210,7 +232,7 @@ def train(model: torch.nn.Module, micro_batches: Sequence[Any],
         first = _load_checkpoint(checkpoint, update, optimizer, lr_sched, log)
         logging.getLogger("harness.train").info("resumed from %s after step %d", checkpoint, first)
     start = time.perf_counter()
-    model.train()
+    net.train()
     try:
         for step in range(first, n_steps):
             parts: dict[str, float] = {}
@@ -240,9 +262,12 @@ def train(model: torch.nn.Module, micro_batches: Sequence[Any],
             if optimizer.last_grad_norm is not None:
                 row["grad_norm"] = optimizer.last_grad_norm
             if on_step is not None:
+                net.eval()
+                if sharded:
+                    fsdp.gather_into(net, model)
                 model.eval()
                 extra = on_step(step + 1, model)
-                model.train()
+                net.train()
                 if extra is not None:
                     row["eval"] = extra
             log.steps.append(row)
@@ -252,6 +277,8 @@ def train(model: torch.nn.Module, micro_batches: Sequence[Any],
                 if distributed.is_main():  # every process holds the same weights and optimizer state
                     _save_checkpoint(checkpoint, step + 1, update, optimizer, lr_sched, log)
                 distributed.barrier()
+        if sharded:
+            fsdp.gather_into(net, model)
     finally:
         update.close()
         if cfg.gradient_checkpointing:

@@ -55,25 +55,49 @@ def _grid(spec: dict) -> dict:
                 seeds=[spec["seed"]])
 
 
+def _launch(flags: list[str], grid: Path, results: Path, cache: Path, log: Path) -> None:
+    """A sweep under accelerate's launcher with two CPU processes."""
+    _run([str(BIN / "accelerate"), "launch", *flags, "--num_processes", "2", "--num_machines", "1",
+          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+          "-m", "harness.cli", "sweep", str(grid), "--results", str(results)], cache, log,
+         {"CUDA_VISIBLE_DEVICES": ""})
+
+
+def _check_same_run(a: dict, b: dict) -> None:
+    """Training curve and every metric of `b` (two processes) against `a` (one), within the tolerances."""
+    # training: the same samples per step (5 rows on each process), gradients averaged across processes
+    losses1 = [row["loss"] for row in a["curves"]["train"]]
+    losses2 = [row["loss"] for row in b["curves"]["train"]]
+    assert len(losses1) == len(losses2) > 1
+    assert losses2 == pytest.approx(losses1, rel=1e-4, abs=1e-5)
+    norms1 = [row["grad_norm"] for row in a["curves"]["train"]]
+    assert [row["grad_norm"] for row in b["curves"]["train"]] == pytest.approx(norms1, rel=1e-4)
+
+    # evaluation split across the processes and gathered: every metric, and the per-question numbers
+    assert a["metrics"].keys() == b["metrics"].keys()
+    for name, metric in a["metrics"].items():
+        assert b["metrics"][name]["value"] == pytest.approx(metric["value"], rel=1e-3, abs=1e-4), name
+    assert [x["generation"] for x in b["samples"]] == [x["generation"] for x in a["samples"]]
+    for name, values in a["stats"].items():  # per-question truth ratios, gathered back in question order
+        assert b["stats"][name] == pytest.approx(values, rel=1e-4, abs=1e-5), name
+
+
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
-    """One `run` in one process against a `sweep` of the same spec under a two-process launch."""
+    """One `run` in one process against a `sweep` of the same spec under a two-process launch, data parallel
+    (DDP) and sharded (FSDP)."""
     spec, grid = tmp_path / "spec.yaml", tmp_path / "grid.yaml"
     spec.write_text(yaml.safe_dump(SPEC))
     grid.write_text(yaml.safe_dump(_grid(SPEC)))
-    one, two = tmp_path / "cache1", tmp_path / "cache2"
+    one, two, sharded = tmp_path / "cache1", tmp_path / "cache2", tmp_path / "cache3"
     _run([str(BIN / "unlearn-bench"), "run", "--spec", str(spec), "--results", str(tmp_path / "r1")], one,
          tmp_path / "one.log")
     # the same prepared models and reference evaluations; the mask is computed again, by two processes
     shutil.copytree(one, two, ignore=lambda folder, names: ["masks"] if Path(folder) == one else [])
-    env_no_gpu = {"CUDA_VISIBLE_DEVICES": ""}
-    _run([str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-          "-m", "harness.cli", "sweep", str(grid), "--results", str(tmp_path / "r2")], two,
-         tmp_path / "two.log", env_no_gpu)
+    _launch(["--multi_gpu"], grid, tmp_path / "r2", two, tmp_path / "two.log")
     (id1, a), (id2, b) = _record(tmp_path / "r1"), _record(tmp_path / "r2")
     assert id1 == id2  # the same spec
-    assert b["processes"] == 2 and "processes" not in a
+    assert b["processes"] == 2 and b["parallelism"] == "ddp" and "processes" not in a
     # the main process writes: one run record (plus the target and retain rows), one start and one finish
     assert sorted(json.loads(p.read_text())["kind"] for p in (tmp_path / "r2" / "runs").glob("*.json")) == [
         "reference", "reference", "run"]
@@ -87,20 +111,44 @@ def test_two_processes_match_one(tmp_path):
     total = sum(m.numel() for m in mask1.values())
     assert masks.density(mask1) == masks.density(mask2)  # exact ratio either way
     assert differ <= 1e-4 * total, f"{differ} of {total} weights selected differently"
+    _check_same_run(a, b)
 
-    # training: the same samples per step (5 rows on each process), gradients averaged across processes
-    losses1 = [row["loss"] for row in a["curves"]["train"]]
-    losses2 = [row["loss"] for row in b["curves"]["train"]]
-    assert len(losses1) == len(losses2) > 1
-    assert losses2 == pytest.approx(losses1, rel=1e-4, abs=1e-5)
+    # sharded: every parameter, gradient, mask and optimizer state split between the two processes (the
+    # one-process mask, so that only the unlearning differs)
+    shutil.copytree(one, sharded)
+    _launch(["--use_fsdp", "--fsdp_version", "2"], grid, tmp_path / "r3", sharded, tmp_path / "fsdp.log")
+    id3, c = _record(tmp_path / "r3")
+    assert id3 == id1 and c["processes"] == 2 and c["parallelism"] == "fsdp"
+    _check_same_run(a, c)
 
-    # evaluation split across the processes and gathered: every metric, and the per-question numbers
-    assert a["metrics"].keys() == b["metrics"].keys()
-    for name, metric in a["metrics"].items():
-        assert b["metrics"][name]["value"] == pytest.approx(metric["value"], rel=1e-3, abs=1e-4), name
-    assert [x["generation"] for x in b["samples"]] == [x["generation"] for x in a["samples"]]
-    for name, values in a["stats"].items():  # per-question truth ratios, gathered back in question order
-        assert b["stats"][name] == pytest.approx(values, rel=1e-4, abs=1e-5), name
+
+@pytest.mark.slow
+def test_sharded_training_matches_one_process(tmp_path):
+    """Under FSDP each process holds half of every mask, masked-out weights stay bit-identical, and the
+    weights, losses and clipped gradient norms match training in one process."""
+    script, cache = Path(__file__).with_name("fsdp_train.py"), tmp_path / "cache"
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    # two processes first, on an empty cache: they build the tiny model together, the main one publishes it
+    _run([str(BIN / "accelerate"), "launch", "--use_fsdp", "--fsdp_version", "2", "--num_processes", "2",
+          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+          str(_free_port()), str(script), str(tmp_path / "two")], cache, tmp_path / "two.log",
+         {"CUDA_VISIBLE_DEVICES": ""})
+    _run([sys.executable, str(script), str(tmp_path / "one")], cache, tmp_path / "one.log")
+    one, two = (torch.load(tmp_path / d / "weights.pt") for d in ("one", "two"))
+    log1, log2 = (json.loads((tmp_path / d / "log.json").read_text()) for d in ("one", "two"))
+    assert log1["share"] is None and 0.45 <= log2["share"] <= 0.55
+    changed = 0
+    for name, mask in one["mask"].items():
+        for run in (one, two):
+            assert torch.equal(run["after"][name][~mask], run["before"][name][~mask]), name
+        changed += int((one["after"][name] != one["before"][name]).sum())
+        torch.testing.assert_close(two["after"][name], one["after"][name], rtol=1e-4, atol=1e-6)
+    assert changed > 0.9 * sum(int(m.sum()) for m in one["mask"].values())
+    for a, b in zip(log1["steps"], log2["steps"], strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5)
+    assert all(row["grad_norm"] > 0.2 for row in log1["steps"])  # clipping was active
 
 
 def test_one_process_helpers_are_identities():

@@ -1,0 +1,47 @@
+"""Run by tests/test_distributed.py, in one process and under `accelerate launch --use_fsdp`: train the tiny
+Llama through a 30% mask with clipping and weight decay, and save the weights before and after, the training
+log and (under FSDP) the share of each partly masked parameter's mask that this process holds."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from harness import distributed, fsdp, masks, models
+from harness.api import LossOutput
+from harness.train import MaskedUpdate, TrainConfig, train
+
+
+def nll(net: torch.nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
+    return LossOutput(net(**batch).loss)
+
+
+def main(out: Path) -> None:
+    model, _ = models.load("tiny-llama")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    mask = masks.top_fraction({n: torch.rand(p.shape, generator=torch.Generator().manual_seed(i))
+                               for i, (n, p) in enumerate(model.named_parameters())}, 0.3)
+    g = torch.Generator().manual_seed(1)
+    batches = []
+    for _ in range(4):  # four steps of four rows: two rows a process
+        ids = torch.randint(0, model.config.vocab_size, (4, 12), generator=g)
+        batches.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids})
+    share = None
+    if fsdp.enabled():
+        update = MaskedUpdate(model, mask)
+        update.follow(fsdp.shard(model))
+        share = sum(m.numel() for m in update.partial.values()) / sum(mask[n].numel() for n in update.partial)
+        update.close()
+    cfg = TrainConfig(lr=1e-2, epochs=1, batch_size=4, warmup_ratio=0.0, weight_decay=0.1, max_grad_norm=0.2)
+    log = train(model, batches, nll, cfg, mask=mask, seed=0)
+    if distributed.is_main():
+        torch.save({"before": before, "after": {n: p.detach() for n, p in model.named_parameters()},
+                    "mask": mask}, out / "weights.pt")
+        (out / "log.json").write_text(json.dumps({"steps": log.steps, "share": share}))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
