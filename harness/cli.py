@@ -172,7 +172,8 @@ def cmd_memory(args: argparse.Namespace) -> int:
     reference = get_registry().build("objective", args.objective, {}).needs_reference
     print(f"{args.model}: {n / 1e9:.2f} B parameters, {args.dtype}, ratio {args.ratio:g}, objective "
           f"{args.objective}")
-    print(memory.table(memory.estimate(n, largest, args.dtype, args.ratio, reference, args.attribution_buffers)))
+    print(memory.table(memory.estimate(n, largest, args.dtype, args.ratio, reference, args.attribution_buffers,
+                                       args.fsdp_processes, getattr(config, "num_hidden_layers", 1))))
     return 0
 
 
@@ -266,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ratio", type=float, default=0.5, help="fraction of weights updated")
     s.add_argument("--objective", default="npo", help="objective (decides whether a reference copy is held)")
     s.add_argument("--attribution-buffers", default="model", choices=["model", "cpu"])
+    s.add_argument("--fsdp-processes", type=int, default=1,
+                   help="unlearning sharded over this many processes (accelerate launch --use_fsdp)")
     s.set_defaults(func=cmd_memory)
 
     s = sub.add_parser("leaderboard", help="write leaderboard files from stored run records alone")
@@ -279,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+    quiet = args.quiet or not distributed.is_main()  # under a launch, progress is logged once
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     _offline_defaults()
     try:

@@ -5,7 +5,7 @@ ACCELERATE_USE_FSDP, and the training loop then trains a copy of the model shard
 (`fully_shard` on every decoder layer, then on the root): each process holds 1/N of every parameter, of its
 gradient and of the optimizer state. The harness calls `fully_shard` itself rather than through
 accelerate's `prepare_model` because the masked optimizer needs each mask cut exactly as its parameter
-(`local_mask`), and because accelerate selects FSDP only on accelerators while this runs on CPU processes too
+(`cut_as`), and because accelerate selects FSDP only on accelerators while this runs on CPU processes too
 (gloo), which is how it is tested.
 
 Everything outside the optimizer steps is unchanged: attribution and evaluation see the plain model, whose
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import os
+from typing import Any
 
 import torch
 
@@ -35,8 +36,20 @@ def _units(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in model.modules() if type(m).__name__ in names]
 
 
+def _empty_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `model` whose parameters are on the meta device (no memory): deepcopy with every parameter
+    pre-mapped to a meta one, so tied parameters stay tied and buffers are copied."""
+    memo: dict[int, Any] = {}
+    for p in model.parameters():
+        memo[id(p)] = torch.nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+    return copy.deepcopy(model, memo)
+
+
+@torch.no_grad()
 def shard(model: torch.nn.Module) -> torch.nn.Module:
-    """A sharded copy of `model` on a one-dimensional mesh over all processes; `model` is left whole."""
+    """A sharded copy of `model` on a one-dimensional mesh over all processes; `model` is left whole. The
+    copy is laid out on the meta device and sharded before any memory is allocated, so each process adds
+    only its shard of the weights, each filled from `model` by the same cut."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
@@ -44,10 +57,17 @@ def shard(model: torch.nn.Module) -> torch.nn.Module:
     dev = next(model.parameters()).device
     mesh = init_device_mesh(dev.type, (distributed.world_size(),))
     reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() != "false"
-    net = copy.deepcopy(model)
+    net = _empty_copy(model)
     for unit in _units(net):
         fully_shard(unit, mesh=mesh, reshard_after_forward=reshard)
     fully_shard(net, mesh=mesh, reshard_after_forward=reshard)
+    net.to_empty(device=dev)  # allocates the local shards (and the buffers), uninitialized
+    whole = dict(model.named_parameters())
+    for name, p in net.named_parameters():
+        local(p).copy_(cut_as(whole[name].detach(), p))
+    buffers = dict(model.named_buffers())
+    for name, b in net.named_buffers():
+        b.copy_(buffers[name])
     return net
 
 
@@ -56,9 +76,10 @@ def local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
 
 
-def local_mask(mask: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-    """`mask` cut exactly as `param` is sharded (the same placements on the same mesh); whole otherwise.
-    Every process holds the whole mask, so no data moves (src_data_rank=None)."""
+def cut_as(mask: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """`mask` (or any tensor of the parameter's shape) cut exactly as `param` is sharded (the same
+    placements on the same mesh); whole otherwise. Every process holds the whole tensor, so no data moves
+    (src_data_rank=None)."""
     if not hasattr(param, "placements"):
         return mask.to(param.device)
     from torch.distributed.tensor import distribute_tensor

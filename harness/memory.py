@@ -41,7 +41,8 @@ def shape_of(config) -> tuple[int, int]:
 
 
 def estimate(n_params: int, largest: int, dtype: str = "bfloat16", ratio: float = 1.0,
-             reference_copy: bool = False, attribution_buffers: str = "model") -> list[Phase]:
+             reference_copy: bool = False, attribution_buffers: str = "model", fsdp_processes: int = 1,
+             layers: int = 1) -> list[Phase]:
     """The harness's tensors in each phase of a run of a model with `n_params` weights.
 
     attribution: the weights, one backward's gradients (weights' dtype), the two fp32 gradient sums (WAGLE:
@@ -52,6 +53,9 @@ def estimate(n_params: int, largest: int, dtype: str = "bfloat16", ratio: float 
     tensor being updated (transient), and a frozen copy of the weights for objectives with a reference
     model (NPO, GradDiff with KL).
     evaluation: the weights (vLLM loads its own copy while the HF copy waits in host memory).
+    With `fsdp_processes` > 1 (accelerate launch --use_fsdp, harness/fsdp.py), unlearning holds per process
+    1/P of the weights, gradients, moments and mask and two gathered decoder layers (of `layers`) with their
+    gradients, while the whole model that attribution and evaluation use waits in host memory.
     """
     w = BYTES[dtype]
     k = round(ratio * n_params)
@@ -63,6 +67,14 @@ def estimate(n_params: int, largest: int, dtype: str = "bfloat16", ratio: float 
         "weights": w * n_params, "gradients": w * n_params, "Adam moments (selected)": 2 * w * k,
         "mask (bool)": n_params if masked else 0,
         "selected positions (int64, one tensor)": 8 * round(ratio * largest) if masked else 0})
+    if fsdp_processes > 1:
+        p = fsdp_processes
+        unlearning = Phase(f"unlearning (FSDP, 1 of {p} processes)", {
+            "weight shard": w * n_params // p,
+            "gradient shard": w * n_params // p, "Adam moments (selected, shard)": 2 * w * k // p,
+            "mask shard (bool)": n_params // p if masked else 0,
+            "gathered layers (2, weights + gradients)": 2 * 2 * w * n_params // max(1, layers)},
+            {"whole model (for evaluation)": w * n_params})
     if reference_copy:
         unlearning.device["reference copy"] = w * n_params
     evaluation = Phase("evaluation", {"weights": w * n_params})
@@ -72,8 +84,10 @@ def estimate(n_params: int, largest: int, dtype: str = "bfloat16", ratio: float 
 def table(phases: list[Phase]) -> str:
     """A plain-text table: one line per phase with its device and host totals in GB, then the parts."""
     lines = []
+    width = max(len(ph.name) for ph in phases)
     for ph in phases:
-        lines.append(f"{ph.name:12s} device {ph.device_bytes() / GB:7.1f} GB   host {ph.host_bytes() / GB:7.1f} GB")
+        totals = f"device {ph.device_bytes() / GB:7.1f} GB   host {ph.host_bytes() / GB:7.1f} GB"
+        lines.append(f"{ph.name:{width}s} {totals}")
         for where, parts in (("device", ph.device), ("host", ph.host)):
             lines += [f"    {where:6s} {name:40s} {b / GB:7.2f} GB" for name, b in parts.items() if b]
     lines.append("(activations not included: they scale with batch × length; see docs/scale.md)")

@@ -45,6 +45,7 @@ class SweepConfig:
     device: str = option("auto", "auto (CUDA if present, else CPU), cpu, cuda, ...")
     attribution_buffers: str = option("model", "where attribution keeps its fp32 gradient sums: model or cpu "
                                                "(a 7B model on one 80 GB GPU)")
+    eval_every: int | None = option(None, "also evaluate every N unlearning steps (a curve in each record)")
     task_config: dict[str, Any] = option({}, "the task's config")
     attribution_config: dict[str, Any] = option({}, "per attribution name: its config")
     objective_config: dict[str, Any] = option({}, "per objective name: its config")
@@ -92,7 +93,8 @@ def expand(cfg: SweepConfig, where: str = "sweep") -> list[RunSpec]:
         spec = runner.canonical(RunSpec(
             task=cfg.task, model=cfg.model, attribution=attribution, ratio=ratio, objective=objective, seed=seed,
             dtype=cfg.dtype, device=cfg.device, attribution_buffers=cfg.attribution_buffers,
-            task_config=cfg.task_config, attribution_config=cfg.attribution_config.get(attribution, {}),
+            eval_every=cfg.eval_every, task_config=cfg.task_config,
+            attribution_config=cfg.attribution_config.get(attribution, {}),
             objective_config=cfg.objective_config.get(objective, {}), train=cfg.train, prepare=cfg.prepare))
         try:
             spec.validate()

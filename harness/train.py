@@ -126,7 +126,7 @@ class MaskedUpdate:
         on every process."""
         params = dict(net.named_parameters())
         self.params = {n: params[n] for n in self.params}
-        self.partial = {n: fsdp.local_mask(m, self.params[n]) for n, m in self.partial.items()}
+        self.partial = {n: fsdp.cut_as(m, self.params[n]) for n, m in self.partial.items()}
 
     def trainable(self) -> list[torch.nn.Parameter]:
         return [p for p in self.params.values() if p.requires_grad]
@@ -206,9 +206,11 @@ def train(model: torch.nn.Module, micro_batches: Sequence[Any],
     update = MaskedUpdate(model, mask)
     if cfg.gradient_checkpointing:
         _checkpointing(model, True)
+    device = next(model.parameters()).device
     if sharded:
         net = fsdp.shard(model)  # a sharded copy; its weights come back to `model` at the end
         update.follow(net)
+        model.to("cpu")  # the whole model waits in host memory while its shards train
     else:
         net = distributed.wrap(model)  # DistributedDataParallel under a launch: parameters shared with model
     decay, no_decay = [], []
@@ -225,7 +227,6 @@ def train(model: torch.nn.Module, micro_batches: Sequence[Any],
         return max(0.0, (n_steps - step) / max(1, n_steps - warmup))
 
     lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    device = next(model.parameters()).device
     log = TrainLog()
     first = 0
     if checkpoint is not None and checkpoint.is_file():
@@ -265,8 +266,11 @@ def train(model: torch.nn.Module, micro_batches: Sequence[Any],
                 net.eval()
                 if sharded:
                     fsdp.gather_into(net, model)
+                    model.to(device)
                 model.eval()
                 extra = on_step(step + 1, model)
+                if sharded:
+                    model.to("cpu")
                 net.train()
                 if extra is not None:
                     row["eval"] = extra
@@ -280,6 +284,7 @@ def train(model: torch.nn.Module, micro_batches: Sequence[Any],
         if sharded:
             fsdp.gather_into(net, model)
     finally:
+        model.to(device)
         update.close()
         if cfg.gradient_checkpointing:
             _checkpointing(model, False)

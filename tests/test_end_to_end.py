@@ -91,8 +91,10 @@ def test_bad_sweep_files(tmp_path):
 def test_grid_expansion_dedupes_and_excludes():
     cfg = from_dict(sweep.SweepConfig, {
         "task": "tofu-mini", "model": "tiny-llama", "attributions": ["dense", "wagle", "random"],
-        "ratios": [0.5, 0.8], "objectives": ["graddiff", "npo"], "exclude": ["random/npo"]}, "grid")
+        "ratios": [0.5, 0.8], "objectives": ["graddiff", "npo"], "exclude": ["random/npo"], "eval_every": 3},
+        "grid")
     specs = sweep.expand(cfg)
+    assert {s.eval_every for s in specs} == {3}
     pairs = sorted((s.attribution, s.ratio, s.objective) for s in specs)
     assert pairs == [("dense", 1.0, "graddiff"), ("dense", 1.0, "npo"),
                      ("random", 0.5, "graddiff"), ("random", 0.8, "graddiff"),

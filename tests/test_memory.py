@@ -27,6 +27,15 @@ def test_estimate_by_hand():
     assert dense.device_bytes() == 4000 + 4000 + 8000  # no mask, no positions, no reference
 
 
+def test_fsdp_estimate_by_hand():
+    """Four processes, 10 decoder layers: a quarter of weights, gradients, moments and mask per process, two
+    gathered layers (weights and gradients); the whole model, kept for evaluation, waits in host memory."""
+    unl = memory.estimate(1000, 300, "bfloat16", ratio=0.25, fsdp_processes=4, layers=10)[1]
+    assert unl.device == {"weight shard": 500, "gradient shard": 500, "Adam moments (selected, shard)": 250,
+                          "mask shard (bool)": 250, "gathered layers (2, weights + gradients)": 800}
+    assert unl.host == {"whole model (for evaluation)": 2000}
+
+
 def test_estimate_matches_what_the_harness_allocates(tiny):
     model, tok = tiny
     n, largest = memory.shape_of(model.config)
