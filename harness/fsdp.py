@@ -8,6 +8,7 @@ accelerate's `prepare_model` because the masked optimizer needs each mask cut ex
 (`cut_as`), and because accelerate selects FSDP only on accelerators while this runs on CPU processes too
 (gloo), which is how it is tested.
 
+An objective's frozen reference model (NPO, KL) is sharded the same way (`frozen_copy`).
 Everything outside the optimizer steps is unchanged: attribution and evaluation see the plain model, whose
 weights are gathered back from the shards (`gather_into`) after training and before each `eval_every`
 evaluation. Under FSDP_RESHARD_AFTER_FORWARD=false the layers stay gathered between forward and backward
@@ -69,6 +70,13 @@ def shard(model: torch.nn.Module) -> torch.nn.Module:
     for name, b in net.named_buffers():
         b.copy_(buffers[name])
     return net
+
+
+def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A frozen copy of `model` in eval mode (an objective's reference model): sharded like the trained copy
+    under FSDP, a plain deep copy otherwise."""
+    net = shard(model) if enabled() else copy.deepcopy(model)
+    return net.eval().requires_grad_(False)
 
 
 def local(t: torch.Tensor) -> torch.Tensor:

@@ -54,8 +54,9 @@ def estimate(n_params: int, largest: int, dtype: str = "bfloat16", ratio: float 
     model (NPO, GradDiff with KL).
     evaluation: the weights (vLLM loads its own copy while the HF copy waits in host memory).
     With `fsdp_processes` > 1 (accelerate launch --use_fsdp, harness/fsdp.py), unlearning holds per process
-    1/P of the weights, gradients, moments and mask and two gathered decoder layers (of `layers`) with their
-    gradients, while the whole model that attribution and evaluation use waits in host memory.
+    1/P of the weights, gradients, moments, mask and reference copy and two gathered decoder layers (of
+    `layers`) with their gradients, while the whole model that attribution and evaluation use waits in host
+    memory.
     """
     w = BYTES[dtype]
     k = round(ratio * n_params)
@@ -76,7 +77,7 @@ def estimate(n_params: int, largest: int, dtype: str = "bfloat16", ratio: float 
             "gathered layers (2, weights + gradients)": 2 * 2 * w * n_params // max(1, layers)},
             {"whole model (for evaluation)": w * n_params})
     if reference_copy:
-        unlearning.device["reference copy"] = w * n_params
+        unlearning.device["reference copy"] = w * n_params // fsdp_processes
     evaluation = Phase("evaluation", {"weights": w * n_params})
     return [attribution, unlearning, evaluation]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import re
 import time
 import traceback
@@ -152,7 +151,7 @@ def execute(spec: RunSpec, results_dir: Path) -> dict[str, Any]:
         t = time.perf_counter()
         reference = None
         if objective.needs_reference:
-            reference = copy.deepcopy(model).eval().requires_grad_(False)
+            reference = fsdp.frozen_copy(model)  # sharded too under FSDP
         if lora is not None:
             model = peft.get_peft_model(model, peft.LoraConfig(task_type="CAUSAL_LM", **lora))
             record["mask"]["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)

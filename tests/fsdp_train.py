@@ -1,6 +1,7 @@
 """Run by tests/test_distributed.py, in one process and under `accelerate launch --use_fsdp`: train the tiny
-Llama through a 30% mask with clipping and weight decay, and save the weights before and after, the training
-log and (under FSDP) the share of each partly masked parameter's mask that this process holds."""
+Llama through a 30% mask with clipping and weight decay, on NLL plus the squared distance of its logits to
+a frozen reference copy's (sharded too under FSDP), and save the weights before and after, the training log
+and (under FSDP) the share of each partly masked parameter's mask that this process holds."""
 
 from __future__ import annotations
 
@@ -15,8 +16,12 @@ from harness.api import LossOutput
 from harness.train import MaskedUpdate, TrainConfig, train
 
 
-def nll(net: torch.nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
-    return LossOutput(net(**batch).loss)
+def loss_fn(net: torch.nn.Module, batch: dict[str, torch.Tensor], reference: torch.nn.Module) -> LossOutput:
+    out = net(**batch)
+    with torch.no_grad():
+        ref = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    drift = (out.logits - ref).pow(2).mean()
+    return LossOutput(out.loss + drift, {"drift": float(drift)})
 
 
 def main(out: Path) -> None:
@@ -36,7 +41,8 @@ def main(out: Path) -> None:
         share = sum(m.numel() for m in update.partial.values()) / sum(mask[n].numel() for n in update.partial)
         update.close()
     cfg = TrainConfig(lr=1e-2, epochs=1, batch_size=4, warmup_ratio=0.0, weight_decay=0.1, max_grad_norm=0.2)
-    log = train(model, batches, nll, cfg, mask=mask, seed=0)
+    reference = fsdp.frozen_copy(model)
+    log = train(model, batches, lambda net, b: loss_fn(net, b, reference), cfg, mask=mask, seed=0)
     if distributed.is_main():
         torch.save({"before": before, "after": {n: p.detach() for n, p in model.named_parameters()},
                     "mask": mask}, out / "weights.pt")

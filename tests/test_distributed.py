@@ -148,6 +148,8 @@ def test_sharded_training_matches_one_process(tmp_path):
     for a, b in zip(log1["steps"], log2["steps"], strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5)
+        assert b["drift"] == pytest.approx(a["drift"], rel=1e-4, abs=1e-9)
+    assert log1["steps"][-1]["drift"] > 0  # the reference is used and differs from the trained copy
     assert all(row["grad_norm"] > 0.2 for row in log1["steps"])  # clipping was active
 
 

@@ -28,11 +28,13 @@ def test_estimate_by_hand():
 
 
 def test_fsdp_estimate_by_hand():
-    """Four processes, 10 decoder layers: a quarter of weights, gradients, moments and mask per process, two
-    gathered layers (weights and gradients); the whole model, kept for evaluation, waits in host memory."""
-    unl = memory.estimate(1000, 300, "bfloat16", ratio=0.25, fsdp_processes=4, layers=10)[1]
+    """Four processes, 10 decoder layers: a quarter of weights, gradients, moments, mask and reference copy
+    per process, two gathered layers (weights and gradients); the whole model, kept for evaluation, waits in
+    host memory."""
+    unl = memory.estimate(1000, 300, "bfloat16", ratio=0.25, reference_copy=True, fsdp_processes=4, layers=10)[1]
     assert unl.device == {"weight shard": 500, "gradient shard": 500, "Adam moments (selected, shard)": 250,
-                          "mask shard (bool)": 250, "gathered layers (2, weights + gradients)": 800}
+                          "mask shard (bool)": 250, "gathered layers (2, weights + gradients)": 800,
+                          "reference copy": 500}
     assert unl.host == {"whole model (for evaluation)": 2000}
 
 
