@@ -161,10 +161,12 @@ def log_step(step: int, total: int, row: dict[str, float]) -> None:
 
 
 def _save_checkpoint(path: Path, step: int, update: MaskedUpdate, optimizer, lr_sched, log: TrainLog) -> None:
-    """Everything needed to continue after `step`, written atomically (temporary file, then rename)."""
+    """Everything needed to continue after `step`, written atomically (temporary file, then rename). Under
+    FSDP each process writes its own file with its shards."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"step": step, "params": {n: p.detach().cpu() for n, p in update.params.items()},
+    params = {n: fsdp.local(p).detach().cpu().clone() for n, p in update.params.items()}
+    torch.save({"step": step, "params": params,
                 "optimizer": optimizer.state_dict(), "scheduler": lr_sched.state_dict(), "log": log.steps,
                 "rng": torch.get_rng_state()}, tmp)
     os.replace(tmp, path)
@@ -174,7 +176,7 @@ def _load_checkpoint(path: Path, update: MaskedUpdate, optimizer, lr_sched, log:
     state = torch.load(path, map_location="cpu", weights_only=False)
     with torch.no_grad():
         for name, p in update.params.items():
-            p.copy_(state["params"][name])
+            fsdp.local(p).copy_(state["params"][name])
     optimizer.load_state_dict(state["optimizer"])
     lr_sched.load_state_dict(state["scheduler"])
     log.steps = list(state["log"])
@@ -200,9 +202,9 @@ def train(model: torch.nn.Module, micro_batches: Sequence[Any],
         n_steps = min(n_steps, cfg.max_steps)
     warmup = max(1, int(n_steps * cfg.warmup_ratio))
     sharded = fsdp.enabled()
-    if sharded and checkpoint is not None and cfg.checkpoint_every:
-        raise UnlearnBenchError("train.checkpoint_every is not supported under FSDP (accelerate launch "
-                                "--use_fsdp): leave it unset, or launch without --use_fsdp")
+    if sharded and checkpoint is not None:  # one file per process, with its shards
+        checkpoint = checkpoint.with_name(f"{checkpoint.name}.rank{distributed.rank()}-of-"
+                                          f"{distributed.world_size()}")
     update = MaskedUpdate(model, mask)
     if cfg.gradient_checkpointing:
         _checkpointing(model, True)
@@ -229,8 +231,15 @@ def train(model: torch.nn.Module, micro_batches: Sequence[Any],
     lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     log = TrainLog()
     first = 0
-    if checkpoint is not None and checkpoint.is_file():
+    found = checkpoint is not None and checkpoint.is_file()
+    if sharded and len(set(distributed.gather([found], distributed.world_size()))) > 1:
+        raise UnlearnBenchError(f"only some processes find their checkpoint file ({checkpoint}); delete "
+                                f"{checkpoint.name.rsplit('.rank', 1)[0]}.rank* to start the run over")
+    if found:
         first = _load_checkpoint(checkpoint, update, optimizer, lr_sched, log)
+        if sharded and len(set(distributed.gather([first], distributed.world_size()))) > 1:
+            raise UnlearnBenchError(f"the processes' checkpoint files ({checkpoint}) are of different steps "
+                                    "(interrupted while saving); delete them to start the run over")
         logging.getLogger("harness.train").info("resumed from %s after step %d", checkpoint, first)
     start = time.perf_counter()
     net.train()
@@ -278,7 +287,7 @@ def train(model: torch.nn.Module, micro_batches: Sequence[Any],
             if progress is not None:
                 progress(step + 1, n_steps, row)
             if checkpoint is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
-                if distributed.is_main():  # every process holds the same weights and optimizer state
+                if sharded or distributed.is_main():  # under DDP every process holds the same state
                     _save_checkpoint(checkpoint, step + 1, update, optimizer, lr_sched, log)
                 distributed.barrier()
         if sharded:

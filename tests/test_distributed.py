@@ -124,8 +124,9 @@ def test_two_processes_match_one(tmp_path):
 
 @pytest.mark.slow
 def test_sharded_training_matches_one_process(tmp_path):
-    """Under FSDP each process holds half of every mask, masked-out weights stay bit-identical, and the
-    weights, losses and clipped gradient norms match training in one process."""
+    """Under FSDP each process holds half of every mask, masked-out weights stay bit-identical, the weights,
+    losses and clipped gradient norms match training in one process, and a run resumed from the processes'
+    checkpoints ends exactly as an uninterrupted one."""
     script, cache = Path(__file__).with_name("fsdp_train.py"), tmp_path / "cache"
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
@@ -138,6 +139,13 @@ def test_sharded_training_matches_one_process(tmp_path):
     one, two = (torch.load(tmp_path / d / "weights.pt") for d in ("one", "two"))
     log1, log2 = (json.loads((tmp_path / d / "log.json").read_text()) for d in ("one", "two"))
     assert log1["share"] is None and 0.45 <= log2["share"] <= 0.55
+    # a checkpoint file per process under FSDP; a stopped and resumed run ends as the uninterrupted one
+    assert sorted(p.name for p in (tmp_path / "two").glob("checkpoint.pt*")) == [
+        "checkpoint.pt.rank0-of-2", "checkpoint.pt.rank1-of-2"]
+    assert log1["resumed_steps"] == log2["resumed_steps"] == [3, 4]  # continued after step 2
+    for run in (one, two):
+        for name, weights in run["after"].items():
+            assert torch.equal(run["resumed"][name], weights), name
     changed = 0
     for name, mask in one["mask"].items():
         for run in (one, two):
