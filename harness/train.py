@@ -160,6 +160,14 @@ def log_step(step: int, total: int, row: dict[str, float]) -> None:
         logging.getLogger("harness.train").info("step %d/%d loss %.4f", step, total, row["loss"])
 
 
+def checkpoint_file(path: Path) -> Path:
+    """This process's checkpoint file for `path`: `path` itself, or under FSDP (where each process saves its
+    own shards) `path.rankR-of-N`."""
+    if not fsdp.enabled():
+        return path
+    return path.with_name(f"{path.name}.rank{distributed.rank()}-of-{distributed.world_size()}")
+
+
 def _save_checkpoint(path: Path, step: int, update: MaskedUpdate, optimizer, lr_sched, log: TrainLog) -> None:
     """Everything needed to continue after `step`, written atomically (temporary file, then rename). Under
     FSDP each process writes its own file with its shards."""
@@ -202,9 +210,8 @@ def train(model: torch.nn.Module, micro_batches: Sequence[Any],
         n_steps = min(n_steps, cfg.max_steps)
     warmup = max(1, int(n_steps * cfg.warmup_ratio))
     sharded = fsdp.enabled()
-    if sharded and checkpoint is not None:  # one file per process, with its shards
-        checkpoint = checkpoint.with_name(f"{checkpoint.name}.rank{distributed.rank()}-of-"
-                                          f"{distributed.world_size()}")
+    if checkpoint is not None:
+        checkpoint = checkpoint_file(checkpoint)
     update = MaskedUpdate(model, mask)
     if cfg.gradient_checkpointing:
         _checkpointing(model, True)
