@@ -7,9 +7,11 @@ from __future__ import annotations
 import collections
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -76,3 +78,37 @@ def test_sweep_on_a_local_ray_cluster(tmp_path, ray_cluster):
 
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert "sweep done: 0 finished, 3 skipped, 0 failed" in again.stdout, again.stdout + again.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_a_killed_ray_worker_is_recorded_and_rerun(tmp_path, ray_cluster):
+    """The worker running a run is killed (SIGKILL, as a lost node would be): the driver records the run as
+    failed with "worker lost" and ends; the next sweep runs it to the end, once."""
+    grid = dict(GRID, attributions=["dense"], objectives=["graddiff"], exclude=[])  # a run of several seconds
+    cfg, results, log = tmp_path / "grid.yaml", tmp_path / "results", tmp_path / "sweep.log"
+    cfg.write_text(yaml.safe_dump(grid))
+    cmd = [str(BIN / "unlearn-bench"), "sweep", str(cfg), "--results", str(results), "--address", ray_cluster]
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    driver = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    events = results / "events.jsonl"
+    deadline = time.monotonic() + 600
+    while not (events.is_file() and events.read_text()):  # the run's start, written by its worker
+        assert driver.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
+        time.sleep(0.05)
+    (start,) = [json.loads(line) for line in events.read_text().splitlines()]
+    assert start["event"] == "start"
+    os.kill(start["pid"], signal.SIGKILL)
+    assert driver.wait(timeout=300) == 1
+    text = log.read_text()
+    assert "sweep done: 0 finished, 0 skipped, 1 failed" in text, text[-4000:]
+    fail = json.loads(events.read_text().splitlines()[-1])
+    assert (fail["event"], fail["run"], fail["error"]) == ("fail", start["run"], "worker lost")
+    assert fail["pid"] == driver.pid  # recorded by the driver: the worker could not
+    assert not (results / "runs" / f"{start['run']}.json").exists()
+
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert "sweep done: 1 finished, 0 skipped, 0 failed" in again.stdout, again.stdout + again.stderr[-3000:]
+    record = json.loads((results / "runs" / f"{start['run']}.json").read_text())
+    assert record["status"] == "finished"
+    assert [json.loads(line)["event"] for line in events.read_text().splitlines()] == [
+        "start", "fail", "start", "finish"]
