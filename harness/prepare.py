@@ -82,3 +82,22 @@ def reference_eval(task: Task, model_path: str, batch_size: int, against: dict |
            "stats": evaluation.stats, "samples": evaluation.samples}
     atomic_write_json(path, out)
     return out
+
+
+def reference_utility(model_path: str, tasks: list[str], limit: int | None, batch_size: int,
+                      dtype: str = "float32", device: str = "auto") -> dict:
+    """lm-eval's numbers for a reference model (target or retain) on a run spec's `utility` tasks, cached by
+    model, tasks, limit, dtype and lm-eval version. Runs in the calling process only (the main one)."""
+    from importlib.metadata import version
+
+    from harness import lm_eval_bridge
+
+    key = stable_hash({"model": model_path, "tasks": sorted(tasks), "limit": limit, "dtype": dtype,
+                       "lm_eval": version("lm_eval")})
+    path = cache_root() / "evals" / f"utility-{key}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    model, tok = models.load(model_path, dtype, device)
+    out = lm_eval_bridge.evaluate(model, tok, tasks, limit, batch_size)
+    atomic_write_json(path, out)
+    return out

@@ -217,11 +217,16 @@ def write_reference_records(spec: RunSpec, results_dir: Path) -> None:
     for role, path, ev in rows if distributed.is_main() else ():
         ref_spec = {"task": spec.task, "model": spec.model, "task_config": spec.task_config,
                     "prepare": to_dict(spec.prepare)}
+        record = {"kind": "reference", "role": role, "spec": ref_spec, "model": path, "status": "finished",
+                  "metrics": dict(ev["metrics"]),
+                  "headline": dict(zip(("forget", "utility"), task.headline, strict=True))}
+        if spec.utility:  # the runs' extra lm-eval scores, on the reference model too
+            ref_spec.update(utility=spec.utility, utility_limit=spec.utility_limit)
+            record["lm_eval"] = prepare.reference_utility(path, spec.utility, spec.utility_limit, _eval_batch(task),
+                                                          spec.dtype, spec.device)
+            record["metrics"].update({k: vars(m) for k, m in lm_eval_bridge.metrics(record["lm_eval"]).items()})
         rid = f"{spec.task}-{role}-{stable_hash(dict(ref_spec, path=path), 12)}"
-        records.write(results_dir, rid, {"kind": "reference", "role": role, "spec": ref_spec, "model": path,
-                                         "status": "finished", "metrics": ev["metrics"],
-                                         "headline": dict(zip(("forget", "utility"), task.headline, strict=True)),
-                                         "provenance": records.provenance()})
+        records.write(results_dir, rid, dict(record, provenance=records.provenance()))
 
 
 def references(task: Task, spec: RunSpec) -> tuple[str, str | None, dict]:

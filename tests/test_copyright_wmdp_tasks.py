@@ -32,6 +32,14 @@ def test_muse_news_mini_run_with_lm_eval_utility(tmp_path):
     assert record["lm_eval"]["lm_eval_version"] == "0.4.13" and record["lm_eval"]["tasks"]["mmlu_bundled"]["n"] == 57
     assert 0.0 <= m["mmlu_bundled_acc"] <= 1.0
     assert len(record["samples"]) == 3 and {"truth", "generation"} <= set(record["samples"][0])
+    # the reference rows get the same lm-eval score, so the leaderboard compares utility with the target's
+    runner.write_reference_records(spec, tmp_path)
+    refs = [r for r in (json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json"))
+            if r["kind"] == "reference"]
+    assert sorted(r["role"] for r in refs) == ["retain", "target"]
+    for ref in refs:
+        assert ref["spec"]["utility"] == ["mmlu_bundled"] and ref["lm_eval"]["tasks"]["mmlu_bundled"]["n"] == 57
+        assert ref["metrics"]["mmlu_bundled_acc"]["value"] == ref["lm_eval"]["tasks"]["mmlu_bundled"]["acc"]
 
 
 def test_muse_news_full_setting_reads_the_muse_layout():
