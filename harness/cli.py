@@ -149,12 +149,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.address:
         cfg.executor_config = dict(cfg.executor_config, address=args.address)
     counts = sweep.run(cfg, Path(args.results), retry_failed=args.retry_failed)
-    if not distributed.is_main():  # under a launch the main process reports and writes
-        return 1 if counts["failed"] else 0
-    print(f"sweep done: {counts['finished']} finished, {counts['skipped']} skipped, {counts['failed']} failed, "
-          f"{counts['busy']} running in another sweep")
-    if args.leaderboard:
-        _write_leaderboard(Path(args.results), Path(args.leaderboard), cfg.task)
+    if distributed.is_main():  # under a launch the main process reports and writes
+        print(f"sweep done: {counts['finished']} finished, {counts['skipped']} skipped, "
+              f"{counts['failed']} failed, {counts['busy']} running in another sweep")
+        if args.leaderboard:
+            _write_leaderboard(Path(args.results), Path(args.leaderboard), cfg.task)
     return 1 if counts["failed"] else 0
 
 

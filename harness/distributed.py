@@ -102,6 +102,11 @@ def gather(local: Sequence[R], n: int) -> list[R]:
     return interleave(parts, n)
 
 
+def agree(value: Any) -> bool:
+    """True when every process holds the same (picklable) value."""
+    return len(set(gather([value], world_size()))) == 1
+
+
 def interleave(parts: Sequence[Sequence[R]], n: int) -> list[R]:
     """Item i of the input came from process i % world, at position i // world of its share."""
     w = len(parts)

@@ -64,20 +64,21 @@ def estimate(n_params: int, largest: int, dtype: str = "bfloat16", ratio: float 
     attribution = Phase("attribution", {"weights": w * n_params, "gradients": w * n_params})
     (attribution.device if attribution_buffers == "model" else attribution.host).update(sums)
     masked = ratio < 1.0
-    unlearning = Phase("unlearning", {
-        "weights": w * n_params, "gradients": w * n_params, "Adam moments (selected)": 2 * w * k,
-        "mask (bool)": n_params if masked else 0,
-        "selected positions (int64, one tensor)": 8 * round(ratio * largest) if masked else 0})
-    if fsdp_processes > 1:
-        p = fsdp_processes
+    p = fsdp_processes
+    if p > 1:
         unlearning = Phase(f"unlearning (FSDP, 1 of {p} processes)", {
             "weight shard": w * n_params // p,
             "gradient shard": w * n_params // p, "Adam moments (selected, shard)": 2 * w * k // p,
             "mask shard (bool)": n_params // p if masked else 0,
             "gathered layers (2, weights + gradients)": 2 * 2 * w * n_params // max(1, layers)},
             {"whole model (for evaluation)": w * n_params})
+    else:
+        unlearning = Phase("unlearning", {
+            "weights": w * n_params, "gradients": w * n_params, "Adam moments (selected)": 2 * w * k,
+            "mask (bool)": n_params if masked else 0,
+            "selected positions (int64, one tensor)": 8 * round(ratio * largest) if masked else 0})
     if reference_copy:
-        unlearning.device["reference copy"] = w * n_params // fsdp_processes
+        unlearning.device["reference copy"] = w * n_params // p
     evaluation = Phase("evaluation", {"weights": w * n_params})
     return [attribution, unlearning, evaluation]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -72,16 +73,15 @@ def reference_eval(task: Task, model_path: str, batch_size: int, against: dict |
     """
     key = stable_hash({"model": model_path, "task": task.name, "config": to_dict(task.config),
                        "against": against["model"] if against else None, "dtype": dtype, "format": 1})
-    path = cache_root() / "evals" / f"{task.name}-{key}.json"
-    if distributed.broadcast(path.is_file()):  # the main process decides: evaluation is collective
-        return json.loads(path.read_text())
-    model, tok = models.load(model_path, dtype, device)
-    stats = against["stats"] if against else None
-    evaluation = task.evaluate(model, tok, EvalContext(reference_stats=stats, batch_size=batch_size))
-    out = {"model": model_path, "metrics": {k: vars(m) for k, m in evaluation.metrics.items()},
-           "stats": evaluation.stats, "samples": evaluation.samples}
-    atomic_write_json(path, out)
-    return out
+
+    def compute() -> dict:
+        model, tok = models.load(model_path, dtype, device)
+        stats = against["stats"] if against else None
+        evaluation = task.evaluate(model, tok, EvalContext(reference_stats=stats, batch_size=batch_size))
+        return {"model": model_path, "metrics": {k: vars(m) for k, m in evaluation.metrics.items()},
+                "stats": evaluation.stats, "samples": evaluation.samples}
+
+    return _cached_json(cache_root() / "evals" / f"{task.name}-{key}.json", compute, collective=True)
 
 
 def reference_utility(model_path: str, tasks: list[str], limit: int | None, batch_size: int,
@@ -94,10 +94,20 @@ def reference_utility(model_path: str, tasks: list[str], limit: int | None, batc
 
     key = stable_hash({"model": model_path, "tasks": sorted(tasks), "limit": limit, "dtype": dtype,
                        "lm_eval": version("lm_eval")})
-    path = cache_root() / "evals" / f"utility-{key}.json"
-    if path.is_file():
+
+    def compute() -> dict:
+        model, tok = models.load(model_path, dtype, device)
+        return lm_eval_bridge.evaluate(model, tok, tasks, limit, batch_size)
+
+    return _cached_json(cache_root() / "evals" / f"utility-{key}.json", compute, collective=False)
+
+
+def _cached_json(path: Path, compute: Callable[[], dict], collective: bool) -> dict:
+    """The JSON at `path`, computed and written atomically first when absent. `collective`: every process of
+    a launch takes part in `compute`, so the main process's view of the cache decides for all."""
+    exists = distributed.broadcast(path.is_file()) if collective else path.is_file()
+    if exists:
         return json.loads(path.read_text())
-    model, tok = models.load(model_path, dtype, device)
-    out = lm_eval_bridge.evaluate(model, tok, tasks, limit, batch_size)
+    out = compute()
     atomic_write_json(path, out)
     return out

@@ -19,7 +19,7 @@ from harness.config import to_dict
 from harness.data import examples_hash, make_batches
 from harness.plugins import Registry, get_registry
 from harness.spec import RunSpec
-from harness.train import checkpoint_file, log_step, train, unlearn_batches
+from harness.train import log_step, remove_checkpoint, train, unlearn_batches
 
 ATTRIBUTION_BATCH = 8
 
@@ -188,8 +188,7 @@ def execute(spec: RunSpec, results_dir: Path) -> dict[str, Any]:
         record["stats"] = evaluation.stats  # per-sample numbers and, for lm-eval tasks, lm-eval's results
         record["samples"] = evaluation.samples
         record["status"] = "finished"
-        if distributed.is_main() or fsdp.enabled():  # under FSDP each process has its own file
-            checkpoint_file(checkpoint).unlink(missing_ok=True)
+        remove_checkpoint(checkpoint)
     except Exception as exc:
         record["status"] = "failed"
         record["error"] = {"type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc()}

@@ -168,6 +168,17 @@ def checkpoint_file(path: Path) -> Path:
     return path.with_name(f"{path.name}.rank{distributed.rank()}-of-{distributed.world_size()}")
 
 
+def _writes_checkpoint() -> bool:
+    """Whether this process writes checkpoint files: the main one, or under FSDP every one (its shards)."""
+    return fsdp.enabled() or distributed.is_main()
+
+
+def remove_checkpoint(path: Path) -> None:
+    """Delete the checkpoint files of a finished run (this process's own under FSDP)."""
+    if _writes_checkpoint():
+        checkpoint_file(path).unlink(missing_ok=True)
+
+
 def _save_checkpoint(path: Path, step: int, update: MaskedUpdate, optimizer, lr_sched, log: TrainLog) -> None:
     """Everything needed to continue after `step`, written atomically (temporary file, then rename). Under
     FSDP each process writes its own file with its shards."""
@@ -239,12 +250,12 @@ def train(model: torch.nn.Module, micro_batches: Sequence[Any],
     log = TrainLog()
     first = 0
     found = checkpoint is not None and checkpoint.is_file()
-    if sharded and len(set(distributed.gather([found], distributed.world_size()))) > 1:
+    if sharded and not distributed.agree(found):
         raise UnlearnBenchError(f"only some processes find their checkpoint file ({checkpoint}); delete "
                                 f"{checkpoint.name.rsplit('.rank', 1)[0]}.rank* to start the run over")
     if found:
         first = _load_checkpoint(checkpoint, update, optimizer, lr_sched, log)
-        if sharded and len(set(distributed.gather([first], distributed.world_size()))) > 1:
+        if sharded and not distributed.agree(first):
             raise UnlearnBenchError(f"the processes' checkpoint files ({checkpoint}) are of different steps "
                                     "(interrupted while saving); delete them to start the run over")
         logging.getLogger("harness.train").info("resumed from %s after step %d", checkpoint, first)
@@ -294,7 +305,7 @@ def train(model: torch.nn.Module, micro_batches: Sequence[Any],
             if progress is not None:
                 progress(step + 1, n_steps, row)
             if checkpoint is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
-                if sharded or distributed.is_main():  # under DDP every process holds the same state
+                if _writes_checkpoint():  # under DDP every process holds the same state
                     _save_checkpoint(checkpoint, step + 1, update, optimizer, lr_sched, log)
                 distributed.barrier()
         if sharded:

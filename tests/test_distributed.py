@@ -55,12 +55,16 @@ def _grid(spec: dict) -> dict:
                 seeds=[spec["seed"]])
 
 
-def _launch(flags: list[str], grid: Path, results: Path, cache: Path, log: Path) -> None:
-    """A sweep under accelerate's launcher with two CPU processes."""
+def _launch(flags: list[str], command: list[str], cache: Path, log: Path) -> None:
+    """`command` (a script and its arguments, or -m MODULE ...) under accelerate's launcher with two CPU
+    processes."""
     _run([str(BIN / "accelerate"), "launch", *flags, "--num_processes", "2", "--num_machines", "1",
           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-          "-m", "harness.cli", "sweep", str(grid), "--results", str(results)], cache, log,
-         {"CUDA_VISIBLE_DEVICES": ""})
+          *command], cache, log, {"CUDA_VISIBLE_DEVICES": ""})
+
+
+def _sweep(grid: Path, results: Path) -> list[str]:
+    return ["-m", "harness.cli", "sweep", str(grid), "--results", str(results)]
 
 
 def _check_same_run(a: dict, b: dict) -> None:
@@ -94,7 +98,7 @@ def test_two_processes_match_one(tmp_path):
          tmp_path / "one.log")
     # the same prepared models and reference evaluations; the mask is computed again, by two processes
     shutil.copytree(one, two, ignore=lambda folder, names: ["masks"] if Path(folder) == one else [])
-    _launch(["--multi_gpu"], grid, tmp_path / "r2", two, tmp_path / "two.log")
+    _launch(["--multi_gpu"], _sweep(grid, tmp_path / "r2"), two, tmp_path / "two.log")
     (id1, a), (id2, b) = _record(tmp_path / "r1"), _record(tmp_path / "r2")
     assert id1 == id2  # the same spec
     assert b["processes"] == 2 and b["parallelism"] == "ddp" and "processes" not in a
@@ -116,7 +120,7 @@ def test_two_processes_match_one(tmp_path):
     # sharded: every parameter, gradient, mask and optimizer state split between the two processes (the
     # one-process mask, so that only the unlearning differs)
     shutil.copytree(one, sharded)
-    _launch(["--use_fsdp", "--fsdp_version", "2"], grid, tmp_path / "r3", sharded, tmp_path / "fsdp.log")
+    _launch(["--use_fsdp", "--fsdp_version", "2"], _sweep(grid, tmp_path / "r3"), sharded, tmp_path / "fsdp.log")
     id3, c = _record(tmp_path / "r3")
     assert id3 == id1 and c["processes"] == 2 and c["parallelism"] == "fsdp"
     _check_same_run(a, c)
@@ -131,10 +135,8 @@ def test_sharded_training_matches_one_process(tmp_path):
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
     # two processes first, on an empty cache: they build the tiny model together, the main one publishes it
-    _run([str(BIN / "accelerate"), "launch", "--use_fsdp", "--fsdp_version", "2", "--num_processes", "2",
-          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-          str(_free_port()), str(script), str(tmp_path / "two")], cache, tmp_path / "two.log",
-         {"CUDA_VISIBLE_DEVICES": ""})
+    _launch(["--use_fsdp", "--fsdp_version", "2"], [str(script), str(tmp_path / "two")], cache,
+            tmp_path / "two.log")
     _run([sys.executable, str(script), str(tmp_path / "one")], cache, tmp_path / "one.log")
     one, two = (torch.load(tmp_path / d / "weights.pt") for d in ("one", "two"))
     log1, log2 = (json.loads((tmp_path / d / "log.json").read_text()) for d in ("one", "two"))
@@ -172,6 +174,7 @@ def test_one_process_helpers_are_identities():
     batch = {"input_ids": torch.arange(6).view(3, 2)}
     assert distributed.rows(batch) is batch
     assert distributed.broadcast("x") == "x" and distributed.mean([1.5, 2.0]) == [1.5, 2.0]
+    assert distributed.agree(3)
 
 
 @pytest.mark.parametrize("world,n", [(2, 5), (3, 7), (4, 2), (1, 3)])
