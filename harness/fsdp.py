@@ -98,9 +98,9 @@ def cut_as(mask: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
 
 def global_norm(local_norm: torch.Tensor) -> torch.Tensor:
     """The L2 norm over all shards from each process's norm over its own shards."""
-    squared = local_norm.double().pow(2)
-    torch.distributed.all_reduce(squared, op=torch.distributed.ReduceOp.SUM)
-    return squared.sqrt().to(local_norm.dtype)
+    squared = {"norm": local_norm.double().pow(2)}
+    distributed.sum_(squared)
+    return squared["norm"].sqrt().to(local_norm.dtype)
 
 
 @torch.no_grad()
