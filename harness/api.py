@@ -32,7 +32,7 @@ class Metric:
     """A metric value and whether higher, lower or closer to zero (MUSE's PrivLeak) is better."""
 
     value: float | None
-    direction: Literal["higher", "lower", "zero"]
+    direction: Literal["higher", "lower", "zero", "info"]  # info: a number to read, not to rank
     group: str = "forget"  # forget | utility | info
 
 
@@ -176,6 +176,21 @@ class EvalContext:
 
 
 @dataclass
+class ProbeSets:
+    """The cheap teacher-forced probe of matched forgetting (harness/match.py). A set's value is the mean over
+    its examples of P̃ = exp(-token-mean NLL of the completion), or, for a utility part listed in
+    `alternatives` (one list of wrong completions per example), the mean of P̃ / (P̃ + Σ P̃(wrong)) as TOFU
+    normalises short answers. `forget` decides when forgetting has reached the retain model's level; the
+    `utility` parts are combined by their harmonic mean; `validation` (held out of training and of the test
+    metrics) is what tuning selects on."""
+
+    forget: list[Example]
+    utility: dict[str, list[Example]]
+    validation: list[Example] = field(default_factory=list)
+    alternatives: dict[str, list[list[Example]]] = field(default_factory=dict)
+
+
+@dataclass
 class Evaluation:
     """A task evaluation: named metrics, plus per-sample statistics worth keeping (e.g. truth ratios)."""
 
@@ -210,6 +225,16 @@ class Task:
     def provided_model(self, which: Literal["target", "retain"]) -> str | None:
         """A path or hub id that replaces fine-tuning for this model, or None to build it."""
         return None
+
+    def validation_examples(self) -> list[Example]:
+        """Examples held out of unlearning and of the test metrics (known to target and retain models alike),
+        for tuning decisions that must not look at test metrics. None by default."""
+        return []
+
+    def probe_sets(self) -> ProbeSets:
+        """Data of the cheap matched-forgetting probe: by default the forget set, the retain set as the one
+        utility part, and the validation examples."""
+        return ProbeSets(self.forget_examples(), {"retain": self.retain_examples()}, self.validation_examples())
 
     def refusal_examples(self) -> list[Example]:
         """The forget prompts, in order, each paired with a refusal answer (PO and WAGLE's PO variant)."""

@@ -84,6 +84,24 @@ def reference_eval(task: Task, model_path: str, batch_size: int, against: dict |
     return _cached_json(cache_root() / "evals" / f"{task.name}-{key}.json", compute, collective=True)
 
 
+def reference_probe(task: Task, model_path: str, batch_size: int, dtype: str = "float32",
+                    device: str = "auto") -> dict[str, float]:
+    """The matched-forgetting probe (harness/match.py) of a reference model, every part the task has,
+    cached by model and task config."""
+    from harness import match
+
+    key = stable_hash({"model": model_path, "task": task.name, "config": to_dict(task.config), "dtype": dtype,
+                       "format": 2})
+
+    def compute() -> dict:
+        model, tok = models.load(model_path, dtype, device)
+        sets = task.probe_sets()
+        parts = ("forget", "utility", "validation") if sets.validation else ("forget", "utility")
+        return match.probe(model, tok, sets, parts, batch_size, getattr(task.config, "max_length", 512))
+
+    return _cached_json(cache_root() / "evals" / f"probe-{task.name}-{key}.json", compute, collective=True)
+
+
 def reference_utility(model_path: str, tasks: list[str], limit: int | None, batch_size: int,
                       dtype: str = "float32", device: str = "auto") -> dict:
     """lm-eval's numbers for a reference model (target or retain) on a run spec's `utility` tasks, cached by

@@ -12,8 +12,8 @@ from typing import Any
 import peft
 import torch
 
-from harness import distributed, fsdp, lm_eval_bridge, mask_report, masks, models, prepare, records
-from harness.api import AttributionData, AttributionResult, EvalContext, Task
+from harness import distributed, fsdp, lm_eval_bridge, mask_report, masks, match, models, prepare, records
+from harness.api import AttributionData, AttributionResult, EvalContext, Evaluation, Metric, Task
 from harness.cache import cached_dir, stable_hash
 from harness.config import to_dict
 from harness.data import examples_hash, make_batches
@@ -119,7 +119,7 @@ def execute(spec: RunSpec, results_dir: Path) -> dict[str, Any]:
                (("task", spec.task), ("attribution", spec.attribution), ("objective", spec.objective),
                 ("backend", spec.generation))}
     record: dict[str, Any] = {
-        "kind": "run", "spec": to_dict(spec), "status": "running", "timings": {},
+        "kind": "run" if spec.evaluate else "tune", "spec": to_dict(spec), "status": "running", "timings": {},
         "headline": dict(zip(("forget", "utility"), entries["task"].cls.headline, strict=True)),
         "provenance": records.provenance({k: {"name": e.name, "plugin": e.plugin, "distribution": e.distribution,
                                               "version": e.version} for k, e in entries.items()}),
@@ -160,29 +160,46 @@ def execute(spec: RunSpec, results_dir: Path) -> dict[str, Any]:
         batches = unlearn_batches(tok, task.forget_examples(), task.retain_examples(), spec.train,
                                   getattr(task.config, "max_length", 512), spec.seed, task.refusal_examples())
 
-        def evaluate_during(step: int, net) -> dict[str, Any] | None:
-            if not spec.eval_every or step % spec.eval_every:
-                return None
-            ev = task.evaluate(net, tok, EvalContext(retain_eval["stats"], _eval_batch(task), backend))
-            return {k: m.value for k, m in ev.metrics.items()}
+        matcher = Matcher(task, spec, target, retain_model, tok) if spec.match.enabled else None
+
+        def during(step: int, net) -> dict[str, Any] | None:
+            row: dict[str, Any] = {}
+            if spec.eval_every and step % spec.eval_every == 0:
+                ev = task.evaluate(net, tok, EvalContext(retain_eval["stats"], _eval_batch(task), backend))
+                row["metrics"] = {k: m.value for k, m in ev.metrics.items()}
+            if matcher is not None and step % spec.match.check_every == 0:
+                row["probe"] = matcher.check(net)
+                row["stop"] = row["probe"]["forget"] <= matcher.level
+            return row or None
 
         checkpoint = Path(results_dir) / "checkpoints" / f"{run_id}.pt"
         train_log = train(model, batches, lambda m, b: objective.loss(m, b, reference), spec.train, mask,
-                          spec.seed, progress=log_step, checkpoint=checkpoint, on_step=evaluate_during)
+                          spec.seed, progress=log_step, checkpoint=checkpoint, on_step=during)
         reference = None  # free the frozen copy before evaluation
         if lora is not None:
             model = model.merge_and_unload()
         timings["unlearning_s"] = time.perf_counter() - t
+        record["bf16_autocast"] = train_log.bf16_autocast
         record["curves"] = {
             "train": [{k: v for k, v in row.items() if k != "eval"} for row in train_log.steps],
-            "eval": [{"step": row["step"], **row["eval"]} for row in train_log.steps if "eval" in row]}
+            "eval": [{"step": row["step"], **row["eval"]["metrics"]} for row in train_log.steps
+                     if "metrics" in row.get("eval", {})]}
+        if matcher is not None:
+            probes = [{"step": row["step"], **row["eval"]["probe"]} for row in train_log.steps
+                      if "probe" in row.get("eval", {})]
+            record["curves"]["probe"] = [{"step": 0, **matcher.start}, *probes]
+            record["match"] = matcher.summary(record["curves"]["probe"], train_log.stopped_at)
 
         t = time.perf_counter()
-        evaluation = task.evaluate(model, tok, EvalContext(retain_eval["stats"], _eval_batch(task), backend))
-        if spec.utility and distributed.is_main():  # only the main process writes the record
+        evaluation = Evaluation({})
+        if spec.evaluate:
+            evaluation = task.evaluate(model, tok, EvalContext(retain_eval["stats"], _eval_batch(task), backend))
+        if spec.evaluate and spec.utility and distributed.is_main():  # only the main process writes the record
             record["lm_eval"] = lm_eval_bridge.evaluate(model, tok, spec.utility, spec.utility_limit,
                                                         _eval_batch(task))
             evaluation.metrics.update(lm_eval_bridge.metrics(record["lm_eval"]))
+        if matcher is not None:
+            evaluation.metrics.update(match_metrics(record["match"]))
         timings["evaluation_s"] = time.perf_counter() - t
         record["metrics"] = {k: vars(m) for k, m in evaluation.metrics.items()}
         record["stats"] = evaluation.stats  # per-sample numbers and, for lm-eval tasks, lm-eval's results
@@ -204,6 +221,54 @@ def execute(spec: RunSpec, results_dir: Path) -> dict[str, Any]:
     return record
 
 
+class Matcher:
+    """The run's matched-forgetting probe: the level, the reference probes and the check after each step.
+    A test run probes forget and utility; a tuning run (spec.evaluate false) forget and validation."""
+
+    def __init__(self, task: Task, spec: RunSpec, target: str, retain_model: str | None, tok) -> None:
+        self.task, self.tok = task, tok
+        self.key = "utility" if spec.evaluate else "validation"
+        self.sets = task.probe_sets()
+        refs = reference_probes(task, spec, target, retain_model)
+        if spec.match.level is None and "retain" not in refs:
+            raise ValueError(f"task {spec.task!r} has no retain model to read the forgetting level from: set "
+                             "match.level")
+        self.level = spec.match.level if spec.match.level is not None else refs["retain"]["forget"]
+        self.reference = refs["retain"][self.key] if "retain" in refs else refs["target"][self.key]
+        self.start = {k: refs["target"][k] for k in ("forget", self.key)}
+        self.seconds = 0.0
+
+    def check(self, model) -> dict[str, float]:
+        t = time.perf_counter()
+        out = match.probe(model, self.tok, self.sets, ("forget", self.key), _eval_batch(self.task),
+                          _max_length(self.task))
+        self.seconds += time.perf_counter() - t
+        return out
+
+    def summary(self, trajectory: list[dict[str, Any]], stopped_at: int | None) -> dict[str, Any]:
+        return dict(match.summarize(trajectory, self.key, self.level, self.reference), stopped_at=stopped_at,
+                    probe_s=self.seconds)
+
+
+def match_metrics(summary: dict[str, Any]) -> dict[str, Metric]:
+    """A run's matched-forgetting numbers as metrics: test runs compare utility, tuning runs validation."""
+    prefix = "" if summary["probe"] == "utility" else "validation_"
+    return {f"{prefix}match_utility": Metric(summary["at_match"], "higher", "match"),
+            f"{prefix}tradeoff_score": Metric(summary["tradeoff"], "higher", "match"),
+            "match_reached": Metric(float(summary["reached"]), "higher", "info"),
+            "match_step": Metric(summary["step"], "lower", "info"),
+            "match_efficacy": Metric(summary["efficacy_at_stop"], "info", "info"),
+            "match_forget": Metric(summary["forget_at_stop"], "info", "info")}
+
+
+def reference_probes(task: Task, spec: RunSpec, target: str, retain_model: str | None) -> dict[str, dict]:
+    """The probe of the target (and of the retain model when the task has one)."""
+    out = {"target": prepare.reference_probe(task, target, _eval_batch(task), spec.dtype, spec.device)}
+    if retain_model is not None:
+        out["retain"] = prepare.reference_probe(task, retain_model, _eval_batch(task), spec.dtype, spec.device)
+    return out
+
+
 def write_reference_records(spec: RunSpec, results_dir: Path) -> None:
     """Records of the target and retain models themselves (rows 'target' and 'retain' of a leaderboard)."""
     registry = get_registry()
@@ -213,6 +278,7 @@ def write_reference_records(spec: RunSpec, results_dir: Path) -> None:
     rows = [("target", target, target_eval)]
     if retain_model is not None:
         rows.append(("retain", retain_model, retain_eval))
+    probes = reference_probes(task, spec, target, retain_model) if spec.match.enabled else {}  # every process
     for role, path, ev in rows if distributed.is_main() else ():
         ref_spec = {"task": spec.task, "model": spec.model, "task_config": spec.task_config,
                     "prepare": to_dict(spec.prepare)}
@@ -224,6 +290,13 @@ def write_reference_records(spec: RunSpec, results_dir: Path) -> None:
             record["lm_eval"] = prepare.reference_utility(path, spec.utility, spec.utility_limit, _eval_batch(task),
                                                           spec.dtype, spec.device)
             record["metrics"].update({k: vars(m) for k, m in lm_eval_bridge.metrics(record["lm_eval"]).items()})
+        if spec.match.enabled:  # the probe values, and for the retain model its own matched-forgetting numbers
+            probe = probes[role]
+            ref_spec["match"] = to_dict(spec.match)
+            record["probe"] = probe
+            if role == "retain":
+                record["metrics"].update({"match_utility": vars(Metric(probe["utility"], "higher", "match")),
+                                          "tradeoff_score": vars(Metric(1.0, "higher", "match"))})
         rid = f"{spec.task}-{role}-{stable_hash(dict(ref_spec, path=path), 12)}"
         records.write(results_dir, rid, dict(record, provenance=records.provenance()))
 
@@ -241,3 +314,7 @@ def references(task: Task, spec: RunSpec) -> tuple[str, str | None, dict]:
 
 def _eval_batch(task: Task) -> int:
     return getattr(task.config, "eval_batch_size", 16)
+
+
+def _max_length(task: Task) -> int:
+    return getattr(task.config, "max_length", 512)

@@ -7,6 +7,7 @@ from typing import Any
 
 from harness.cache import stable_hash
 from harness.config import option, to_dict
+from harness.match import MatchConfig
 from harness.train import TrainConfig
 
 
@@ -34,6 +35,12 @@ class RunSpec:
     generation: str = option("hf", "generation backend for evaluation: hf or vllm (unlearn-bench list)")
     generation_config: dict[str, Any] = option({}, "the generation backend's config")
     eval_every: int | None = option(None, "also evaluate every N unlearning steps (a curve in the record)")
+    match: MatchConfig = option(MatchConfig(), "matched forgetting: unlearn to the retain model's forgetting "
+                                               "level, then evaluate (docs/metrics.md)")
+    evaluate: bool = option(True, "false: a tuning run (unlearning and the validation probe only, no test "
+                                  "evaluation; recorded as kind 'tune')")
+    tuned_from: list[float] = option([], "the learning-rate grid train.lr was chosen from by the sweep's tune "
+                                         "rule (empty: not tuned)")
     dtype: str = option("float32", "weights dtype: float32, bfloat16 (7B models on a GPU) or float16")
     device: str = option("auto", "auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ...")
     attribution_buffers: str = option("model", "where attribution keeps its fp32 gradient sums: model (the "
@@ -51,6 +58,8 @@ class RunSpec:
             raise ValueError(f"ratio must be in (0, 1], got {self.ratio}")
         if self.attribution_buffers not in ("model", "cpu"):
             raise ValueError(f"attribution_buffers {self.attribution_buffers!r}: choose model or cpu")
+        if not self.evaluate and not self.match.enabled:
+            raise ValueError("evaluate: false (a tuning run) needs match.enabled: it records only the probes")
 
     def run_id(self) -> str:
         """A hash of everything that determines the run's result (where it runs and how memory is spent do

@@ -12,15 +12,16 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from harness import distributed, runner
-from harness.config import from_dict, option
+from harness.config import from_dict, option, to_dict
 from harness.errors import ConfigError, UnlearnBenchError
+from harness.match import MatchConfig
 from harness.plugins import get_registry
 from harness.spec import PrepareConfig, RunSpec
 from harness.train import TrainConfig
@@ -30,6 +31,23 @@ log = logging.getLogger(__name__)
 
 class SweepError(UnlearnBenchError):
     """A sweep could not start its runs."""
+
+
+@dataclass
+class TuneConfig:
+    lr_factors: list[float] = option([], "multiples of each method's learning rate (after the per-attribution and "
+                                         "per-objective overrides) tried on the tuning seed; empty: no tuning")
+    seed: int | None = option(None, "seed of the tuning runs; null: one past the largest test seed, so no test "
+                                    "run's training is the one selected on")
+
+    def validate(self) -> None:
+        if any(f <= 0 for f in self.lr_factors):
+            raise ValueError(f"lr_factors must be positive, got {self.lr_factors}")
+
+
+TUNE_RULE = ("among the rates whose tuning run reached the retain model's forgetting level, the highest "
+             "validation utility at the match (ties: the smaller rate); if none reached it, the highest "
+             "validation trade-off score")
 
 
 @dataclass
@@ -50,6 +68,11 @@ class SweepConfig:
     attribution_config: dict[str, Any] = option({}, "per attribution name: its config")
     objective_config: dict[str, Any] = option({}, "per objective name: its config")
     train: TrainConfig = option(TrainConfig(), "unlearning optimizer settings")
+    train_by_objective: dict[str, Any] = option({}, "per objective name: train settings replacing the sweep's")
+    train_by_attribution: dict[str, Any] = option({}, "per attribution name: train settings replacing the "
+                                                      "sweep's and the objective's (LoRA needs a larger lr)")
+    match: MatchConfig = option(MatchConfig(), "matched forgetting (docs/metrics.md)")
+    tune: TuneConfig = option(TuneConfig(), f"learning-rate tuning per method; the rule: {TUNE_RULE}")
     prepare: PrepareConfig = option(PrepareConfig(), "fine-tuning settings for target and retain models")
     executor: str = option("local", "where runs execute: local (this process, in order) or ray (Ray tasks)")
     executor_config: dict[str, Any] = option({}, "the executor's config (ray: address, gpus_per_run, ...)")
@@ -67,15 +90,15 @@ def load(path: Path) -> SweepConfig:
     return from_dict(SweepConfig, data, str(path))
 
 
-def expand(cfg: SweepConfig, where: str = "sweep") -> list[RunSpec]:
-    """The grid's run specs, deduplicated (dense at several ratios is one run), plugin names checked."""
+def _check(cfg: SweepConfig, where: str) -> None:
     registry = get_registry()
     for name in cfg.attributions:
         registry.get("attribution", name)
     for name in cfg.objectives:
         registry.get("objective", name)
     registry.get("task", cfg.task)
-    for field, names in (("attribution_config", cfg.attributions), ("objective_config", cfg.objectives)):
+    for field, names in (("attribution_config", cfg.attributions), ("objective_config", cfg.objectives),
+                         ("train_by_attribution", cfg.attributions), ("train_by_objective", cfg.objectives)):
         stray = sorted(set(getattr(cfg, field)) - set(names))
         if stray:
             raise ConfigError(f"{where}: {field} names {', '.join(stray)}, which the grid does not run "
@@ -83,34 +106,121 @@ def expand(cfg: SweepConfig, where: str = "sweep") -> list[RunSpec]:
     for pair in cfg.exclude:
         if pair.count("/") != 1:
             raise ConfigError(f"{where}: exclude entry {pair!r} is not attribution/objective")
-    specs: dict[str, RunSpec] = {}
-    for attribution, ratio, objective, seed in itertools.product(cfg.attributions, cfg.ratios, cfg.objectives,
-                                                                 cfg.seeds):
-        if not 0.0 < ratio <= 1.0:
-            raise ConfigError(f"{where}: ratio must be in (0, 1], got {ratio}")
-        if f"{attribution}/{objective}" in cfg.exclude:
+    if cfg.tune.lr_factors and not cfg.match.enabled:
+        raise ConfigError(f"{where}: tune needs match.enabled (it selects on utility at matched forgetting)")
+
+
+def method_train(cfg: SweepConfig, attribution: str, objective: str, where: str = "sweep") -> TrainConfig:
+    """The sweep's train settings with the objective's, then the attribution's overrides applied."""
+    data = {**to_dict(cfg.train), **cfg.train_by_objective.get(objective, {}),
+            **cfg.train_by_attribution.get(attribution, {})}
+    return from_dict(TrainConfig, data, f"{where}: train for {attribution}/{objective}")
+
+
+def _methods(cfg: SweepConfig) -> list[tuple[str, float, str]]:
+    return [(a, r, o) for a, r, o in itertools.product(cfg.attributions, cfg.ratios, cfg.objectives)
+            if f"{a}/{o}" not in cfg.exclude]
+
+
+def _spec(cfg: SweepConfig, method: tuple[str, float, str], seed: int, train: TrainConfig, where: str,
+          **extra: Any) -> RunSpec:
+    attribution, ratio, objective = method
+    if not 0.0 < ratio <= 1.0:
+        raise ConfigError(f"{where}: ratio must be in (0, 1], got {ratio}")
+    spec = runner.canonical(RunSpec(
+        task=cfg.task, model=cfg.model, attribution=attribution, ratio=ratio, objective=objective, seed=seed,
+        dtype=cfg.dtype, device=cfg.device, attribution_buffers=cfg.attribution_buffers,
+        eval_every=cfg.eval_every, match=cfg.match, task_config=cfg.task_config,
+        attribution_config=cfg.attribution_config.get(attribution, {}),
+        objective_config=cfg.objective_config.get(objective, {}), train=train, prepare=cfg.prepare, **extra))
+    try:
+        spec.validate()
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return spec
+
+
+def _dedup(specs: list[RunSpec]) -> list[RunSpec]:
+    out: dict[str, RunSpec] = {}
+    for spec in specs:
+        out.setdefault(spec.run_id(), spec)
+    return list(out.values())
+
+
+def expand(cfg: SweepConfig, where: str = "sweep") -> list[RunSpec]:
+    """The grid's test run specs at each method's own learning rate (without tuning), deduplicated (dense at
+    several ratios is one run), plugin names checked."""
+    _check(cfg, where)
+    return _dedup([_spec(cfg, m, seed, method_train(cfg, m[0], m[2], where), where)
+                   for seed in cfg.seeds for m in _methods(cfg)])  # seed by seed: a cut sweep still pairs
+
+
+def tune_seed(cfg: SweepConfig) -> int:
+    return cfg.tune.seed if cfg.tune.seed is not None else max(cfg.seeds) + 1
+
+
+def tuning_grid(cfg: SweepConfig, where: str = "sweep") -> dict[tuple[str, float, str], list[RunSpec]]:
+    """Per method, its tuning runs: the tuning seed at each lr factor, probes only (evaluate false)."""
+    _check(cfg, where)
+    grid = {}
+    for m in _methods(cfg):
+        base = method_train(cfg, m[0], m[2], where)
+        specs = [_spec(cfg, m, tune_seed(cfg), replace(base, lr=base.lr * f), where, evaluate=False)
+                 for f in cfg.tune.lr_factors]
+        grid[(specs[0].attribution, specs[0].ratio, m[2])] = specs  # keyed as canonical (dense: ratio 1)
+    return grid
+
+
+def select(tuning: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The tune rule (TUNE_RULE) over one method's finished tuning records; None when none finished."""
+    done = [r for r in tuning if r.get("status") == "finished"]
+    if not done:
+        return None
+
+    def value(r: dict[str, Any], name: str) -> float:
+        v = r["metrics"].get(name, {}).get("value")
+        return float("-inf") if v is None else v
+
+    reached = [r for r in done if r["match"]["reached"]]
+    if reached:
+        best = max(reached, key=lambda r: (value(r, "validation_match_utility"), -r["spec"]["train"]["lr"]))
+    else:
+        best = max(done, key=lambda r: (value(r, "validation_tradeoff_score"), -r["spec"]["train"]["lr"]))
+    return {"lr": best["spec"]["train"]["lr"], "reached": bool(best["match"]["reached"]), "run": best["id"]}
+
+
+def tuned_specs(cfg: SweepConfig, results_dir: Path, grid: dict[tuple[str, float, str], list[RunSpec]],
+                where: str = "sweep") -> tuple[list[RunSpec], list[str]]:
+    """The test runs at each method's selected rate, and the methods left out because none of their tuning
+    runs finished."""
+    chosen, missing = {}, []
+    for m, tuning in grid.items():
+        records = [read_record(results_dir, s.run_id()) for s in tuning]
+        choice = select([r for r in records if r is not None])
+        if choice is None:
+            missing.append(f"{m[0]}/{m[2]}")
             continue
-        spec = runner.canonical(RunSpec(
-            task=cfg.task, model=cfg.model, attribution=attribution, ratio=ratio, objective=objective, seed=seed,
-            dtype=cfg.dtype, device=cfg.device, attribution_buffers=cfg.attribution_buffers,
-            eval_every=cfg.eval_every, task_config=cfg.task_config,
-            attribution_config=cfg.attribution_config.get(attribution, {}),
-            objective_config=cfg.objective_config.get(objective, {}), train=cfg.train, prepare=cfg.prepare))
-        try:
-            spec.validate()
-        except ValueError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-        specs.setdefault(spec.run_id(), spec)
-    return list(specs.values())
+        chosen[m] = (replace(tuning[0].train, lr=choice["lr"]), [s.train.lr for s in tuning])
+        log.info("%s@%g/%s: lr %g chosen from %s (%s)", m[0], m[1], m[2], choice["lr"], chosen[m][1],
+                 "reached the level" if choice["reached"] else "no rate reached the level")
+    specs = [_spec(cfg, m, seed, train, where, tuned_from=lrs)  # seed by seed: a cut sweep still pairs
+             for seed in cfg.seeds for m, (train, lrs) in chosen.items()]
+    return _dedup(specs), missing
+
+
+def read_record(results_dir: Path, run_id: str) -> dict[str, Any] | None:
+    """A run's record, or None when it is missing or not readable JSON."""
+    try:
+        record = json.loads((results_dir / "runs" / f"{run_id}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def status(results_dir: Path, run_id: str) -> str | None:
     """The status in a run's record (finished, failed), or None when there is no readable record."""
-    path = results_dir / "runs" / f"{run_id}.json"
-    try:
-        return json.loads(path.read_text()).get("status")
-    except (OSError, ValueError, AttributeError):
-        return None
+    record = read_record(results_dir, run_id)
+    return None if record is None else record.get("status")
 
 
 def finished(results_dir: Path, run_id: str) -> bool:
@@ -226,9 +336,11 @@ def write_references(spec: RunSpec, results_dir: Path) -> str:
 
 def run(cfg: SweepConfig, results_dir: Path, retry_failed: bool = False) -> dict[str, int]:
     """Run every spec without a finished record (and, with `retry_failed`, those whose record says failed),
-    on the sweep's executor. Each run holds its lock while it runs, so several sweeps can share a results
-    directory and never run the same spec twice; a failed run is recorded and the sweep goes on."""
-    specs = expand(cfg)
+    on the sweep's executor. With a tune block, each method's tuning runs come first and its test runs use
+    the rate the tune rule selects. Each run holds its lock while it runs, so several sweeps can share a
+    results directory and never run the same spec twice; a failed run is recorded and the sweep goes on."""
+    grid = tuning_grid(cfg) if cfg.tune.lr_factors else None
+    specs = expand(cfg) if grid is None else [s for g in grid.values() for s in g]
     executor = get_registry().build("executor", cfg.executor, cfg.executor_config, "sweep: executor_config")
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -240,6 +352,20 @@ def run(cfg: SweepConfig, results_dir: Path, retry_failed: bool = False) -> dict
             raise SweepError(f"the reference models could not be prepared ({outcome}); see the log above")
     counts = {"finished": 0, "skipped": 0, "failed": 0, "busy": 0}
     done = ("finished", "failed") if not retry_failed else ("finished",)
+    if grid is not None:
+        log.info("tuning: %d runs (%d methods x lr factors %s, seed %d)", len(specs), len(grid),
+                 cfg.tune.lr_factors, tune_seed(cfg))
+        _run_specs(specs, results_dir, done, executor, counts)
+        specs, missing = tuned_specs(cfg, results_dir, grid)
+        for method in missing:
+            log.error("%s: no tuning run finished, so it has no selected rate and no test runs", method)
+            counts["failed"] += 1
+    _run_specs(specs, results_dir, done, executor, counts)
+    return counts
+
+
+def _run_specs(specs: list[RunSpec], results_dir: Path, done: tuple[str, ...], executor: Any,
+               counts: dict[str, int]) -> None:
     pending = []
     for spec in specs:  # a first look; run_one decides again under the run's lock
         before = status(results_dir, spec.run_id())
@@ -257,4 +383,3 @@ def run(cfg: SweepConfig, results_dir: Path, retry_failed: bool = False) -> dict
             outcome = "failed"
         log.info("[%d/%d] %s: %s", n, len(pending), run_id, outcome)
         counts[outcome] += 1
-    return counts

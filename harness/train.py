@@ -41,25 +41,54 @@ class TrainConfig:
     batch_size: int = option(8, "forget (and retain) examples per micro-batch")
     grad_accum: int = option(1, "micro-batches per optimizer step")
     warmup_ratio: float = option(0.1, "fraction of steps with linear warmup (at least one step)")
+    schedule: str = option("linear", "after warmup: linear (decay to 0 at the last step) or constant (the rate "
+                                     "a run stopped early by matched forgetting has seen does not depend on its "
+                                     "step budget)")
     weight_decay: float = option(0.0, "AdamW decoupled weight decay (never applied to masked-out weights)")
     max_grad_norm: float | None = option(1.0, "clip the (masked) gradient norm; null: no clipping")
     checkpoint_every: int | None = option(None, "save a resumable checkpoint every N optimizer steps")
     gradient_checkpointing: bool = option(False, "recompute activations in backward (less memory, ~30% more "
                                                  "compute; for 7B models)")
-    bf16_autocast: bool = option(False, "forward/backward in bf16 autocast (fast on GPUs; on CPUs without "
-                                        "avx512_bf16 it is about 25x slower than fp32)")
+    bf16_autocast: bool | None = option(None, "forward/backward in bf16 autocast; null: on where bf16 is fast "
+                                               "(CUDA, CPUs with AMX or AVX512-BF16; on other CPUs it is about "
+                                               "25x slower than fp32)")
 
     def validate(self) -> None:
         if self.lr <= 0 or self.batch_size < 1 or self.grad_accum < 1 or self.epochs < 1:
             raise ValueError("lr must be > 0; batch_size, grad_accum and epochs must be >= 1")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule {self.schedule!r}: choose {' or '.join(SCHEDULES)}")
+
+
+SCHEDULES = ("linear", "constant")
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bf16 autocast speeds this device up: CUDA, or a CPU with AMX or AVX512-BF16 instructions."""
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in ("amx_bf16", "avx512_bf16"))
+
+
+def autocast_on(cfg: TrainConfig, device: torch.device) -> bool:
+    """cfg.bf16_autocast, or where it is null, whether bf16 is fast on `device`."""
+    return fast_bf16(device) if cfg.bf16_autocast is None else cfg.bf16_autocast
 
 
 @dataclass
 class TrainLog:
     steps: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    bf16_autocast: bool = False
+    stopped_at: int | None = None  # the step after which `on_step` asked to stop (matched forgetting)
 
 
 def _encode_all(tokenizer, examples: Sequence[Example], max_length: int) -> list[tuple[list[int], list[int]]]:
@@ -213,7 +242,8 @@ def train(model: torch.nn.Module, micro_batches: Sequence[Any],
     With `checkpoint` and cfg.checkpoint_every, the state is saved every N steps and, when the file exists
     at the start, training continues from it and ends exactly as an uninterrupted run would. `on_step(step,
     model)` runs after each optimizer step, in eval mode; a dict it returns is kept in that step's row under
-    "eval" (evaluation curves survive a resume with the rest of the log).
+    "eval" (evaluation curves survive a resume with the rest of the log); when it holds `"stop": True`,
+    training ends after that step (`TrainLog.stopped_at`).
     """
     torch.manual_seed(seed)
     n_steps = math.ceil(len(micro_batches) / cfg.grad_accum)
@@ -244,6 +274,8 @@ def train(model: torch.nn.Module, micro_batches: Sequence[Any],
     def schedule(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
+        if cfg.schedule == "constant":
+            return 1.0
         return max(0.0, (n_steps - step) / max(1, n_steps - warmup))
 
     lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
@@ -259,6 +291,8 @@ def train(model: torch.nn.Module, micro_batches: Sequence[Any],
             raise UnlearnBenchError(f"the processes' checkpoint files ({checkpoint}) are of different steps "
                                     "(interrupted while saving); delete them to start the run over")
         logging.getLogger("harness.train").info("resumed from %s after step %d", checkpoint, first)
+    bf16 = autocast_on(cfg, device)
+    log.bf16_autocast = bf16
     start = time.perf_counter()
     net.train()
     try:
@@ -270,7 +304,7 @@ def train(model: torch.nn.Module, micro_batches: Sequence[Any],
                 if index >= len(micro_batches):
                     break
                 batch = to_device(distributed.rows(micro_batches[index]), device)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16_autocast):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                     out = loss_fn(net, batch)
                 names = sorted(out.parts)
                 value, *part_values = distributed.mean([float(out.loss.detach()), *(out.parts[k] for k in names)])
@@ -289,6 +323,7 @@ def train(model: torch.nn.Module, micro_batches: Sequence[Any],
             row: dict[str, Any] = {"step": step + 1, "loss": total, "lr": lr, **parts}
             if optimizer.last_grad_norm is not None:
                 row["grad_norm"] = optimizer.last_grad_norm
+            extra = None
             if on_step is not None:
                 net.eval()
                 if sharded:
@@ -304,6 +339,9 @@ def train(model: torch.nn.Module, micro_batches: Sequence[Any],
             log.steps.append(row)
             if progress is not None:
                 progress(step + 1, n_steps, row)
+            if extra is not None and extra.get("stop"):
+                log.stopped_at = step + 1
+                break
             if checkpoint is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
                 if _writes_checkpoint():  # under DDP every process holds the same state
                     _save_checkpoint(checkpoint, step + 1, update, optimizer, lr_sched, log)

@@ -12,6 +12,7 @@ from harness.cache import stable_hash
 
 GROUP_COLUMNS = ["task", "model", "attribution", "ratio", "objective", "config"]
 RESAMPLES = 10_000
+TIMINGS = ("attribution_s", "unlearning_s", "evaluation_s")
 
 
 def bootstrap_ci(values: list[float], level: float = 0.95, resamples: int = RESAMPLES,
@@ -50,16 +51,30 @@ def method_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row: dict[str, Any] = dict(zip(GROUP_COLUMNS, key, strict=True))
         row["seeds"] = " ".join(str(s) for s in sorted(r["spec"].get("seed") for r in runs))
         row["n"] = len(runs)
-        metrics: dict[str, tuple[str, list[float]]] = {}
+        spec = runs[0]["spec"]
+        row["lr"] = (spec.get("train") or {}).get("lr")
+        row["tuned_from"] = list(spec.get("tuned_from") or [])
+        metrics: dict[str, tuple[str, str, list[float]]] = {}
         for r in runs:
-            for name, m in (r.get("metrics") or {}).items():
+            for name, m in run_metrics(r).items():
                 if m.get("value") is not None:
-                    metrics.setdefault(name, (m.get("direction", ""), []))[1].append(float(m["value"]))
+                    metrics.setdefault(name, (m.get("direction", ""), m.get("group", ""), []))[2].append(
+                        float(m["value"]))
         row["metrics"] = {}
         for name in sorted(metrics):
-            direction, values = metrics[name]
+            direction, group, values = metrics[name]
             low, high = bootstrap_ci(values)
-            row["metrics"][name] = {"direction": direction, "mean": float(np.mean(values)), "ci_low": low,
-                                    "ci_high": high, "n": len(values)}
+            row["metrics"][name] = {"direction": direction, "group": group, "mean": float(np.mean(values)),
+                                    "ci_low": low, "ci_high": high, "n": len(values)}
         rows.append(row)
     return rows
+
+
+def run_metrics(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A record's metrics, plus its phase timings as metrics of group 'timing'."""
+    out = dict(record.get("metrics") or {})
+    for name in TIMINGS:
+        value = (record.get("timings") or {}).get(name)
+        if value is not None:
+            out[f"time_{name}"] = {"value": value, "direction": "lower", "group": "timing"}
+    return out

@@ -8,12 +8,23 @@ import base64
 import html
 from typing import Any
 
+from leaderboard.headline import findings, lr_label, matched, method_label, paired_lookup
+
 ARROW = {"higher": "↑", "lower": "↓", "zero": "→0"}
-HINT = {"higher": "higher is better", "lower": "lower is better", "zero": "closer to 0 is better"}
+HINT = {"higher": "higher is better", "lower": "lower is better", "zero": "closer to 0 is better",
+        "info": "for reading, not ranking"}
+GROUPS = [("forget", "Forgetting at the stopping point"), ("utility", "Utility at the stopping point"),
+          ("match", "Matched forgetting"), ("info", "Run details"), ("timing", "Timing (seconds)")]
 
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
-table { border-collapse: collapse; font-size: 13px; margin: 1em 0; }
+body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; max-width: 1400px; }
+table { border-collapse: collapse; font-size: 13px; margin: 0.5em 0 1em; }
+table.headline { font-size: 13px; }
+table.headline td { white-space: nowrap; }
+td.better { background: #d9f2d9; font-weight: 600; } td.worse { background: #f7d9d9; font-weight: 600; }
+td.unresolved { color: #666; }
+details { margin: 0.5em 0; } summary { cursor: pointer; font-weight: 600; }
+.wide { overflow-x: auto; }
 th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; }
 th { background: #f0f0f0; cursor: pointer; user-select: none; }
 th.sorted-asc::after { content: " ▲"; } th.sorted-desc::after { content: " ▼"; }
@@ -59,9 +70,63 @@ def _fmt(x: float | None) -> str:
     return "" if x is None else f"{x:.4g}"
 
 
-def task_section(task: str, rows: list[dict[str, Any]], references: list[dict[str, Any]],
-                 directions: dict[str, str], tradeoff: bytes | None, density: bytes | None) -> str:
-    metrics = sorted(directions)
+def _diff_cell(d: dict[str, Any] | None) -> str:
+    if d is None:
+        return _cell(None, "")
+    if d["mean"] is None:
+        return _cell(None, "no pairs", "unresolved")
+    css = {"higher": "better", "lower": "worse"}.get(d["verdict"], "unresolved")
+    text = (f'{d["mean"]:+.3g} <span class="ci">[{d["ci_low"]:+.3g}, {d["ci_high"]:+.3g}]</span> '
+            + ("resolved" if d["resolved"] else "not resolved"))
+    return f'<td class="{css}" data-value="{d["mean"]!r}" title="{d["n"]} seed pairs">{text}</td>'
+
+
+def _stat_cell(s: dict[str, Any] | None, n: int) -> str:
+    if s is None:
+        return _cell(None, "")
+    ci = "" if n < 2 else f' <span class="ci">[{_fmt(s["ci_low"])}, {_fmt(s["ci_high"])}]</span>'
+    return f'<td data-value="{s["mean"]!r}">{_fmt(s["mean"])}{ci}</td>'
+
+
+def _headline(rows: list[dict[str, Any]], references: list[dict[str, Any]], paired: list[dict[str, Any]]) -> str:
+    head = ['<th class="text">method</th>', '<th class="text">lr</th>', "<th>reached</th>",
+            '<th title="the forget probe where the run stopped">forget at stop</th>',
+            '<th title="higher is better">utility at match ↑</th>', '<th title="higher is better">trade-off ↑</th>',
+            "<th>Δ utility vs dense</th>", "<th>Δ trade-off vs dense</th>"]
+    body = []
+    for ref in references:
+        probe, m = ref.get("probe") or {}, ref.get("metrics") or {}
+        util = (m.get("match_utility") or {}).get("value")
+        score = (m.get("tradeoff_score") or {}).get("value", 0.0 if ref.get("role") == "target" else None)
+        body.append('<tr class="reference">' + _cell(f"{ref.get('role')} model", css="text") + _cell(None, "", "text")
+                    + _cell(None, "") + _cell(probe.get("forget"), _fmt(probe.get("forget"))) + _cell(util, _fmt(util))
+                    + _cell(score, _fmt(score)) + _cell(None, "") + _cell(None, "") + "</tr>")
+    for r in matched(rows):
+        reached = r["metrics"].get("match_reached")
+        k = round(reached["mean"] * reached["n"]) if reached else 0
+        body.append("<tr>" + _cell(method_label(r), css="text") + _cell(r.get("lr"), lr_label(r), "text")
+                    + _cell(k / r["n"], f"{k}/{r['n']}" + ("" if k == r["n"] else " ⚠"))
+                    + _stat_cell(r["metrics"].get("match_forget"), r["n"])
+                    + _stat_cell(r["metrics"].get("match_utility"), r["n"])
+                    + _stat_cell(r["metrics"].get("tradeoff_score"), r["n"])
+                    + _diff_cell(paired_lookup(paired, r, "dense", "match_utility"))
+                    + _diff_cell(paired_lookup(paired, r, "dense", "tradeoff_score")) + "</tr>")
+    return (f'<table class="sortable headline"><thead><tr>{"".join(head)}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table>')
+
+
+def _paired_table(paired: list[dict[str, Any]]) -> str:
+    head = '<tr><th class="text">method</th><th class="text">vs</th><th class="text">metric</th><th>pairs</th>' \
+           "<th>difference [95% interval]</th></tr>"
+    body = "".join(
+        "<tr>" + _cell(f"{d['attribution']} ({d['ratio']:g}) + {d['objective']}", css="text")
+        + _cell(d["baseline"], css="text") + _cell(d["metric"], css="text") + _cell(d["n"]) + _diff_cell(d) + "</tr>"
+        for d in paired)
+    return f'<table class="sortable"><thead>{head}</thead><tbody>{body}</tbody></table>'
+
+
+def _metric_table(metrics: list[str], rows: list[dict[str, Any]], references: list[dict[str, Any]],
+                  directions: dict[str, str]) -> str:
     head = ['<th class="text">method</th>', "<th>ratio</th>", '<th class="text">objective</th>', "<th>seeds</th>"]
     head += [f'<th title="{HINT.get(directions[m], "")}">{html.escape(m)} {ARROW.get(directions[m], "")}</th>'
              for m in metrics]
@@ -75,23 +140,51 @@ def task_section(task: str, rows: list[dict[str, Any]], references: list[dict[st
     for row in rows:
         cells = [_cell(row["attribution"], css="text"), _cell(row["ratio"]), _cell(row["objective"], css="text"),
                  _cell(row["n"])]
-        for m in metrics:
-            s = row["metrics"].get(m)
-            if s is None:
-                cells.append(_cell(None, ""))
-                continue
-            ci = "" if row["n"] < 2 else f' <span class="ci">[{_fmt(s["ci_low"])}, {_fmt(s["ci_high"])}]</span>'
-            cells.append(f'<td data-value="{s["mean"]!r}">{_fmt(s["mean"])}{ci}</td>')
+        cells += [_stat_cell(row["metrics"].get(m), row["n"]) for m in metrics]
         body.append(f"<tr>{''.join(cells)}</tr>")
+    return (f'<div class="wide"><table class="sortable"><thead><tr>{"".join(head)}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>')
+
+
+def _img(png: bytes | None, css: str, alt: str) -> str:
+    if not png:
+        return ""
+    return f'<img class="{css}" alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def task_section(task: str, rows: list[dict[str, Any]], references: list[dict[str, Any]],
+                 directions: dict[str, str], tradeoff: bytes | None, density: bytes | None,
+                 paired: list[dict[str, Any]] | None = None, plots: dict[str, bytes | None] | None = None) -> str:
+    """The matched-forgetting headline and paired differences first (when the runs have them), then the plots,
+    then every metric in collapsible groups (forget, utility, matched forgetting, details, timing)."""
+    paired, plots = paired or [], plots or {}
     parts = [f'<section id="task-{html.escape(task)}"><h2>{html.escape(task)}</h2>']
-    if tradeoff:
-        parts.append(f'<img class="tradeoff" alt="{html.escape(task)}: forgetting vs utility" '
-                     f'src="data:image/png;base64,{base64.b64encode(tradeoff).decode()}">')
-    parts.append(f'<table class="sortable"><thead><tr>{"".join(head)}</tr></thead>'
-                 f'<tbody>{"".join(body)}</tbody></table>')
+    if matched(rows):
+        lines = "".join(f"<li>{html.escape(line[2:])}</li>" for line in findings(paired))
+        parts += ["<h3>Matched forgetting</h3>",
+                  "<p>Each run unlearns until its forget probe reaches the retain model's; methods are compared "
+                  "there. Δ: paired by seed against dense, mean and 95% bootstrap interval; highlighted only when "
+                  "resolved (the interval excludes 0). ⚠: some seeds never reached the level.</p>",
+                  _headline(rows, references, paired), f"<ul>{lines}</ul>",
+                  _img(plots.get("trajectory"), "trajectory", f"{task}: unlearning trajectories"),
+                  _img(plots.get("ratios"), "ratios", f"{task}: trade-off score by ratio"),
+                  "<details><summary>Paired differences against dense and WAGLE</summary>",
+                  _paired_table(paired), "</details>"]
+    parts.append(_img(tradeoff, "tradeoff", f"{task}: forgetting vs utility"))
+    by_group: dict[str, list[str]] = {}
+    for m in sorted(directions):
+        group = next((r["metrics"][m].get("group") for r in rows if m in r["metrics"]), None) or next(
+            (((ref.get("metrics") or {}).get(m) or {}).get("group") for ref in references
+             if m in (ref.get("metrics") or {})), "info")
+        by_group.setdefault(group if group in dict(GROUPS) else "info", []).append(m)
+    open_first = not matched(rows)
+    for key, title in GROUPS:
+        if by_group.get(key):
+            parts.append(f"<details{' open' if open_first and key == 'forget' else ''}><summary>{title}</summary>"
+                         + _metric_table(by_group[key], rows, references, directions) + "</details>")
     if density:
-        parts.append(f'<h3>Mask density (layer × module)</h3><img class="density" alt="mask density" '
-                     f'src="data:image/png;base64,{base64.b64encode(density).decode()}">')
+        parts.append("<details><summary>Mask density (layer × module)</summary>"
+                     + _img(density, "density", "mask density") + "</details>")
     parts.append("</section>")
     return "\n".join(parts)
 
@@ -101,5 +194,6 @@ def page(sections: list[str], n_records: int) -> str:
             f"<style>{STYLE}</style></head>\n<body><h1>unlearn-bench leaderboard</h1>\n"
             f"<p>Built from {n_records} run records alone. Each cell is the mean over seeds; with two or more seeds "
             f"the 95% bootstrap interval of the mean follows in brackets. Click a column to sort; arrows give each "
-            f"metric's better direction. Reference rows are the target and retain models.</p>\n"
+            f"metric's better direction. Reference rows are the target and retain models. Definitions: "
+            f"docs/metrics.md.</p>\n"
             + "\n".join(sections) + f"\n<script>{SCRIPT}</script>\n</body></html>\n")

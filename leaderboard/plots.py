@@ -36,39 +36,117 @@ def tradeoff_points(rows: list[dict[str, Any]], references: list[dict[str, Any]]
     for row in rows:
         m = row["metrics"]
         if fx in m and fy in m:
-            label = f"{row['attribution']}@{row['ratio']:g}+{row['objective']}"
+            label = f"{row['attribution']} ({row['ratio']:g}) + {row['objective']}"
             points.append({"label": label, "x": m[fx]["mean"], "y": m[fy]["mean"], "kind": "run"})
     return points
 
 
-def tradeoff_png(task: str, points: list[dict[str, Any]], headline: dict[str, str],
-                 directions: tuple[str, str]) -> bytes:
+MARKERS = "osD^vP*Xh<>p"
+
+
+def _style(i: int) -> dict[str, Any]:
+    """A distinct colour and marker per series, so series are told apart by the legend, never by labels
+    printed next to points (which overlap when two methods land on the same spot)."""
+    return {"color": f"C{i % 10}", "marker": MARKERS[i % len(MARKERS)]}
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 5))
-    runs = [p for p in points if p["kind"] == "run"]
-    for p in points:
-        style = {"marker": "s", "color": "grey"} if p["kind"] == "reference" else {"marker": "o", "color": "C0"}
-        ax.scatter([p["x"]], [p["y"]], s=36, **style)
-        ax.annotate(p["label"], (p["x"], p["y"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
-    if runs:
-        front = sorted((runs[i] for i in pareto_front([(p["x"], p["y"]) for p in runs], directions)),
-                       key=lambda p: p["x"])
-        ax.plot([p["x"] for p in front], [p["y"] for p in front], color="C3", lw=1.2, label="Pareto front")
-        ax.legend(loc="best", fontsize=8)
-    arrow = {"higher": "higher is better", "lower": "lower is better", "zero": "0 is best"}
-    ax.set_xlabel(f"{headline['forget']} ({arrow.get(directions[0], '')})")
-    ax.set_ylabel(f"{headline['utility']} ({arrow.get(directions[1], '')})")
-    ax.set_title(f"{task}: forgetting vs utility (mean over seeds)")
+    return plt
+
+
+def _finish(ax, task: str, xlabel: str, ylabel: str, title: str) -> bytes:
+    """Axis labels, the title, the legend to the right of the axes (never over the points), a grid: PNG."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{task}: {title}")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, frameon=False)
     ax.grid(alpha=0.3)
+    return _png(ax.figure)
+
+
+def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
-    plt.close(fig)
+    _pyplot().close(fig)
     return buf.getvalue()
+
+
+def tradeoff_png(task: str, points: list[dict[str, Any]], headline: dict[str, str],
+                 directions: tuple[str, str]) -> bytes:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 5))
+    runs = [p for p in points if p["kind"] == "run"]
+    for p in points:
+        if p["kind"] == "reference":
+            ax.scatter([p["x"]], [p["y"]], s=60, marker="s", color="black", facecolors="none")
+            ax.annotate(p["label"], (p["x"], p["y"]), fontsize=8, xytext=(5, -10), textcoords="offset points")
+    for i, p in enumerate(runs):
+        ax.scatter([p["x"]], [p["y"]], s=40, alpha=0.8, label=p["label"], **_style(i))
+    if runs:
+        front = sorted((runs[i] for i in pareto_front([(p["x"], p["y"]) for p in runs], directions)),
+                       key=lambda p: p["x"])
+        ax.plot([p["x"] for p in front], [p["y"] for p in front], color="C3", lw=1.0, ls="--", label="Pareto front")
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, frameon=False)
+    arrow = {"higher": "higher is better", "lower": "lower is better", "zero": "0 is best"}
+    ax.set_xlabel(f"{headline['forget']} ({arrow.get(directions[0], '')})")
+    ax.set_ylabel(f"{headline['utility']} ({arrow.get(directions[1], '')})")
+    ax.set_title(f"{task}: forgetting vs utility at the stopping point (mean over seeds)")
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def trajectory_png(task: str, runs: list[dict[str, Any]], references: list[dict[str, Any]]) -> bytes | None:
+    """Utility (÷ the retain model's) against forget efficacy (0 = target, 1 = the retain model's forgetting)
+    along each matched-forgetting run: one colour per method, one line per seed."""
+    series: dict[str, list[dict[str, Any]]] = {}
+    for r in sorted(runs, key=lambda r: (r["spec"].get("attribution"), r["spec"].get("ratio"),
+                                         r["spec"].get("objective"), r["spec"].get("seed"))):
+        if (r.get("match") or {}).get("probe") == "utility" and (r.get("curves") or {}).get("probe"):
+            s = r["spec"]
+            series.setdefault(f"{s.get('attribution')} ({s.get('ratio'):g}) + {s.get('objective')}", []).append(r)
+    if not series:
+        return None
+    ax = _pyplot().subplots(figsize=(9, 5))[1]
+    for i, (label, group) in enumerate(series.items()):
+        for j, r in enumerate(group):
+            m = r["match"]
+            xs = [(m["start"] - row["forget"]) / (m["start"] - m["level"]) for row in r["curves"]["probe"]]
+            ys = [row["utility"] / m["reference"] for row in r["curves"]["probe"]]
+            style = _style(i)
+            ax.plot(xs, ys, color=style["color"], lw=1.0, alpha=0.7, label=label if j == 0 else None)
+            ax.scatter([xs[-1]], [ys[-1]], s=25, color=style["color"], marker=style["marker"])
+    ax.axvline(1.0, color="grey", lw=0.8, ls=":")
+    ax.scatter([1.0], [1.0], s=70, marker="s", color="black", facecolors="none", zorder=5)
+    ax.annotate("retain model", (1.0, 1.0), fontsize=8, xytext=(5, 5), textcoords="offset points")
+    return _finish(ax, task, "forget efficacy (0 = target, 1 = the retain model's forgetting)",
+                   "utility probe ÷ retain model's", "unlearning trajectories (marker: where each run stopped)")
+
+
+def ratio_png(task: str, rows: list[dict[str, Any]]) -> bytes | None:
+    """Trade-off score (mean, 95% interval) against the ratio, one line per attribution and objective, when
+    some attribution ran at two or more ratios."""
+    lines: dict[str, list[tuple[float, dict[str, Any]]]] = {}
+    for r in rows:
+        if "tradeoff_score" in r["metrics"]:
+            label = f"{r['attribution']} + {r['objective']}"
+            lines.setdefault(label, []).append((r["ratio"], r["metrics"]["tradeoff_score"]))
+    if not any(len({x for x, _ in v}) > 1 for v in lines.values()):
+        return None
+    ax = _pyplot().subplots(figsize=(9, 5))[1]
+    for i, (label, pts) in enumerate(sorted(lines.items())):
+        pts.sort(key=lambda p: p[0])
+        xs = [x for x, _ in pts]
+        ys = [m["mean"] for _, m in pts]
+        err = [[m["mean"] - m["ci_low"] for _, m in pts], [m["ci_high"] - m["mean"] for _, m in pts]]
+        ax.errorbar(xs, ys, yerr=err, label=label, capsize=3, lw=1.0, **_style(i))
+    return _finish(ax, task, "ratio (fraction of weights updated)", "trade-off score (retain model = 1)",
+                   "where each mask helps (mean over seeds, 95% interval)")
 
 
 def density_png(runs: list[dict[str, Any]]) -> bytes | None:

@@ -9,7 +9,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from leaderboard import aggregate, html, plots
+from leaderboard import aggregate, html, paired, plots
+from leaderboard.headline import diff_label, findings, lr_label, matched, method_label, paired_lookup
 
 log = logging.getLogger(__name__)
 ARROW = html.ARROW
@@ -37,7 +38,8 @@ def _row(record: dict[str, Any]) -> dict[str, Any]:
     spec = record["spec"]
     reference = record.get("kind") in ("reference", "eval")
     row = {
-        "id": record.get("id"), "kind": record.get("role") if reference else "run", "task": spec.get("task"),
+        "id": record.get("id"), "kind": record.get("role") if reference else record.get("kind", "run"),
+        "task": spec.get("task"),
         "model": spec.get("model"), "attribution": "" if reference else spec.get("attribution"),
         "ratio": "" if reference else spec.get("ratio"), "objective": "" if reference else spec.get("objective"),
         "seed": "" if reference else spec.get("seed"), "status": record.get("status"),
@@ -88,28 +90,88 @@ def methods_csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def markdown(tasks: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, str]]]) -> str:
-    """Per task: reference rows, then methods, each metric as mean [95% CI] when there are several seeds."""
+def _ci(s: dict[str, Any] | None, n: int) -> str:
+    if s is None or s.get("mean") is None:
+        return ""
+    return f"{s['mean']:.4g}" + (f" [{s['ci_low']:.4g}, {s['ci_high']:.4g}]" if n > 1 else "")
+
+
+def headline_rows(rows: list[dict[str, Any]], refs: list[dict[str, Any]],
+                  paired: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """The matched-forgetting headline: per method the chosen rate, how many seeds reached the level, the
+    forget probe where it stopped, utility at the match, trade-off score, and the paired differences vs dense."""
+    head = ["method", "lr", "reached", "forget probe at stop", "utility at match ↑", "trade-off score ↑",
+            "Δ utility vs dense", "Δ trade-off vs dense"]
+    out = []
+    for ref in refs:
+        probe = ref.get("probe") or {}
+        m = ref.get("metrics") or {}
+        util = (m.get("match_utility") or {}).get("value")
+        score = (m.get("tradeoff_score") or {}).get("value")
+        out.append([f"{ref.get('role')} model", "", "", "" if "forget" not in probe else f"{probe['forget']:.4g}",
+                    "" if util is None else f"{util:.4g}", "" if score is None else f"{score:.4g}"
+                    if ref.get("role") == "retain" else "0 (start)", "", ""])
+    for r in matched(rows):
+        reached = r["metrics"].get("match_reached")
+        k = round(reached["mean"] * reached["n"]) if reached else 0
+        out.append([method_label(r), lr_label(r), f"{k}/{r['n']}" + ("" if k == r["n"] else " ⚠"),
+                    _ci(r["metrics"].get("match_forget"), r["n"]), _ci(r["metrics"].get("match_utility"), r["n"]),
+                    _ci(r["metrics"].get("tradeoff_score"), r["n"]),
+                    diff_label(paired_lookup(paired, r, "dense", "match_utility")),
+                    diff_label(paired_lookup(paired, r, "dense", "tradeoff_score"))])
+    return head, out
+
+
+def _md_table(head: list[str], body: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "| --- " * len(head) + "|", *("| " + " | ".join(r) + " |" for r in body)]
+
+
+def markdown(tasks: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, str]]],
+             paired: list[dict[str, Any]] | None = None) -> str:
+    """Per task: the matched-forgetting headline and paired differences (when runs have them), then every
+    metric as mean [95% CI] when there are several seeds."""
+    paired = paired or []
     out = ["# Leaderboard", "", "Mean over seeds; [95% bootstrap interval of the mean] with two or more seeds.", ""]
     for task, (rows, refs, directions) in sorted(tasks.items()):
+        out += [f"## {task}", ""]
+        task_paired = [d for d in paired if d["task"] == task]
+        if matched(rows):
+            level = next(((r.get("probe") or {}).get("forget") for r in refs if r.get("role") == "retain"), None)
+            out += ["### Matched forgetting", "",
+                    "Each run unlearns until its forget probe reaches the retain model's"
+                    + (f" ({level:.4g})" if level is not None else "") + "; utility at the match and the "
+                    "trade-off score are defined in docs/metrics.md. Δ: paired by seed, mean [95% bootstrap "
+                    "interval]; resolved only when the interval excludes 0. ⚠: some seeds never reached the level.",
+                    "", *_md_table(*headline_rows(rows, refs, task_paired)), "", "### Paired differences", ""]
+            body = [[f"{d['attribution']} ({d['ratio']:g}) + {d['objective']}", d["baseline"], d["metric"],
+                     str(d["n"]), diff_label(d)] for d in task_paired]
+            out += [*_md_table(["method", "vs", "metric", "pairs", "difference"], body), "", *findings(task_paired),
+                    "", "### All metrics", ""]
         metrics = sorted(directions)
-        out += [f"## {task}", "", "| method | ratio | objective | seeds | "
-                + " | ".join(f"{m} {ARROW.get(directions[m], '')}" for m in metrics) + " |",
-                "| --- " * (4 + len(metrics)) + "|"]
+        out += ["| method | ratio | objective | lr | seeds | "
+                + " | ".join(f"{m} {ARROW.get(directions[m], '')}".strip() for m in metrics) + " |",
+                "| --- " * (5 + len(metrics)) + "|"]
         for ref in refs:
             vals = [((ref.get("metrics") or {}).get(m) or {}).get("value") for m in metrics]
-            out.append(f"| {ref.get('role')} | | | | " + " | ".join("" if v is None else f"{v:.4g}" for v in vals)
+            out.append(f"| {ref.get('role')} | | | | | " + " | ".join("" if v is None else f"{v:.4g}" for v in vals)
                        + " |")
         for r in rows:
-            cells = []
-            for m in metrics:
-                s = r["metrics"].get(m)
-                ci = f" [{s['ci_low']:.4g}, {s['ci_high']:.4g}]" if s and r["n"] > 1 else ""
-                cells.append("" if s is None else f"{s['mean']:.4g}{ci}")
-            out.append(f"| {r['attribution']} | {r['ratio']:g} | {r['objective']} | {r['n']} | "
+            cells = [_ci(r["metrics"].get(m), r["n"]) for m in metrics]
+            out.append(f"| {r['attribution']} | {r['ratio']:g} | {r['objective']} | {lr_label(r)} | {r['n']} | "
                        + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
+
+
+def paired_csv(paired: list[dict[str, Any]]) -> str:
+    fields = ["task", "model", "attribution", "ratio", "objective", "config", "baseline", "metric", "n", "mean",
+              "ci_low", "ci_high", "resolved", "verdict"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for d in paired:
+        writer.writerow({k: (f"{d[k]:.6g}" if isinstance(d[k], float) else d[k]) for k in fields})
+    return buf.getvalue()
 
 
 def write(results_dir: Path, out: Path, task: str | None = None) -> int:
@@ -128,18 +190,22 @@ def write_all(results_dir: Path, out_dir: Path, task: str | None = None) -> list
 
     records = [r for r in read_records(results_dir) if task is None or r["spec"].get("task") == task]
     rows = aggregate.method_rows(records)
+    pairs = paired.paired_rows(records)
     per_task: dict[str, tuple[list, list, dict[str, str]]] = {}
     for name in sorted({r["spec"].get("task") or "" for r in records}):
         task_records = [r for r in records if r["spec"].get("task") == name]
         refs = sorted((r for r in task_records if r.get("kind") == "reference"),
                       key=lambda r: ({"target": 0, "retain": 1}.get(r.get("role"), 2), r.get("id") or ""))
-        directions = {m: v.get("direction", "") for r in task_records for m, v in (r.get("metrics") or {}).items()}
+        directions = {m: v.get("direction", "") for r in task_records if r.get("kind") != "tune"
+                      for m, v in aggregate.run_metrics(r).items()}
         per_task[name] = ([r for r in rows if r["task"] == name], refs, dict(sorted(directions.items())))
     out_dir = Path(out_dir)
-    written = [out_dir / "runs.csv", out_dir / "methods.csv", out_dir / "leaderboard.md", out_dir / "index.html"]
+    written = [out_dir / "runs.csv", out_dir / "methods.csv", out_dir / "leaderboard.md", out_dir / "index.html",
+               out_dir / "paired.csv"]
     atomic_write_text(written[0], runs_csv(records))
     atomic_write_text(written[1], methods_csv(rows))
-    atomic_write_text(written[2], markdown(per_task))
+    atomic_write_text(written[2], markdown(per_task, pairs))
+    atomic_write_text(written[4], paired_csv(pairs))
     sections = []
     for name, (task_rows, refs, directions) in per_task.items():
         headline = next((r["headline"] for r in records if r["spec"].get("task") == name and r.get("headline")),
@@ -158,6 +224,12 @@ def write_all(results_dir: Path, out_dir: Path, task: str | None = None) -> list
         if density:
             written.append(out_dir / f"masks-{name}.png")
             atomic_write_bytes(written[-1], density)
-        sections.append(html.task_section(name, task_rows, refs, directions, tradeoff, density))
+        extra = {"trajectory": plots.trajectory_png(name, runs, refs), "ratios": plots.ratio_png(name, task_rows)}
+        for kind, png in extra.items():
+            if png:
+                written.append(out_dir / f"{kind}-{name}.png")
+                atomic_write_bytes(written[-1], png)
+        task_pairs = [d for d in pairs if d["task"] == name]
+        sections.append(html.task_section(name, task_rows, refs, directions, tradeoff, density, task_pairs, extra))
     atomic_write_text(written[3], html.page(sections, len(records)))
     return written

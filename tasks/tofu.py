@@ -14,7 +14,7 @@ from typing import Any, Literal
 import numpy as np
 
 from harness import metrics, scoring
-from harness.api import EvalContext, Evaluation, Example, Metric, Task
+from harness.api import EvalContext, Evaluation, Example, Metric, ProbeSets, Task
 from harness.config import option
 from harness.hookspecs import hookimpl
 from harness.io import read_jsonl
@@ -31,8 +31,15 @@ def data_dir() -> Path:
 class TofuConfig:
     forget_split: str = option("forget10", "forget01, forget05 or forget10 (1, 5 or 10% of the 200 authors)")
     retain_authors: int | None = option(None, "use only the first N retain authors (20 QA each); null: all")
+    validation_authors: int = option(0, "retain authors held out as a validation slice (matched-forgetting "
+                                        "tuning): learned by the target and retain models, never in the "
+                                        "unlearning retain loss nor in the test metrics. Taken after the first "
+                                        "retain_authors, or from the end of the retain split when that is null")
+    probe_limit: int | None = option(None, "rows per utility part (retain, real authors, world facts) in the "
+                                           "cheap matched-forgetting probe; null: all evaluated rows")
     utility_limit: int | None = option(None, "evaluate only the first N real-author and world-fact rows")
-    eval_limit: int | None = option(None, "evaluate only the first N forget and retain rows (smoke tests)")
+    eval_limit: int | None = option(None, "evaluate only the first N forget and retain rows (smoke tests, or a "
+                                           "demo sized for a CPU)")
     question_template: str = option("Question: {question}\nAnswer:", "prompt format; {question} is filled in")
     answer_template: str = option(" {answer}", "completion format; {answer} is filled in")
     max_new_tokens: int = option(200, "greedy generation length for ROUGE")
@@ -46,12 +53,17 @@ class TofuConfig:
             raise ValueError(f"forget_split {self.forget_split!r}: choose one of {', '.join(FORGET_SPLITS)}")
         if self.retain_authors is not None and not 1 <= self.retain_authors <= 180:
             raise ValueError(f"retain_authors must be between 1 and 180, got {self.retain_authors}")
+        if not 0 <= self.validation_authors <= 180 - (self.retain_authors or 1):
+            raise ValueError(f"validation_authors must be between 0 and {180 - (self.retain_authors or 1)}, "
+                             f"got {self.validation_authors}")
 
 
 @dataclass
 class TofuMiniConfig(TofuConfig):
     forget_split: str = option("forget01", "forget01, forget05 or forget10 (1, 5 or 10% of the 200 authors)")
     retain_authors: int | None = option(2, "use only the first N retain authors (20 QA each); null: all")
+    validation_authors: int = option(1, "retain authors held out as a validation slice (matched-forgetting "
+                                        "tuning): the author after the first retain_authors")
     utility_limit: int | None = option(20, "evaluate only the first N real-author and world-fact rows")
     max_new_tokens: int = option(48, "greedy generation length for ROUGE")
     max_length: int = option(128, "token cap for training and scoring sequences")
@@ -78,20 +90,38 @@ class Tofu(Task):
         return Example(c.question_template.format(question=row["question"]),
                        c.answer_template.format(answer=row[answer_key]))
 
-    def _retain_rows(self) -> list[dict[str, Any]]:
+    def _retain_split(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(retain rows for unlearning, validation rows held out of it)."""
         rows = self._rows(FORGET_SPLITS[self.config.forget_split])
-        n = self.config.retain_authors
-        return rows if n is None else rows[: n * QA_PER_AUTHOR]
+        n, v = self.config.retain_authors, self.config.validation_authors * QA_PER_AUTHOR
+        if n is None:
+            return (rows[: len(rows) - v], rows[len(rows) - v :]) if v else (rows, [])
+        return rows[: n * QA_PER_AUTHOR], rows[n * QA_PER_AUTHOR : n * QA_PER_AUTHOR + v]
 
     def forget_examples(self) -> list[Example]:
         return [self._example(r) for r in self._rows(self.config.forget_split)]
 
     def retain_examples(self) -> list[Example]:
-        return [self._example(r) for r in self._retain_rows()]
+        return [self._example(r) for r in self._retain_split()[0]]
+
+    def validation_examples(self) -> list[Example]:
+        return [self._example(r) for r in self._retain_split()[1]]
 
     def finetune_examples(self, which: Literal["target", "retain"]) -> list[Example]:
-        retain = self.retain_examples()
+        retain = self.retain_examples() + self.validation_examples()
         return retain + self.forget_examples() if which == "target" else retain
+
+    def probe_sets(self) -> ProbeSets:
+        """The forget probe is the test's forget_prob data; the utility parts are the probability parts of
+        model utility (retain_prob, ra_prob, wf_prob: real-author and world-fact answers normalised by their
+        perturbed answers) on the first `probe_limit` rows of each evaluation set."""
+        splits, n = self._eval_splits(), self.config.probe_limit
+        rows = {k: splits[k][:n] for k in ("retain", "ra", "wf")}
+        return ProbeSets(forget=[self._example(r) for r in splits["forget"]],
+                         utility={k: [self._example(r) for r in v] for k, v in rows.items()},
+                         validation=self.validation_examples(),
+                         alternatives={k: [[self._example({"question": r["question"], "answer": p})
+                                            for p in r["perturbed_answer"]] for r in rows[k]] for k in ("ra", "wf")})
 
     def provided_model(self, which: Literal["target", "retain"]) -> str | None:
         return self.config.target_model if which == "target" else self.config.retain_model

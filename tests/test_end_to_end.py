@@ -106,3 +106,29 @@ def test_grid_expansion_dedupes_and_excludes():
     bad = from_dict(sweep.SweepConfig, {"exclude": ["random-npo"]}, "grid")
     with pytest.raises(ConfigError, match="exclude entry 'random-npo' is not attribution/objective"):
         sweep.expand(bad)
+
+
+def test_per_method_train_overrides_and_tune_block_checks():
+    cfg = from_dict(sweep.SweepConfig, {
+        "task": "tofu-mini", "model": "tiny-llama", "attributions": ["dense", "lora"],
+        "objectives": ["graddiff", "npo"],
+        "train": {"lr": 1e-4, "batch_size": 4}, "train_by_objective": {"npo": {"lr": 5e-5, "batch_size": 2}},
+        "train_by_attribution": {"lora": {"lr": 1e-3}}}, "grid")
+    trains = {(s.attribution, s.objective): (s.train.lr, s.train.batch_size) for s in sweep.expand(cfg)}
+    assert trains == {("dense", "graddiff"): (1e-4, 4), ("dense", "npo"): (5e-5, 2),
+                      ("lora", "graddiff"): (1e-3, 4), ("lora", "npo"): (1e-3, 2)}  # the attribution's wins
+    with pytest.raises(ConfigError, match="train_by_attribution names wagle, which the grid does not run"):
+        sweep.expand(from_dict(sweep.SweepConfig, {"attributions": ["dense"], "train_by_attribution": {"wagle": {}}},
+                               "grid"))
+    with pytest.raises(ConfigError, match="train for lora/graddiff: unknown key"):
+        sweep.expand(from_dict(sweep.SweepConfig, {"attributions": ["lora"], "objectives": ["graddiff"],
+                                                   "train_by_attribution": {"lora": {"learning_rate": 1}}}, "grid"))
+    with pytest.raises(ConfigError, match=r"tune needs match\.enabled"):
+        sweep.tuning_grid(from_dict(sweep.SweepConfig, {"tune": {"lr_factors": [1.0, 2.0]}}, "grid"))
+    tuned = from_dict(sweep.SweepConfig, {"attributions": ["dense", "wagle"], "ratios": [0.5, 0.8],
+                                          "objectives": ["graddiff"], "seeds": [0, 4], "match": {"enabled": True},
+                                          "tune": {"lr_factors": [0.5, 2.0]}}, "grid")
+    grid = sweep.tuning_grid(tuned)
+    assert sorted(grid) == [("dense", 1.0, "graddiff"), ("wagle", 0.5, "graddiff"), ("wagle", 0.8, "graddiff")]
+    assert all(not s.evaluate and s.seed == 5 for g in grid.values() for s in g)  # one past the test seeds
+    assert [s.train.lr for s in grid[("dense", 1.0, "graddiff")]] == pytest.approx([1e-5, 4e-5])  # of 2e-5

@@ -82,7 +82,7 @@ def test_write_all_is_a_pure_function_of_the_records(results, tmp_path):
     out = tmp_path / "board"
     files = table.write_all(results, out)
     names = sorted(p.name for p in files)
-    assert names == ["index.html", "leaderboard.md", "masks-tofu-mini.png", "methods.csv", "runs.csv",
+    assert names == ["index.html", "leaderboard.md", "masks-tofu-mini.png", "methods.csv", "paired.csv", "runs.csv",
                      "tradeoff-tofu-mini.png"]
     first = {p.name: p.read_bytes() for p in files}
     # records copied elsewhere, files rebuilt: byte-identical
@@ -96,7 +96,8 @@ def test_write_all_is_a_pure_function_of_the_records(results, tmp_path):
     runs = list(csv.DictReader((out / "runs.csv").open()))
     assert [r["kind"] for r in runs[:2]] == ["target", "retain"] and len(runs) == 8  # corrupt/foreign skipped
     md = (out / "leaderboard.md").read_text()
-    assert "| wagle | 0.5 | npo | 3 | 0.6 [" in md and "| target |" in md
+    assert "| wagle | 0.5 | npo | 1e-05 | 3 | 0.6 [" in md and "| target |" in md
+    assert "### Matched forgetting" not in md  # no run of these ran matched forgetting
     assert (out / "tradeoff-tofu-mini.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -127,10 +128,14 @@ def test_html_page_renders_sorts_and_shows_the_plot_in_chromium(results, tmp_pat
     try:
         driver.get((out / "index.html").as_uri())
         assert driver.title == "unlearn-bench leaderboard"
-        tbl = driver.find_element(By.CSS_SELECTOR, "section#task-tofu-mini table.sortable")
+        assert driver.find_element(By.CSS_SELECTOR, "details[open] summary").text.startswith("Forgetting")
+        driver.execute_script("document.querySelectorAll('details').forEach(d => d.open = true)")
+        tables = driver.find_elements(By.CSS_SELECTOR, "section#task-tofu-mini table.sortable")
+        assert "model_utility ↑" in [h.text for h in tables[1].find_elements(By.TAG_NAME, "th")]
+        tbl = tables[0]  # forgetting
         headers = tbl.find_elements(By.TAG_NAME, "th")
         labels = [h.text for h in headers]
-        assert "forget_rouge ↓" in labels and "model_utility ↑" in labels
+        assert "forget_rouge ↓" in labels
         assert headers[labels.index("forget_rouge ↓")].get_attribute("title") == "lower is better"
 
         def column(i):
@@ -150,3 +155,88 @@ def test_html_page_renders_sorts_and_shows_the_plot_in_chromium(results, tmp_pat
         assert shot.stat().st_size > 10_000
     finally:
         driver.quit()
+
+
+def _matched(runs: Path, rid: str, attribution: str, seed: int, utility: float | None, score: float) -> None:
+    spec = {"task": "tofu-mini", "model": "m", "attribution": attribution, "ratio": 1.0 if attribution == "dense"
+            else 0.5, "objective": "graddiff", "seed": seed, "train": {"lr": 1e-4}, "tuned_from": [1e-4, 3e-4]}
+    metrics = {"forget_rouge": {"value": 0.3, "direction": "lower", "group": "forget"},
+               "match_utility": {"value": utility, "direction": "higher", "group": "match"},
+               "tradeoff_score": {"value": score, "direction": "higher", "group": "match"},
+               "match_reached": {"value": float(utility is not None), "direction": "higher", "group": "info"},
+               "match_forget": {"value": 0.09, "direction": "info", "group": "info"}}
+    record = {"record_version": 1, "id": rid, "kind": "run", "spec": spec, "status": "finished",
+              "headline": {"forget": "forget_rouge", "utility": "match_utility"}, "metrics": metrics,
+              "timings": {"unlearning_s": 10.0 + seed}}
+    runs.mkdir(parents=True, exist_ok=True)
+    (runs / f"{rid}.json").write_text(json.dumps(record))
+
+
+@pytest.fixture
+def matched_results(tmp_path) -> Path:
+    runs = tmp_path / "matched" / "runs"
+    _record(runs, "retain", kind="reference", role="retain", forget=0.33, utility=0.42)
+    retain = json.loads((runs / "retain.json").read_text())
+    retain["probe"] = {"forget": 0.1, "utility": 0.5}
+    retain["metrics"]["tradeoff_score"] = {"value": 1.0, "direction": "higher", "group": "match"}
+    (runs / "retain.json").write_text(json.dumps(retain))
+    for seed in range(3):
+        _matched(runs, f"dense-{seed}", "dense", seed, 0.40 + 0.01 * seed, 0.70 + 0.01 * seed)
+        _matched(runs, f"wagle-{seed}", "wagle", seed, 0.45 + 0.01 * seed, [0.69, 0.72, 0.72][seed])
+        _matched(runs, f"random-{seed}", "random", seed, None if seed == 2 else 0.30, 0.50)
+    return tmp_path / "matched"
+
+
+def test_paired_differences_and_headline_by_hand(matched_results, tmp_path):
+    table.write_all(matched_results, tmp_path / "board")
+    pairs = {(p["attribution"], p["baseline"], p["metric"]): p
+             for p in csv.DictReader((tmp_path / "board" / "paired.csv").open())}
+    # wagle - dense utility: +0.05 on every seed: resolved; trade-off: -0.01, +0.01, 0.0: not resolved
+    u = pairs[("wagle", "dense", "match_utility")]
+    assert float(u["mean"]) == pytest.approx(0.05) and u["resolved"] == "True" and u["verdict"] == "higher"
+    t = pairs[("wagle", "dense", "tradeoff_score")]
+    assert float(t["mean"]) == pytest.approx(0.0) and t["resolved"] == "False"
+    r = pairs[("random", "dense", "match_utility")]
+    assert r["n"] == "2" and float(r["mean"]) == pytest.approx(-0.105)  # seed 2 never reached the level
+    assert pairs[("random", "wagle", "match_utility")]["verdict"] == "lower"
+    md = (tmp_path / "board" / "leaderboard.md").read_text()
+    assert md.index("### Matched forgetting") < md.index("### All metrics")
+    assert "| random (0.5) + graddiff | 0.0001 of {0.0001, 0.0003} | 2/3 ⚠ |" in md
+    assert "wagle (0.5) + graddiff has a higher match_utility than dense: +0.05" in md
+
+
+def test_headline_fits_a_laptop_screen_and_highlights_resolved_differences(matched_results, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    out = tmp_path / "board"
+    table.write_all(matched_results, out)
+    driver = _chromium()
+    try:
+        driver.set_window_size(1366, 768)
+        driver.get((out / "index.html").as_uri())
+        headline = driver.find_element(By.CSS_SELECTOR, "table.headline")
+        first_table = driver.find_element(By.CSS_SELECTOR, "table")
+        assert headline == first_table  # the headline comes before every other table
+        width = driver.execute_script("return document.documentElement.clientWidth")
+        assert headline.size["width"] <= width
+        assert driver.execute_script("return document.documentElement.scrollWidth") <= width
+        labels = [h.text for h in headline.find_elements(By.TAG_NAME, "th")]
+        assert labels[:3] == ["method", "lr", "reached"] and "Δ utility vs dense" in labels
+        wagle = next(r for r in headline.find_elements(By.CSS_SELECTOR, "tbody tr") if r.text.startswith("wagle"))
+        cells = wagle.find_elements(By.TAG_NAME, "td")
+        assert "better" in cells[labels.index("Δ utility vs dense")].get_attribute("class")
+        assert "unresolved" in cells[labels.index("Δ trade-off vs dense")].get_attribute("class")
+        assert not driver.find_element(By.CSS_SELECTOR, "details").get_attribute("open")  # other columns folded
+        for img in driver.find_elements(By.CSS_SELECTOR, "img.tradeoff"):
+            assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img) > 100
+    finally:
+        driver.quit()
+
+
+def test_ratio_plot_only_when_an_attribution_ran_several_ratios():
+    def row(ratio, mean):
+        return {"attribution": "wagle", "objective": "graddiff", "ratio": ratio,
+                "metrics": {"tradeoff_score": {"mean": mean, "ci_low": mean - 0.1, "ci_high": mean + 0.1}}}
+
+    assert plots.ratio_png("t", [row(0.5, 0.7)]) is None
+    assert plots.ratio_png("t", [row(0.5, 0.7), row(0.8, 0.6)])[:4] == b"\x89PNG"

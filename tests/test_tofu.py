@@ -34,11 +34,24 @@ def test_splits_are_disjoint_and_aligned():
 def test_mini_configuration():
     task = get_registry().build("task", "tofu-mini")
     assert len(task.forget_examples()) == 40 and len(task.retain_examples()) == 40
-    assert len(task.finetune_examples("target")) == 80 and len(task.finetune_examples("retain")) == 40
+    # the validation author (held out for tuning) is learned by both reference models
+    assert len(task.validation_examples()) == 20
+    assert len(task.finetune_examples("target")) == 100 and len(task.finetune_examples("retain")) == 60
     splits = task._eval_splits()
     assert {k: len(v) for k, v in splits.items()} == {"forget": 40, "retain": 40, "ra": 20, "wf": 20}
-    # evaluation retain rows are the retain authors we trained on
+    # evaluation retain rows are the retain authors we trained on; the validation author is in neither
     assert [e.prompt for e in task.retain_examples()] == [task._example(r).prompt for r in splits["retain"]]
+    held_out = {e.prompt for e in task.validation_examples()}
+    assert not held_out & {task._example(r).prompt for rows in splits.values() for r in rows}
+    assert not held_out & {e.prompt for e in task.retain_examples() + task.forget_examples()}
+    # the probe: forget_prob's rows, and the probability parts of model utility
+    probe = task.probe_sets()
+    assert [e.completion for e in probe.forget] == [task._example(r).completion for r in splits["forget"]]
+    assert {k: len(v) for k, v in probe.utility.items()} == {"retain": 40, "ra": 20, "wf": 20}
+    assert set(probe.alternatives) == {"ra", "wf"}
+    assert len(probe.alternatives["ra"][0]) == len(splits["ra"][0]["perturbed_answer"])
+    full = get_registry().build("task", "tofu", {"validation_authors": 2})
+    assert len(full.validation_examples()) == 40 and len(full.retain_examples()) == 3600 - 40
 
 
 def test_full_setting_is_expressible():

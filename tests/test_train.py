@@ -74,6 +74,23 @@ def test_schedule_warmup_and_linear_decay(tiny):
             p.copy_(start[n])
 
 
+def test_constant_schedule_and_a_stop_asked_by_the_step_callback(tiny):
+    model, tok = tiny
+    cfg = TrainConfig(lr=1e-3, epochs=5, batch_size=4, warmup_ratio=0.2, schedule="constant")  # 10 steps
+    seen = []
+
+    def on_step(step, net):
+        seen.append(step)
+        return {"stop": step == 4} if step % 2 == 0 else None
+
+    log = train(model, finetune_batches(tok, EXAMPLES, cfg, 64, seed=0), _loss, cfg, on_step=on_step)
+    assert [row["lr"] for row in log.steps] == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3])
+    assert seen == [1, 2, 3, 4] and log.stopped_at == 4 and log.steps[-1]["eval"] == {"stop": True}
+    assert log.bf16_autocast is False  # null: on only where bf16 is fast, and this CPU test runs fp32
+    with pytest.raises(ValueError, match="schedule 'cosine': choose linear or constant"):
+        TrainConfig(schedule="cosine").validate()
+
+
 def test_nan_loss_stops_with_a_message(tiny):
     model, tok = tiny
     cfg = TrainConfig(epochs=1, batch_size=4)

@@ -1,0 +1,129 @@
+"""Matched forgetting: unlearn until the forgetting of the retain model is reached, then compare methods there.
+
+A cheap teacher-forced probe (the task's `ProbeSets`: each set scored as the mean over its examples of
+P̃ = exp(-token-mean NLL)) runs every `check_every` optimizer steps. The run stops at the first check whose
+forget probe F is at or below the level L (the retain model's own forget probe), or when its step budget
+(`train.max_steps`) runs out. From the trajectory (step 0 is the target model):
+
+- forget efficacy e = (F_0 - F) / (F_0 - L): 0 at the target, 1 at the retain level, above 1 past it;
+- utility at the match: the utility probe linearly interpolated (in F) between the last check above L and
+  the first check at or below it; undefined (None) when the level was never reached;
+- trade-off score: the area under u(e) for e in [0, 1], where u is the utility probe divided by the retain
+  model's and u(e) is the utility at the first moment the run reached efficacy e (a run that falls back and
+  advances again is not credited twice). The retain model scores 1 (it sits at e = 1 with u = 1 all the
+  way); a run that never reaches the level gets no area beyond the efficacy it reached.
+
+Definitions and their tests: docs/metrics.md ("Matched forgetting").
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from harness import metrics, scoring
+from harness.api import Example, ProbeSets
+from harness.config import option
+
+
+@dataclass
+class MatchConfig:
+    enabled: bool = option(False, "unlearn until the forget probe reaches the retain model's level (or "
+                                  "train.max_steps runs out), then evaluate there; records the trajectory, "
+                                  "utility at the match and the trade-off score")
+    check_every: int = option(1, "optimizer steps between two probes")
+    level: float | None = option(None, "forget-probe level to reach; null: the retain model's own forget probe "
+                                       "(tasks without a retain model, such as WMDP, need it set)")
+
+    def validate(self) -> None:
+        if self.check_every < 1:
+            raise ValueError(f"check_every must be >= 1, got {self.check_every}")
+
+
+def probe(model, tokenizer, sets: ProbeSets, parts: Sequence[str], batch_size: int,
+          max_length: int) -> dict[str, float]:
+    """The probe values of `parts` (forget, utility, validation) for `model`, from one batched scoring pass."""
+    groups: dict[str, list[Example]] = {}
+    if "forget" in parts:
+        groups["forget"] = sets.forget
+    if "utility" in parts:
+        groups.update({f"utility/{k}": v for k, v in sets.utility.items()})
+        groups.update({f"wrong/{k}": [ex for alts in v for ex in alts] for k, v in sets.alternatives.items()})
+    if "validation" in parts:
+        if not sets.validation:
+            raise ValueError("the task has no validation examples for tuning (TOFU: set "
+                             "task_config.validation_authors)")
+        groups["validation"] = sets.validation
+    examples = [ex for g in groups.values() for ex in g]
+    p = metrics.probability(scoring.completion_nll(model, tokenizer, examples, batch_size, max_length))
+    values, start = {}, 0
+    for name, g in groups.items():
+        values[name] = p[start : start + len(g)]
+        start += len(g)
+    out = {k: float(np.mean(values[k])) for k in ("forget", "validation") if k in values}
+    if "utility" in parts:
+        part_values = []
+        for k in sets.utility:
+            true = values[f"utility/{k}"]
+            if k in sets.alternatives:
+                wrong = values[f"wrong/{k}"].reshape(len(true), -1).sum(axis=1)
+                part_values.append(float(np.mean(true / (true + wrong + 1e-10))))
+            else:
+                part_values.append(float(np.mean(true)))
+        out["utility"] = metrics.harmonic_mean(part_values)
+    return out
+
+
+def efficacy(forget: float, start: float, level: float) -> float:
+    """(F_0 - F) / (F_0 - L): 0 at the target, 1 at the retain level."""
+    if start <= level:
+        raise ValueError(f"the target's forget probe ({start:.4g}) is already at or below the level "
+                         f"({level:.4g}): nothing to unlearn")
+    return (start - forget) / (start - level)
+
+
+def _segments(points: list[tuple[float, float]]):
+    """Each segment's part that advances the running maximum of e, clipped to [0, 1]: (lo, u(lo), hi, u(hi))."""
+    reach = 0.0
+    for (e1, u1), (e2, u2) in itertools.pairwise(points):
+        if e2 > reach:
+            lo, hi = max(e1, reach), min(e2, 1.0)
+            if hi > lo:
+                slope = (u2 - u1) / (e2 - e1)
+                yield lo, u1 + slope * (lo - e1), hi, u1 + slope * (hi - e1)
+            reach = e2
+        if reach >= 1.0:
+            return
+
+
+def tradeoff_score(points: list[tuple[float, float]]) -> float:
+    """Area under u(e) over e in [0, 1] along the first-reach envelope (trapezoids between checks)."""
+    return float(sum((hi - lo) * (ua + ub) / 2 for lo, ua, hi, ub in _segments(points)))
+
+
+def at_match(points: list[tuple[float, float]]) -> float | None:
+    """u at e = 1, interpolated on the segment that first reaches it; None when e never reaches 1."""
+    for _, _, hi, ub in _segments(points):
+        if hi >= 1.0:
+            return ub
+    return None
+
+
+def summarize(trajectory: list[dict[str, Any]], key: str, level: float, reference: float) -> dict[str, Any]:
+    """Matched-forgetting numbers of one run. `trajectory`: probe rows in step order, the first the target
+    (step 0); `key`: the utility probe to compare (utility, or validation for tuning); `reference`: the
+    retain model's value of that probe (u = value / reference)."""
+    start = trajectory[0]["forget"]
+    points = [(efficacy(row["forget"], start, level), row[key] / reference) for row in trajectory]
+    reached = next((row["step"] for row in trajectory if row["forget"] <= level), None)
+    rel = at_match(points)
+    last = trajectory[-1]
+    return {"level": level, "start": start, "probe": key, "reference": reference,
+            "reached": reached is not None, "step": reached, "checks": len(trajectory) - 1,
+            "at_match": None if rel is None else rel * reference, "at_match_relative": rel,
+            "tradeoff": tradeoff_score(points), "efficacy_at_stop": points[-1][0], "forget_at_stop": last["forget"],
+            "max_efficacy": max(e for e, _ in points)}

@@ -1,0 +1,51 @@
+"""The words and lookups shared by the Markdown and HTML leaderboards: method labels, the chosen learning
+rate, paired differences and the findings they allow."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def method_label(row: dict[str, Any]) -> str:
+    return f"{row['attribution']} ({row['ratio']:g}) + {row['objective']}"
+
+
+def lr_label(row: dict[str, Any]) -> str:
+    """The learning rate, with the grid it was chosen from when tuned."""
+    if row.get("lr") is None:
+        return ""
+    grid = row.get("tuned_from") or []
+    return f"{row['lr']:.3g}" + (f" of {{{', '.join(f'{x:.3g}' for x in grid)}}}" if grid else "")
+
+
+def diff_label(d: dict[str, Any] | None) -> str:
+    """A paired difference as `mean [low, high] verdict` (n pairs when fewer than all)."""
+    if d is None or d["mean"] is None:
+        return "" if d is None else "no pairs"
+    mark = "**resolved**" if d["resolved"] else "not resolved"
+    return f"{d['mean']:+.3g} [{d['ci_low']:+.3g}, {d['ci_high']:+.3g}] {mark}"
+
+
+def paired_lookup(paired: list[dict[str, Any]], row: dict[str, Any], baseline: str, metric: str) -> dict | None:
+    for d in paired:
+        if (d["baseline"], d["metric"], d["attribution"], d["ratio"], d["objective"], d["config"]) == \
+                (baseline, metric, row["attribution"], row["ratio"], row["objective"], row["config"]):
+            return d
+    return None
+
+
+def matched(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The method rows that ran matched forgetting."""
+    return [r for r in rows if "tradeoff_score" in r["metrics"]]
+
+
+def findings(paired: list[dict[str, Any]]) -> list[str]:
+    """One line per resolved difference; a line saying so when none is resolved."""
+    lines = []
+    for d in paired:
+        if d["resolved"]:
+            label = f"{d['attribution']} ({d['ratio']:g}) + {d['objective']}"
+            lines.append(f"- {label} has a {d['verdict']} {d['metric']} than {d['baseline']}: "
+                         f"{d['mean']:+.3g} [{d['ci_low']:+.3g}, {d['ci_high']:+.3g}] over {d['n']} seeds")
+    return lines or ["- No paired difference is resolved: every 95% interval includes 0, so no method is "
+                     "ranked above another."]

@@ -1,0 +1,101 @@
+"""Matched forgetting: efficacy, utility at the match and the trade-off score against hand computations, the
+probe against the scoring it is built on, the tune rule, and paired differences."""
+
+import numpy as np
+import pytest
+
+from harness import match, scoring
+from harness.api import Example, ProbeSets
+from harness.sweep import select
+from leaderboard.paired import difference
+
+
+def traj(forget, utility):
+    return [{"step": i, "forget": f, "utility": u} for i, (f, u) in enumerate(zip(forget, utility, strict=True))]
+
+
+def test_straight_trajectory_by_hand():
+    # e = 0, 0.5, 1; u = 1, 0.8, 0.6: area = 0.5 (1 + 0.8) / 2 + 0.5 (0.8 + 0.6) / 2 = 0.8
+    s = match.summarize(traj([1.0, 0.5, 0.0], [1.0, 0.8, 0.6]), "utility", level=0.0, reference=1.0)
+    assert s["tradeoff"] == pytest.approx(0.8)
+    assert s["at_match"] == pytest.approx(0.6) and s["reached"] and s["step"] == 2
+
+
+def test_overshoot_is_interpolated_and_visible():
+    # level 0.2 from 1.0: e = 0, 0.5, 1.5; u = 1, 0.8, 0.4 (reference 2: raw utilities 2, 1.6, 0.8)
+    s = match.summarize(traj([1.0, 0.6, -0.2], [2.0, 1.6, 0.8]), "utility", level=0.2, reference=2.0)
+    assert s["at_match_relative"] == pytest.approx(0.6)  # 0.8 + (0.4 - 0.8) * 0.5
+    assert s["at_match"] == pytest.approx(1.2)
+    assert s["tradeoff"] == pytest.approx(0.45 + 0.35)
+    assert s["efficacy_at_stop"] == pytest.approx(1.5)  # past the level: shown, not hidden
+
+
+def test_a_run_that_falls_back_is_credited_once():
+    points = [(0, 1.0), (0.6, 0.5), (0.2, 0.9), (0.8, 0.7), (1.0, 0.6)]
+    u_at_06 = 0.9 + (0.7 - 0.9) * (0.6 - 0.2) / 0.6
+    expected = 0.6 * (1 + 0.5) / 2 + 0.2 * (u_at_06 + 0.7) / 2 + 0.2 * (0.7 + 0.6) / 2
+    assert match.tradeoff_score(points) == pytest.approx(expected)
+    assert match.at_match(points) == pytest.approx(0.6)
+
+
+def test_unreached_level_gets_no_area_beyond_and_no_utility_at_match():
+    s = match.summarize(traj([1.0, 0.5], [1.0, 1.0]), "utility", level=0.0, reference=1.0)
+    assert not s["reached"] and s["step"] is None and s["at_match"] is None
+    assert s["tradeoff"] == pytest.approx(0.5)
+
+
+def test_the_retain_model_scores_one():
+    assert match.tradeoff_score([(0.0, 1.0), (1.0, 1.0)]) == pytest.approx(1.0)
+
+
+def test_nothing_to_unlearn_is_an_error():
+    with pytest.raises(ValueError, match="nothing to unlearn"):
+        match.efficacy(0.1, start=0.1, level=0.2)
+
+
+def test_probe_is_the_mean_probability_and_harmonic_mean_of_parts(tiny):
+    model, tok = tiny
+    exs = [Example(f"Question: q{i}?\nAnswer:", f" answer number {i}") for i in range(9)]
+    # part b is normalised by two wrong answers per example, as TOFU's ra_prob and wf_prob
+    sets = ProbeSets(forget=exs[:2], utility={"a": exs[2:4], "b": exs[4:5]}, validation=exs[5:6],
+                     alternatives={"b": [exs[6:8]]})
+    got = match.probe(model, tok, sets, ("forget", "utility", "validation"), batch_size=4, max_length=64)
+    p = np.exp(-scoring.completion_nll(model, tok, exs, 1, 64))
+    assert got["forget"] == pytest.approx(p[:2].mean(), rel=1e-6)
+    b = p[4] / (p[4] + p[6] + p[7])
+    assert got["utility"] == pytest.approx(2 / (1 / p[2:4].mean() + 1 / b), rel=1e-6)
+    assert got["validation"] == pytest.approx(p[5], rel=1e-6)
+    with pytest.raises(ValueError, match="validation"):
+        match.probe(model, tok, ProbeSets(exs[:1], {"a": exs[1:2]}), ("validation",), 4, 64)
+
+
+def _tune_record(lr, reached, validation_utility, validation_tradeoff, status="finished"):
+    return {"id": f"r{lr}", "status": status, "spec": {"train": {"lr": lr}}, "match": {"reached": reached},
+            "metrics": {"validation_match_utility": {"value": validation_utility},
+                        "validation_tradeoff_score": {"value": validation_tradeoff}}}
+
+
+def test_tune_rule_prefers_reaching_then_validation_utility_then_smaller_rate():
+    records = [_tune_record(1e-5, False, None, 0.9), _tune_record(3e-5, True, 0.5, 0.6),
+               _tune_record(1e-4, True, 0.7, 0.5), _tune_record(3e-4, True, 0.7, 0.4),
+               _tune_record(1e-3, True, 0.99, 0.99, status="failed")]
+    assert select(records) == {"lr": 1e-4, "reached": True, "run": "r0.0001"}
+    # none reached: the best validation trade-off score
+    assert select([_tune_record(1e-5, False, None, 0.2), _tune_record(3e-5, False, None, 0.4)])["lr"] == 3e-5
+    assert select([_tune_record(1e-5, True, 0.5, 0.5, status="failed")]) is None
+
+
+def _runs(values):
+    return {seed: {"metrics": {"m": {"value": v}}} for seed, v in enumerate(values)}
+
+
+def test_paired_difference_by_hand():
+    d = difference(_runs([0.5, 0.6, 0.7]), _runs([0.4, 0.5, 0.5]), "m")  # differences 0.1, 0.1, 0.2
+    assert d["n"] == 3 and d["mean"] == pytest.approx(0.4 / 3)
+    assert 0.1 - 1e-12 <= d["ci_low"] <= d["ci_high"] <= 0.2 + 1e-12
+    assert d["resolved"] and d["verdict"] == "higher"
+    mixed = difference(_runs([0.5, 0.4, 0.7]), _runs([0.4, 0.5, 0.5]), "m")
+    assert not mixed["resolved"] and mixed["verdict"] == "not resolved" and mixed["ci_low"] < 0 < mixed["ci_high"]
+    # a seed without a value (never reached the level) is left out of the pairs; one pair never resolves
+    one = difference(_runs([0.9, None, None]), _runs([0.1, 0.2, 0.3]), "m")
+    assert one["n"] == 1 and not one["resolved"]

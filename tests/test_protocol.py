@@ -1,0 +1,99 @@
+"""The whole head-to-head protocol on the tiny model: tuning runs on their own seed, the tune rule, test runs
+that stop at the retain model's forgetting level, their records, paired statistics and the leaderboard."""
+
+import csv
+import json
+
+import pytest
+
+from harness import sweep
+from harness.config import from_dict
+from leaderboard import table
+
+SWEEP = {
+    "task": "tofu-mini", "model": "tiny-llama", "attributions": ["dense", "random"], "ratios": [0.5],
+    "objectives": ["graddiff"], "seeds": [0, 1],
+    "task_config": {"utility_limit": 2, "eval_limit": 6, "max_new_tokens": 2, "retain_authors": 1,
+                    "probe_limit": 4},
+    "train": {"lr": 3e-3, "max_steps": 6, "batch_size": 8, "schedule": "constant", "warmup_ratio": 0.0},
+    "train_by_attribution": {"random": {"lr": 6e-3}},
+    "prepare": {"epochs": 2, "lr": 3e-3},
+    "match": {"enabled": True, "check_every": 1},
+    "tune": {"lr_factors": [1.0, 3.0]},
+}
+
+
+@pytest.fixture(scope="module")
+def protocol(tmp_path_factory):
+    results = tmp_path_factory.mktemp("protocol")
+    cfg = from_dict(sweep.SweepConfig, SWEEP, "protocol")
+    counts = sweep.run(cfg, results)
+    records = [json.loads(p.read_text()) for p in sorted((results / "runs").glob("*.json"))]
+    return cfg, results, counts, records
+
+
+def test_tuning_runs_then_test_runs_at_the_selected_rate(protocol):
+    _, _, counts, records = protocol
+    assert counts == {"finished": 8, "skipped": 0, "failed": 0, "busy": 0}  # 2 methods x (2 rates + 2 seeds)
+    tune = [r for r in records if r["kind"] == "tune"]
+    runs = [r for r in records if r["kind"] == "run"]
+    assert len(tune) == 4 and len(runs) == 4
+    assert {r["spec"]["seed"] for r in tune} == {2}  # one past the test seeds
+    assert all(not r["stats"] and "forget_rouge" not in r["metrics"] for r in tune)  # no test metric
+    for attribution, base in (("dense", 3e-3), ("random", 6e-3)):
+        grid = [r for r in tune if r["spec"]["attribution"] == attribution]
+        assert sorted(r["spec"]["train"]["lr"] for r in grid) == pytest.approx([base, 3 * base])
+        chosen = sweep.select(grid)["lr"]
+        tested = [r for r in runs if r["spec"]["attribution"] == attribution]
+        assert {r["spec"]["train"]["lr"] for r in tested} == {chosen}
+        assert all(r["spec"]["tuned_from"] == pytest.approx([base, 3 * base]) for r in tested)
+        assert sorted(r["spec"]["seed"] for r in tested) == [0, 1]
+
+
+def test_runs_stop_at_the_level_and_record_the_trajectory(protocol):
+    _, _, _, records = protocol
+    retain = next(r for r in records if r.get("role") == "retain")
+    target = next(r for r in records if r.get("role") == "target")
+    level = retain["probe"]["forget"]
+    assert target["probe"]["forget"] > level
+    for r in (r for r in records if r["kind"] in ("run", "tune")):
+        m, probes = r["match"], r["curves"]["probe"]
+        assert m["level"] == level and probes[0] == {"step": 0, "forget": target["probe"]["forget"],
+                                                    m["probe"]: target["probe"][m["probe"]]}
+        assert [p["step"] for p in probes] == list(range(len(probes)))  # check_every 1
+        assert len(r["curves"]["train"]) == len(probes) - 1
+        if m["reached"]:  # stopped at the first check at or below the level
+            assert m["stopped_at"] == m["step"] == probes[-1]["step"]
+            assert probes[-1]["forget"] <= level < min(p["forget"] for p in probes[:-1])
+            assert r["metrics"]["match_efficacy"]["value"] >= 1.0
+        else:  # ran its whole budget
+            assert m["stopped_at"] is None and len(probes) == 7 and all(p["forget"] > level for p in probes)
+    runs = [r for r in records if r["kind"] == "run"]
+    assert any(r["match"]["reached"] for r in runs)
+    for r in runs:
+        assert r["metrics"]["forget_quality"]["value"] is not None  # the full evaluation at the stopping point
+        assert (r["metrics"]["match_utility"]["value"] is None) == (not r["match"]["reached"])
+        assert 0 <= r["metrics"]["tradeoff_score"]["value"]
+
+
+def test_leaderboard_pairs_methods_and_shows_the_headline(protocol, tmp_path):
+    _, results, _, _ = protocol
+    files = {p.name: p for p in table.write_all(results, tmp_path / "board")}
+    assert {"paired.csv", "trajectory-tofu-mini.png"} <= set(files)
+    pairs = list(csv.DictReader(files["paired.csv"].open()))
+    assert {(p["attribution"], p["baseline"], p["metric"]) for p in pairs} >= {
+        ("random", "dense", "tradeoff_score"), ("random", "dense", "match_utility")}
+    trade = next(p for p in pairs if p["metric"] == "tradeoff_score")
+    assert trade["n"] == "2" and trade["resolved"] in ("True", "False")
+    md = files["leaderboard.md"].read_text()
+    assert "### Matched forgetting" in md and "Δ trade-off vs dense" in md and "of {" in md
+    page = files["index.html"].read_text()
+    assert page.index("Matched forgetting") < page.index("<details")  # the headline comes first
+    assert "validation_match_utility" not in md  # tuning runs are not methods of the leaderboard
+    again = {p.name: p for p in table.write_all(results, tmp_path / "again")}
+    assert all(files[n].read_bytes() == again[n].read_bytes() for n in files)
+
+
+def test_rerun_skips_tuning_and_test_runs(protocol):
+    cfg, results, _, _ = protocol
+    assert sweep.run(cfg, results) == {"finished": 0, "skipped": 8, "failed": 0, "busy": 0}
