@@ -4,9 +4,9 @@ model and objective; WAGLE at the same ratio), on utility at matched forgetting 
 For a method M, a baseline B and a metric, the differences d_s = M_s - B_s over the seeds both ran (and both
 have a value: a run that never reached the level has no utility at the match) get their mean and a 95%
 percentile-bootstrap interval of the mean (aggregate.bootstrap_ci). A difference is *resolved* only when that
-interval excludes 0 and there are at least two pairs; otherwise it is reported as not resolved, and no
-winner is named. With 3 seeds the interval spans roughly the smallest to the largest difference, so resolved
-then means every seed agrees on the sign.
+interval excludes 0 and there are at least three pairs (with two, the percentile interval is just the two
+differences); otherwise it is reported as not resolved, and no winner is named. With 3 seeds the interval
+spans roughly the smallest to the largest difference, so resolved then means every seed agrees on the sign.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from leaderboard.aggregate import bootstrap_ci, config_key
 
 METRICS = ("match_utility", "tradeoff_score")
 BASELINES = ("dense", "wagle")
+MIN_PAIRS = 3
 
 
 def _method(spec: dict[str, Any]) -> tuple:
@@ -58,7 +59,7 @@ def difference(method_runs: dict[int, dict], base_runs: dict[int, dict], metric:
     if not diffs:
         return {"n": 0, "mean": None, "ci_low": None, "ci_high": None, "resolved": False, "verdict": "no pairs"}
     low, high = bootstrap_ci(diffs)
-    resolved = len(diffs) >= 2 and (low > 0 or high < 0)
+    resolved = len(diffs) >= MIN_PAIRS and (low > 0 or high < 0)
     verdict = ("higher" if low > 0 else "lower") if resolved else "not resolved"
     return {"n": len(diffs), "mean": float(np.mean(diffs)), "ci_low": low, "ci_high": high, "resolved": resolved,
             "verdict": verdict}

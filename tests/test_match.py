@@ -96,6 +96,6 @@ def test_paired_difference_by_hand():
     assert d["resolved"] and d["verdict"] == "higher"
     mixed = difference(_runs([0.5, 0.4, 0.7]), _runs([0.4, 0.5, 0.5]), "m")
     assert not mixed["resolved"] and mixed["verdict"] == "not resolved" and mixed["ci_low"] < 0 < mixed["ci_high"]
-    # a seed without a value (never reached the level) is left out of the pairs; one pair never resolves
-    one = difference(_runs([0.9, None, None]), _runs([0.1, 0.2, 0.3]), "m")
-    assert one["n"] == 1 and not one["resolved"]
+    # a seed without a value (never reached the level) is left out of the pairs; fewer than 3 never resolve
+    two = difference(_runs([0.9, 0.8, None]), _runs([0.1, 0.2, 0.3]), "m")
+    assert two["n"] == 2 and two["ci_low"] > 0 and not two["resolved"]
