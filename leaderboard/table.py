@@ -107,10 +107,9 @@ def headline_rows(rows: list[dict[str, Any]], refs: list[dict[str, Any]],
         probe = ref.get("probe") or {}
         m = ref.get("metrics") or {}
         util = (m.get("match_utility") or {}).get("value")
-        score = (m.get("tradeoff_score") or {}).get("value")
+        score = (m.get("tradeoff_score") or {}).get("value", 0.0 if ref.get("role") == "target" else None)
         out.append([f"{ref.get('role')} model", "", "", "" if "forget" not in probe else f"{probe['forget']:.4g}",
-                    "" if util is None else f"{util:.4g}", "" if score is None else f"{score:.4g}"
-                    if ref.get("role") == "retain" else "0 (start)", "", ""])
+                    "" if util is None else f"{util:.4g}", "" if score is None else f"{score:.4g}", "", ""])
     for r in matched(rows):
         reached = r["metrics"].get("match_reached")
         k = round(reached["mean"] * reached["n"]) if reached else 0
