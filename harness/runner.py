@@ -66,7 +66,7 @@ def build_mask(spec: RunSpec, task: Task, attribution: Any, target: str, model,
         return mask, meta, result.lora
     forget = task.forget_examples()
     retain = _retain_sample(task, len(forget), spec.seed)
-    max_length = getattr(task.config, "max_length", 512)
+    max_length = _max_length(task)
     meta = {"method": spec.attribution, "ratio": spec.ratio, "config": to_dict(attribution.config),
             "model": target, "seed": spec.seed, "forget_hash": examples_hash(forget),
             "retain_hash": examples_hash(retain), "max_length": max_length}
@@ -158,7 +158,7 @@ def execute(spec: RunSpec, results_dir: Path) -> dict[str, Any]:
         mask = restrict(mask, objective, model)
         record["mask"]["trained_fraction"] = 1.0 if mask is None else masks.density(mask)
         batches = unlearn_batches(tok, task.forget_examples(), task.retain_examples(), spec.train,
-                                  getattr(task.config, "max_length", 512), spec.seed, task.refusal_examples())
+                                  _max_length(task), spec.seed, task.refusal_examples())
 
         matcher = Matcher(task, spec, target, retain_model, tok) if spec.match.enabled else None
 
@@ -317,4 +317,4 @@ def _eval_batch(task: Task) -> int:
 
 
 def _max_length(task: Task) -> int:
-    return getattr(task.config, "max_length", 512)
+    return _max_length(task)
