@@ -317,4 +317,4 @@ def _eval_batch(task: Task) -> int:
 
 
 def _max_length(task: Task) -> int:
-    return _max_length(task)
+    return getattr(task.config, "max_length", 512)
