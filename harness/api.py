@@ -18,10 +18,12 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Example:
-    """One training or evaluation text: `prompt` is context only (no loss), `completion` is learned."""
+    """One training or evaluation text: `prompt` is context only (no loss), `completion` is learned (followed
+    by the end-of-sequence token unless `eos` is false, as for a multiple-choice letter scored like lm-eval)."""
 
     prompt: str
     completion: str
+    eos: bool = True
 
 
 Batch = dict[str, torch.Tensor]  # input_ids, attention_mask, labels (-100 where no loss)
@@ -178,16 +180,19 @@ class EvalContext:
 @dataclass
 class ProbeSets:
     """The cheap teacher-forced probe of matched forgetting (harness/match.py). A set's value is the mean over
-    its examples of P̃ = exp(-token-mean NLL of the completion), or, for a utility part listed in
-    `alternatives` (one list of wrong completions per example), the mean of P̃ / (P̃ + Σ P̃(wrong)) as TOFU
-    normalises short answers. `forget` decides when forgetting has reached the retain model's level; the
-    `utility` parts are combined by their harmonic mean; `validation` (held out of training and of the test
-    metrics) is what tuning selects on."""
+    its examples of P̃ = exp(-token-mean NLL of the completion), or, for a set listed in `alternatives` (one
+    list of wrong completions per example; keys "forget", "validation" or a utility part), the mean of
+    P̃ / (P̃ + Σ P̃(wrong)), as TOFU normalises short answers and as multiple-choice accuracy reads its options.
+    `forget` decides when forgetting has reached the level: the retain model's own forget probe, or `level`
+    where the task has no retain model (WMDP: chance); the `utility` parts are combined by their harmonic
+    mean; `validation` (held out of training and of the test metrics) is what tuning selects on."""
 
     forget: list[Example]
     utility: dict[str, list[Example]]
     validation: list[Example] = field(default_factory=list)
     alternatives: dict[str, list[list[Example]]] = field(default_factory=dict)
+    level: float | None = None
+    max_length: int | None = None  # token cap of probe examples; None: the task's training max_length
 
 
 @dataclass

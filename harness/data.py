@@ -16,12 +16,14 @@ IGNORE = -100
 
 
 def encode(tokenizer, example: Example, max_length: int) -> tuple[list[int], list[int]]:
-    """Token ids and labels of prompt + completion + EOS, cut to `max_length` tokens.
+    """Token ids and labels of prompt + completion + EOS (unless `example.eos` is false), cut to `max_length`
+    tokens.
 
     Prompt and completion are tokenized separately and joined, so the label boundary is exact.
     """
     prompt = tokenizer(example.prompt, add_special_tokens=True)["input_ids"]
-    completion = tokenizer(example.completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    completion = tokenizer(example.completion, add_special_tokens=False)["input_ids"]
+    completion += [tokenizer.eos_token_id] if example.eos else []
     ids = (prompt + completion)[:max_length]
     labels = ([IGNORE] * len(prompt) + completion)[:max_length]
     return ids, labels
@@ -62,5 +64,5 @@ def examples_hash(examples: Sequence[Example]) -> str:
     """A content hash of a list of examples (recorded with masks and models built from them)."""
     digest = hashlib.sha256()
     for ex in examples:
-        digest.update(json.dumps([ex.prompt, ex.completion]).encode())
+        digest.update(json.dumps([ex.prompt, ex.completion] + ([] if ex.eos else [False])).encode())
     return digest.hexdigest()[:16]

@@ -27,6 +27,17 @@ CHOICE_PROMPT = ("{{question.strip()}}\nA. {{choices[0]}}\nB. {{choices[1]}}\nC.
                  "D. {{choices[3]}}\nAnswer:")
 
 
+def description(subject: str) -> str:
+    """lm-eval's description line of an MMLU or WMDP subject."""
+    return f"The following are multiple choice questions (with answers) about {subject}.\n\n"
+
+
+def choice_prompt(row: dict[str, Any]) -> str:
+    """`CHOICE_PROMPT` rendered for one row, in Python (the probe of matched forgetting scores it directly)."""
+    c = row["choices"]
+    return f"{row['question'].strip()}\nA. {c[0]}\nB. {c[1]}\nC. {c[2]}\nD. {c[3]}\nAnswer:"
+
+
 @dataclass
 class LocalTask:
     """One lm-eval multiple-choice task over rows {question, choices[4], answer (index)}, as lm-eval's MMLU
@@ -77,15 +88,18 @@ def choice_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def mmlu_rows(split: str = "test") -> dict[str, list[dict[str, Any]]]:
+    """The bundled MMLU split (tasks/data/mmlu, MIT; `test` or `dev`), rows by subject in name order."""
+    folder = Path(str(files("tasks") / "data" / "mmlu" / split))
+    return {path.name.removesuffix(f"_{split}.csv"): choice_rows(path)
+            for path in sorted(folder.glob(f"*_{split}.csv"))}
+
+
 def mmlu_bundled() -> LocalGroup:
-    """The bundled MMLU test split (tasks/data/mmlu, MIT): lm-eval's zero-shot MMLU prompt per subject."""
-    folder = Path(str(files("tasks") / "data" / "mmlu" / "test"))
+    """The bundled MMLU test split: lm-eval's zero-shot MMLU prompt per subject."""
     group = LocalGroup("mmlu_bundled")
-    for path in sorted(folder.glob("*_test.csv")):
-        subject = path.name.removesuffix("_test.csv")
-        about = subject.replace("_", " ")
-        group.tasks.append(LocalTask(f"mmlu_bundled_{subject}", choice_rows(path),
-                                     f"The following are multiple choice questions (with answers) about {about}.\n\n"))
+    for subject, rows in mmlu_rows("test").items():
+        group.tasks.append(LocalTask(f"mmlu_bundled_{subject}", rows, description(subject.replace("_", " "))))
     return group
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from harness import metrics, scoring
-from harness.api import Example, ProbeSets
+from harness.api import ProbeSets
 from harness.config import option
 
 
@@ -36,8 +36,9 @@ class MatchConfig:
                                   "train.max_steps runs out), then evaluate there; records the trajectory, "
                                   "utility at the match and the trade-off score")
     check_every: int = option(1, "optimizer steps between two probes")
-    level: float | None = option(None, "forget-probe level to reach; null: the retain model's own forget probe "
-                                       "(tasks without a retain model, such as WMDP, need it set)")
+    level: float | None = option(None, "forget-probe level to reach; null: the retain model's own forget probe, "
+                                       "or the task's declared level where it has no retain model (WMDP: "
+                                       "its probe_level, near chance)")
 
     def validate(self) -> None:
         if self.check_every < 1:
@@ -46,35 +47,35 @@ class MatchConfig:
 
 def probe(model, tokenizer, sets: ProbeSets, parts: Sequence[str], batch_size: int,
           max_length: int) -> dict[str, float]:
-    """The probe values of `parts` (forget, utility, validation) for `model`, from one batched scoring pass."""
-    groups: dict[str, list[Example]] = {}
-    if "forget" in parts:
-        groups["forget"] = sets.forget
+    """The probe values of `parts` (forget, utility, validation) for `model`, from one batched scoring pass;
+    examples are cut to `sets.max_length` tokens where the task sets it, else to `max_length`."""
+    if "validation" in parts and not sets.validation:
+        raise ValueError("the task has no validation examples for tuning (TOFU: set "
+                         "task_config.validation_authors)")
+    named = {"forget": sets.forget, "validation": sets.validation}
+    groups = {k: named[k] for k in ("forget", "validation") if k in parts}
     if "utility" in parts:
-        groups.update({f"utility/{k}": v for k, v in sets.utility.items()})
-        groups.update({f"wrong/{k}": [ex for alts in v for ex in alts] for k, v in sets.alternatives.items()})
-    if "validation" in parts:
-        if not sets.validation:
-            raise ValueError("the task has no validation examples for tuning (TOFU: set "
-                             "task_config.validation_authors)")
-        groups["validation"] = sets.validation
+        groups.update(sets.utility)
+    groups.update({f"wrong/{k}": [ex for alts in sets.alternatives[k] for ex in alts]
+                   for k in list(groups) if k in sets.alternatives})
     examples = [ex for g in groups.values() for ex in g]
-    p = metrics.probability(scoring.completion_nll(model, tokenizer, examples, batch_size, max_length))
+    nll = scoring.completion_nll(model, tokenizer, examples, batch_size, sets.max_length or max_length)
+    p = metrics.probability(nll)
     values, start = {}, 0
     for name, g in groups.items():
         values[name] = p[start : start + len(g)]
         start += len(g)
-    out = {k: float(np.mean(values[k])) for k in ("forget", "validation") if k in values}
+
+    def value(k: str) -> float:  # mean P̃, or mean P̃ / (P̃ + Σ P̃(wrong)) where the set has alternatives
+        true = values[k]
+        if k not in sets.alternatives:
+            return float(np.mean(true))
+        wrong = values[f"wrong/{k}"].reshape(len(true), -1).sum(axis=1)
+        return float(np.mean(true / (true + wrong + 1e-10)))
+
+    out = {k: value(k) for k in ("forget", "validation") if k in parts}
     if "utility" in parts:
-        part_values = []
-        for k in sets.utility:
-            true = values[f"utility/{k}"]
-            if k in sets.alternatives:
-                wrong = values[f"wrong/{k}"].reshape(len(true), -1).sum(axis=1)
-                part_values.append(float(np.mean(true / (true + wrong + 1e-10))))
-            else:
-                part_values.append(float(np.mean(true)))
-        out["utility"] = metrics.harmonic_mean(part_values)
+        out["utility"] = metrics.harmonic_mean([value(k) for k in sets.utility])
     return out
 
 

@@ -91,7 +91,7 @@ def reference_probe(task: Task, model_path: str, batch_size: int, dtype: str = "
     from harness import match
 
     key = stable_hash({"model": model_path, "task": task.name, "config": to_dict(task.config), "dtype": dtype,
-                       "format": 2})
+                       "format": 3})  # 3: probe examples may be longer than the training max_length
 
     def compute() -> dict:
         model, tok = models.load(model_path, dtype, device)

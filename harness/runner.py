@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import traceback
@@ -20,6 +21,8 @@ from harness.data import examples_hash, make_batches
 from harness.plugins import Registry, get_registry
 from harness.spec import RunSpec
 from harness.train import log_step, remove_checkpoint, train, unlearn_batches
+
+log = logging.getLogger(__name__)
 
 ATTRIBUTION_BATCH = 8
 
@@ -170,6 +173,8 @@ def execute(spec: RunSpec, results_dir: Path) -> dict[str, Any]:
             if matcher is not None and step % spec.match.check_every == 0:
                 row["probe"] = matcher.check(net)
                 row["stop"] = row["probe"]["forget"] <= matcher.level
+                log.info("probe at step %d: forget %.4g (level %.4g), %s %.4g%s", step, row["probe"]["forget"],
+                         matcher.level, matcher.key, row["probe"][matcher.key], ", reached" if row["stop"] else "")
             return row or None
 
         checkpoint = Path(results_dir) / "checkpoints" / f"{run_id}.pt"
@@ -230,12 +235,14 @@ class Matcher:
         self.key = "utility" if spec.evaluate else "validation"
         self.sets = task.probe_sets()
         refs = reference_probes(task, spec, target, retain_model)
-        if spec.match.level is None and "retain" not in refs:
-            raise ValueError(f"task {spec.task!r} has no retain model to read the forgetting level from: set "
-                             "match.level")
-        self.level = spec.match.level if spec.match.level is not None else refs["retain"]["forget"]
+        levels = (spec.match.level, refs["retain"]["forget"] if "retain" in refs else None, self.sets.level)
+        self.level = next((v for v in levels if v is not None), None)
+        if self.level is None:
+            raise ValueError(f"task {spec.task!r} has no retain model to read the forgetting level from and "
+                             "declares none: set match.level")
         self.reference = refs["retain"][self.key] if "retain" in refs else refs["target"][self.key]
         self.start = {k: refs["target"][k] for k in ("forget", self.key)}
+        match.efficacy(self.start["forget"], self.start["forget"], self.level)  # fails now if nothing to unlearn
         self.seconds = 0.0
 
     def check(self, model) -> dict[str, float]:

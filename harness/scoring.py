@@ -52,14 +52,37 @@ def completion_nll(model, tokenizer, examples: Sequence[Example], batch_size: in
 def _completion_nll(model, tokenizer, examples: Sequence[Example], batch_size: int,
                     max_length: int) -> np.ndarray:
     encoded = [encode(tokenizer, ex, max_length) for ex in examples]
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
     out = np.empty(len(encoded), dtype=np.float64)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
+    options = _one_token_options(encoded)
+    for prompts in _batches(sorted(options, key=len), batch_size):  # one pass per shared prompt
+        batch = collate([(list(p), [IGNORE] * len(p)) for p in prompts], tokenizer.pad_token_id)
+        logits = model(input_ids=batch["input_ids"].to(model.device),
+                       attention_mask=batch["attention_mask"].to(model.device)).logits
+        logp = logits[torch.arange(len(prompts)), [len(p) - 1 for p in prompts]].float().log_softmax(-1).cpu()
+        for row, p in enumerate(prompts):
+            for i in options[p]:
+                out[i] = -float(logp[row, encoded[i][0][-1]])
+    done = {i for idx in options.values() for i in idx}
+    order = sorted((i for i in range(len(encoded)) if i not in done), key=lambda i: len(encoded[i][0]))
+    for idx in _batches(order, batch_size):
         batch = collate([encoded[i] for i in idx], tokenizer.pad_token_id)
         batch = {k: v.to(model.device) for k, v in batch.items()}
         out[idx] = mean_nll(model, batch).double().cpu().numpy()
     return out
+
+
+def _one_token_options(encoded: list[tuple[list[int], list[int]]]) -> dict[tuple[int, ...], list[int]]:
+    """Examples whose completion is one token (no end-of-sequence token), grouped by their prompt where several
+    share it, as a multiple-choice question's letters do: each group needs one forward pass, not one each."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (ids, labels) in enumerate(encoded):
+        if len(ids) > 1 and labels[-1] != IGNORE and all(x == IGNORE for x in labels[:-1]):
+            groups.setdefault(tuple(ids[:-1]), []).append(i)
+    return {p: idx for p, idx in groups.items() if len(idx) > 1}
+
+
+def _batches(items: list, size: int) -> list[list]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
 
 
 def text_logprobs(model, tokenizer, texts: Sequence[str], batch_size: int = 16,

@@ -54,6 +54,7 @@ def method_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         spec = runs[0]["spec"]
         row["lr"] = (spec.get("train") or {}).get("lr")
         row["tuned_from"] = list(spec.get("tuned_from") or [])
+        row["level"] = (runs[0].get("match") or {}).get("level")
         metrics: dict[str, tuple[str, str, list[float]]] = {}
         for r in runs:
             for name, m in run_metrics(r).items():

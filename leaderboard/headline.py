@@ -39,6 +39,16 @@ def matched(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in rows if "tradeoff_score" in r["metrics"]]
 
 
+def level_text(rows: list[dict[str, Any]], refs: list[dict[str, Any]]) -> str:
+    """What the runs unlearned to: the retain model's forget probe, or the level the task declares when it has
+    no retain model (WMDP: near chance)."""
+    retain = next(((r.get("probe") or {}).get("forget") for r in refs if r.get("role") == "retain"), None)
+    if retain is not None:
+        return f"the retain model's ({retain:.4g})"
+    level = next((r.get("level") for r in rows if r.get("level") is not None), None)
+    return "its level" if level is None else f"the level the task declares, {level:.4g} (it has no retain model)"
+
+
 def findings(paired: list[dict[str, Any]]) -> list[str]:
     """One line per resolved difference; a line saying so when none is resolved."""
     lines = []

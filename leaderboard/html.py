@@ -8,7 +8,7 @@ import base64
 import html
 from typing import Any
 
-from leaderboard.headline import findings, lr_label, matched, method_label, paired_lookup
+from leaderboard.headline import findings, level_text, lr_label, matched, method_label, paired_lookup
 
 ARROW = {"higher": "↑", "lower": "↓", "zero": "→0"}
 HINT = {"higher": "higher is better", "lower": "lower is better", "zero": "closer to 0 is better",
@@ -162,9 +162,10 @@ def task_section(task: str, rows: list[dict[str, Any]], references: list[dict[st
     if matched(rows):
         lines = "".join(f"<li>{html.escape(line[2:])}</li>" for line in findings(paired))
         parts += ["<h3>Matched forgetting</h3>",
-                  "<p>Each run unlearns until its forget probe reaches the retain model's; methods are compared "
-                  "there. Δ: paired by seed against dense, mean and 95% bootstrap interval; highlighted only when "
-                  "resolved (the interval excludes 0). ⚠: some seeds never reached the level.</p>",
+                  f"<p>Each run unlearns until its forget probe reaches {html.escape(level_text(rows, references))}"
+                  "; methods are compared there. Δ: paired by seed against dense, mean and 95% bootstrap interval; "
+                  "highlighted only when resolved (the interval excludes 0). ⚠: some seeds never reached the "
+                  "level.</p>",
                   _headline(rows, references, paired), f"<ul>{lines}</ul>",
                   _img(plots.get("trajectory"), "trajectory", f"{task}: unlearning trajectories"),
                   _img(plots.get("ratios"), "ratios", f"{task}: trade-off score by ratio"),

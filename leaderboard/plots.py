@@ -102,8 +102,8 @@ def tradeoff_png(task: str, points: list[dict[str, Any]], headline: dict[str, st
 
 
 def trajectory_png(task: str, runs: list[dict[str, Any]], references: list[dict[str, Any]]) -> bytes | None:
-    """Utility (÷ the retain model's) against forget efficacy (0 = target, 1 = the retain model's forgetting)
-    along each matched-forgetting run: one colour per method, one line per seed."""
+    """Utility (÷ the retain model's, or the target's where there is none) against forget efficacy (0 = target,
+    1 = the level) along each matched-forgetting run: one colour per method, one line per seed."""
     series: dict[str, list[dict[str, Any]]] = {}
     for r in sorted(runs, key=lambda r: (r["spec"].get("attribution"), r["spec"].get("ratio"),
                                          r["spec"].get("objective"), r["spec"].get("seed"))):
@@ -122,10 +122,13 @@ def trajectory_png(task: str, runs: list[dict[str, Any]], references: list[dict[
             ax.plot(xs, ys, color=style["color"], lw=1.0, alpha=0.7, label=label if j == 0 else None)
             ax.scatter([xs[-1]], [ys[-1]], s=25, color=style["color"], marker=style["marker"])
     ax.axvline(1.0, color="grey", lw=0.8, ls=":")
-    ax.scatter([1.0], [1.0], s=70, marker="s", color="black", facecolors="none", zorder=5)
-    ax.annotate("retain model", (1.0, 1.0), fontsize=8, xytext=(5, 5), textcoords="offset points")
-    return _finish(ax, task, "forget efficacy (0 = target, 1 = the retain model's forgetting)",
-                   "utility probe ÷ retain model's", "unlearning trajectories (marker: where each run stopped)")
+    if any(r.get("role") == "retain" for r in references):
+        ax.scatter([1.0], [1.0], s=70, marker="s", color="black", facecolors="none", zorder=5)
+        ax.annotate("retain model", (1.0, 1.0), fontsize=8, xytext=(5, 5), textcoords="offset points")
+        axes = ("forget efficacy (0 = target, 1 = the retain model's forgetting)", "utility probe ÷ retain model's")
+    else:  # no retain model (WMDP): the level is the task's, utility is relative to the target's
+        axes = ("forget efficacy (0 = target, 1 = the task's level)", "utility probe ÷ target's")
+    return _finish(ax, task, *axes, "unlearning trajectories (marker: where each run stopped)")
 
 
 def ratio_png(task: str, rows: list[dict[str, Any]]) -> bytes | None:

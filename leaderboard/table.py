@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from leaderboard import aggregate, html, paired, plots
-from leaderboard.headline import diff_label, findings, lr_label, matched, method_label, paired_lookup
+from leaderboard.headline import diff_label, findings, level_text, lr_label, matched, method_label, paired_lookup
 
 log = logging.getLogger(__name__)
 ARROW = html.ARROW
@@ -135,10 +135,9 @@ def markdown(tasks: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]], 
         out += [f"## {task}", ""]
         task_paired = [d for d in paired if d["task"] == task]
         if matched(rows):
-            level = next(((r.get("probe") or {}).get("forget") for r in refs if r.get("role") == "retain"), None)
             out += ["### Matched forgetting", "",
-                    "Each run unlearns until its forget probe reaches the retain model's"
-                    + (f" ({level:.4g})" if level is not None else "") + "; utility at the match and the "
+                    f"Each run unlearns until its forget probe reaches {level_text(rows, refs)}; utility at the "
+                    "match and the "
                     "trade-off score are defined in docs/metrics.md. Δ: paired by seed, mean [95% bootstrap "
                     "interval]; resolved only when the interval excludes 0. ⚠: some seeds never reached the level.",
                     "", *_md_table(*headline_rows(rows, refs, task_paired)), "", "### Paired differences", ""]

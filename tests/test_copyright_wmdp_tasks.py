@@ -87,22 +87,39 @@ def test_copyright_books_needs_the_text():
         get_registry().build("task", "copyright-books", {}, "test")
 
 
-def test_wmdp_mini_rmu_run_on_the_base_model(tmp_path):
+def test_wmdp_mini_rmu_run_from_its_fine_tuned_target(tmp_path):
     spec = from_dict(RunSpec, {
         "task": "wmdp-mini", "model": "tiny-llama", "attribution": "dense",
         "objective_config": {"layer": 1, "update": [r"model\.layers\.1\.mlp\.down_proj\.weight"]},
         "task_config": {"utility_limit": 1, "corpus_limit": 4}, **QUICK}, "test")
     record = runner.execute(spec, tmp_path)
-    assert record["spec"]["objective"] == "rmu" and record["models"] == {"target": "tiny-llama", "retain": None}
+    assert record["spec"]["objective"] == "rmu"
+    assert "wmdp-mini-target-" in record["models"]["target"] and "wmdp-mini-retain-" in record["models"]["retain"]
     m = {k: v for k, v in record["metrics"].items()}
-    assert set(m) == {"wmdp_bio_acc", "wmdp_cyber_acc", "wmdp_chem_acc", "mmlu_bundled_acc"}
+    assert set(m) == {"wmdp_bio_acc", "wmdp_cyber_acc", "mmlu_bundled_acc"}  # wmdp-mini's two subjects
     assert m["wmdp_bio_acc"]["direction"] == "lower" and m["mmlu_bundled_acc"]["direction"] == "higher"
     assert record["stats"]["utility"]["lm_eval_version"] == "0.4.13"
     assert record["stats"]["wmdp"]["tasks"]["wmdp_bio_local"]["n"] == 8
     assert record["mask"]["trained_fraction"] < 0.01  # RMU touches one down_proj only
     runner.write_reference_records(spec, tmp_path)
     roles = [json.loads(p.read_text()).get("role") for p in (tmp_path / "runs").glob("*.json")]
-    assert sorted(r for r in roles if r) == ["target"]
+    assert sorted(r for r in roles if r) == ["retain", "target"]
+
+
+def test_wmdp_matched_forgetting_reads_the_level_the_task_declares(tmp_path):
+    """WMDP has no retain model: the level is the task's `probe_level`. The tiny base model does not know the
+    fixtures' answers (its forget probe is near chance, below 0.3), so the run stops before unlearning and
+    says why, with both numbers."""
+    fixtures = {"forget_corpora": ["bundled:wmdp/forget.jsonl"], "retain_corpora": ["bundled:wmdp/retain.jsonl"],
+                "questions_dir": "bundled:wmdp", "subjects": ["bio", "cyber"], "chunk_words": 64,
+                "max_length": 128, "utility_limit": 1, "corpus_limit": 4, "probe_limit": 4}
+    spec = from_dict(RunSpec, {"task": "wmdp", "model": "tiny-llama", "attribution": "dense",
+                               "objective": "graddiff", "match": {"enabled": True}, "task_config": fixtures,
+                               **QUICK}, "test")
+    with pytest.raises(ValueError, match=r"forget probe \(0\.2\d+\) is already at or below the level \(0\.3\)"):
+        runner.execute(spec, tmp_path)
+    record = json.loads(next((tmp_path / "runs").glob("wmdp-*.json")).read_text())
+    assert record["status"] == "failed" and "curves" not in record
 
 
 def test_wmdp_hub_corpus_offline_names_the_corpus_and_the_way_out():
@@ -132,6 +149,12 @@ def test_eval_command_writes_a_record(tmp_path, capsys):
     assert len(records) == 1 and json.loads(records[0].read_text())["metrics"]["wmdp_bio_acc"]["value"] >= 0
 
 
-def test_prepare_has_nothing_to_build_for_wmdp(capsys):
-    assert cli.main(["-q", "prepare", "wmdp-mini", "--model", "tiny-llama"]) == 0
+def test_prepare_builds_nothing_for_wmdp_and_both_models_for_wmdp_mini(capsys):
+    assert cli.main(["-q", "prepare", "wmdp", "--model", "tiny-llama"]) == 0
     assert "unlearns the base model itself" in capsys.readouterr().out
+    assert cli.main(["-q", "prepare", "wmdp-mini", "--model", "tiny-llama"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["target", "retain"]
+    task = get_registry().build("task", "wmdp-mini", {}, "test")
+    assert task.finetune_examples("target") == task.forget_examples() + task.retain_examples()
+    assert task.finetune_examples("retain") == task.retain_examples()

@@ -54,3 +54,17 @@ def test_text_logprobs_batched_equals_one_at_a_time_and_hand(tiny):
             hand = model(ids).logits[0, :-1].log_softmax(-1).gather(1, ids[0, 1:, None])[:, 0].double().numpy()
         assert b.shape == (ids.shape[1] - 1,)
         assert np.allclose(b, s, atol=1e-5) and np.allclose(b, hand, atol=1e-5)
+
+
+def test_letters_sharing_a_prompt_score_as_if_alone(tiny):
+    """Multiple-choice letters (one token, no EOS) after one prompt are read from a single pass; the numbers
+    are those of scoring each example on its own, mixed with ordinary examples in any order."""
+    model, tok = tiny
+    prompts = ["Which is red?\nA. sky\nB. blood\nAnswer:", "Pick one.\nA. x\nB. y\nAnswer:"]
+    letters = [Example(p, f" {c}", eos=False) for p in prompts for c in "ABCD"]
+    mixed = [letters[0], EXAMPLES[0], *letters[1:5], EXAMPLES[2], *letters[5:]]
+    together = completion_nll(model, tok, mixed, batch_size=3)
+    alone = np.array([completion_nll(model, tok, [ex], batch_size=1)[0] for ex in mixed])
+    assert np.allclose(together, alone, atol=1e-5)
+    ids, labels = encode(tok, letters[1], 128)
+    assert sum(x != -100 for x in labels) == 1 and ids[-1] != tok.eos_token_id
