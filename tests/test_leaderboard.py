@@ -241,3 +241,14 @@ def test_ratio_plot_only_when_an_attribution_ran_several_ratios():
 
     assert plots.ratio_png("t", [row(0.5, 0.7)]) is None
     assert plots.ratio_png("t", [row(0.5, 0.7), row(0.8, 0.6)])[:4] == b"\x89PNG"
+
+
+def test_headline_names_the_level_it_matched():
+    """The level text: the retain model's forget probe when there is one, else the task's declared level."""
+    from leaderboard.headline import level_text
+
+    rows = [{"level": 0.3}]
+    assert level_text(rows, [{"role": "target", "probe": {"forget": 0.7}},
+                             {"role": "retain", "probe": {"forget": 0.176}}]) == "the retain model's (0.176)"
+    assert level_text(rows, [{"role": "target", "probe": {"forget": 0.7}}]) == (
+        "the level the task declares, 0.3 (it has no retain model)")
