@@ -163,7 +163,7 @@ class Wmdp(Task):
         prompt, the right letter against the three others (mean normalised probability; its argmax is
         lm-eval's accuracy). Forget: the first `probe_limit` WMDP questions of each subject; utility: MMLU test
         questions; validation (for tuning): MMLU dev questions, which no test metric uses; level:
-        `probe_level` (there is no retain model to read it from)."""
+        `probe_level`, used where there is no retain model to read it from (WMDP; wmdp-mini has one)."""
         n = self.config.probe_limit
         forget = [(describe(s), r) for s in self.config.subjects for r in self.questions(s)[:n]]
         utility, validation = (spread(lm_eval_bridge.mmlu_rows(split), n) for split in ("test", "dev"))
