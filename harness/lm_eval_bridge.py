@@ -88,6 +88,11 @@ def choice_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def mmlu_description(subject: str) -> str:
+    """lm-eval's description line of an MMLU subject named as its file is (`college_biology`)."""
+    return description(subject.replace("_", " "))
+
+
 def mmlu_rows(split: str = "test") -> dict[str, list[dict[str, Any]]]:
     """The bundled MMLU split (tasks/data/mmlu, MIT; `test` or `dev`), rows by subject in name order."""
     folder = Path(str(files("tasks") / "data" / "mmlu" / split))
@@ -99,7 +104,7 @@ def mmlu_bundled() -> LocalGroup:
     """The bundled MMLU test split: lm-eval's zero-shot MMLU prompt per subject."""
     group = LocalGroup("mmlu_bundled")
     for subject, rows in mmlu_rows("test").items():
-        group.tasks.append(LocalTask(f"mmlu_bundled_{subject}", rows, description(subject.replace("_", " "))))
+        group.tasks.append(LocalTask(f"mmlu_bundled_{subject}", rows, mmlu_description(subject)))
     return group
 
 

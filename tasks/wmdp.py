@@ -220,7 +220,7 @@ def spread(by_subject: dict[str, list[dict]], n: int) -> list[tuple[str, dict]]:
     for i in range(max(map(len, by_subject.values()), default=0)):
         for subject, rows in by_subject.items():
             if i < len(rows) and len(out) < n:
-                out.append((lm_eval_bridge.description(subject.replace("_", " ")), rows[i]))
+                out.append((lm_eval_bridge.mmlu_description(subject), rows[i]))
     return out
 
 
