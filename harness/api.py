@@ -204,6 +204,15 @@ class Evaluation:
     samples: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass
+class TaskConfig:
+    """The fields every task's Config has (derive yours from it): the harness reads them for training,
+    attribution, probing and evaluation."""
+
+    max_length: int = field(default=512, metadata={"help": "token cap for training and scoring sequences"})
+    eval_batch_size: int = field(default=16, metadata={"help": "batch size for scoring and generation"})
+
+
 class Task:
     """An unlearning task: its data, how to build its target model, how to evaluate."""
 
@@ -215,6 +224,16 @@ class Task:
 
     def __init__(self, config: Any) -> None:
         self.config = config
+
+    @property
+    def max_length(self) -> int:
+        """Token cap of training and scoring sequences (the config's `max_length`)."""
+        return self.config.max_length
+
+    @property
+    def eval_batch_size(self) -> int:
+        """Batch size of scoring and generation (the config's `eval_batch_size`)."""
+        return self.config.eval_batch_size
 
     def forget_examples(self) -> list[Example]:
         raise NotImplementedError
@@ -251,7 +270,3 @@ class Task:
                  ctx: EvalContext) -> Evaluation:
         raise NotImplementedError
 
-
-def iter_batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]

@@ -35,6 +35,10 @@ def cmd_list(args: argparse.Namespace) -> int:
             if args.verbose:
                 for field, typ, default, help_text in describe(e.cls.Config):
                     print(f"      {field} ({typ}, default {default!r}): {help_text}")
+    if registry.broken:
+        print("skipped plugins:")
+        for why in registry.broken.values():
+            print(f"  {why}")
     return 0
 
 

@@ -1,7 +1,9 @@
-"""Conformance checks every attribution plugin must pass; plugin authors can run them on their own plugin:
+"""Conformance checks every attribution and objective plugin must pass. Plugin authors run them on their own
+plugin from the command line (`unlearn-bench check NAME`, on the tiny model) or from Python:
 
-    from harness.conformance import check_attribution
+    from harness import check_attribution, check_objective
     check_attribution("my-method", model, tokenizer, forget_examples, retain_examples)
+    check_objective("my-loss", model, tokenizer, forget_examples, retain_examples)
 
 Each check raises ConformanceError with what went wrong.
 """
@@ -9,13 +11,14 @@ Each check raises ConformanceError with what went wrong.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from harness import masks
-from harness.api import AttributionData, Example
+from harness.api import AttributionData, Example, LossOutput, UnlearnBatch
 from harness.config import from_dict, to_dict
 from harness.data import make_batches
 from harness.errors import UnlearnBenchError
@@ -34,48 +37,119 @@ def _scores(attribution: Any, model, tok, forget: Sequence[Example], retain: Seq
     return attribution.scores(data)
 
 
-def check_attribution(name: str, model, tokenizer, forget: Sequence[Example], retain: Sequence[Example],
-                      ratio: float = 0.3, config: dict[str, Any] | None = None) -> None:
-    """Scores cover exactly the trainable parameters with their shapes, are finite, are deterministic
-    under a seed, leave the model unchanged, and the harness's mask from them hits `ratio` exactly. The
-    config round-trips through plain data."""
+def _round_trip(kind: str, name: str, config: dict[str, Any] | None) -> Any:
+    """Build the component and check its config survives plain data (YAML, records)."""
     registry = get_registry()
-    entry = registry.get("attribution", name)
-    attribution = registry.build("attribution", name, config)
-    cfg_data = to_dict(attribution.config)
-    if from_dict(entry.cls.Config, cfg_data, f"{name} config") != attribution.config:
+    component = registry.build(kind, name, config)
+    if from_dict(registry.get(kind, name).cls.Config, to_dict(component.config), f"{name} config") != component.config:
         raise ConformanceError(f"{name}: config does not round-trip through plain data")
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    first = _scores(attribution, model, tokenizer, forget, retain, seed=3, ratio=ratio)
+    return component
+
+
+def _unchanged(name: str, model, before: dict[str, torch.Tensor], what: str) -> None:
     for n, p in model.named_parameters():
         if not torch.equal(p.detach(), before[n]):
-            raise ConformanceError(f"{name}: computing scores changed parameter {n}")
+            raise ConformanceError(f"{name}: {what} changed parameter {n}")
+
+
+def _coverage(name: str, produced: str, tensors: dict[str, torch.Tensor], model) -> None:
+    """Exactly the trainable parameters, each with its shape: says which are missing and which are extra."""
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    missing, extra = sorted(set(trainable) - set(tensors)), sorted(set(tensors) - set(trainable))
+    if missing:
+        raise ConformanceError(f"{name}: {produced} miss {len(missing)} trainable parameters, e.g. {missing[:3]}")
+    if extra:
+        raise ConformanceError(f"{name}: {produced} have {len(extra)} entries that are no trainable parameter, "
+                               f"e.g. {extra[:3]}")
+    for n, t in tensors.items():
+        if t.shape != trainable[n].shape:
+            raise ConformanceError(
+                f"{name}: {produced} {n} has shape {tuple(t.shape)}, parameter {tuple(trainable[n].shape)}")
+
+
+def check_attribution(name: str, model, tokenizer, forget: Sequence[Example], retain: Sequence[Example],
+                      ratio: float = 0.3, config: dict[str, Any] | None = None) -> None:
+    """In this order: the config round-trips through plain data; computing scores leaves the model and its
+    gradients untouched; scores (or a ready mask) cover exactly the trainable parameters with their shapes;
+    scores are finite; two calls under one seed agree; the harness's mask from the scores hits `ratio`
+    exactly."""
+    entry = get_registry().get("attribution", name)
+    attribution = _round_trip("attribution", name, config)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    first = _scores(attribution, model, tokenizer, forget, retain, seed=3, ratio=ratio)
+    _unchanged(name, model, before, "computing scores")
+    for n, p in model.named_parameters():
         if p.grad is not None:
             raise ConformanceError(f"{name}: left a gradient on {n}")
     produced = "mask" if first.mask is not None else "scores"
-    if getattr(first, produced) is None:
+    tensors = getattr(first, produced)
+    if tensors is None:
         if not entry.cls.ignores_ratio:
             raise ConformanceError(f"{name}: returned no scores or mask but does not declare ignores_ratio")
         return
+    _coverage(name, produced, tensors, model)
+    if produced == "scores":
+        for n, s in tensors.items():
+            if not torch.isfinite(s).all():
+                raise ConformanceError(f"{name}: score {n} has NaN or inf")
     again = getattr(_scores(copy.deepcopy(attribution), model, tokenizer, forget, retain, seed=3, ratio=ratio),
                     produced)
-    tensors = getattr(first, produced)
     if again is None or any(n not in again or not torch.equal(t, again[n]) for n, t in tensors.items()):
         raise ConformanceError(f"{name}: {produced} differ between two calls with the same seed")
     if produced == "mask":
         masks.check_covers(first.mask, model)
         return
-    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    if set(first.scores) != set(trainable):
-        raise ConformanceError(f"{name}: scores cover {sorted(set(first.scores) ^ set(trainable))[:5]} wrongly")
-    for n, s in first.scores.items():
-        if s.shape != trainable[n].shape:
-            raise ConformanceError(
-                f"{name}: score {n} has shape {tuple(s.shape)}, parameter {tuple(trainable[n].shape)}")
-        if not torch.isfinite(s).all():
-            raise ConformanceError(f"{name}: score {n} has NaN or inf")
     mask = masks.top_fraction(first.scores, ratio)
     masks.check_covers(mask, model)
     total = sum(m.numel() for m in mask.values())
     if sum(int(m.sum()) for m in mask.values()) != round(ratio * total):
         raise ConformanceError(f"{name}: mask does not hit ratio {ratio}")
+
+
+def _batch(tok, forget: Sequence[Example], retain: Sequence[Example]) -> UnlearnBatch:
+    refusal = [Example(e.prompt, " I don't know.") for e in forget]
+    first = [make_batches(tok, examples[:4], 4, 64)[0] for examples in (forget, retain, refusal)]
+    return UnlearnBatch(*first)
+
+
+def check_objective(name: str, model, tokenizer, forget: Sequence[Example], retain: Sequence[Example],
+                    config: dict[str, Any] | None = None) -> None:
+    """In this order: the config round-trips through plain data; `loss` returns a LossOutput whose loss is a
+    finite scalar with a gradient and whose parts are finite numbers; it leaves the model (and the frozen
+    reference, for `needs_reference`) untouched; its gradient is finite and reaches a parameter `updates()`
+    allows; two calls under one seed agree."""
+    cls = get_registry().get("objective", name).cls
+    batch = _batch(tokenizer, forget, retain)
+    reference = copy.deepcopy(model).eval().requires_grad_(False) if cls.needs_reference else None
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    losses = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        objective = _round_trip("objective", name, config)
+        model.zero_grad(set_to_none=True)
+        out = objective.loss(model, batch, reference)
+        if not isinstance(out, LossOutput):
+            raise ConformanceError(f"{name}: loss() returned {type(out).__name__}, not a LossOutput")
+        if not (isinstance(out.loss, torch.Tensor) and out.loss.dim() == 0):
+            raise ConformanceError(f"{name}: the loss is not a scalar tensor: {out.loss!r}")
+        if not torch.isfinite(out.loss):
+            raise ConformanceError(f"{name}: the loss is {float(out.loss.detach())}")
+        if not out.loss.requires_grad:
+            raise ConformanceError(f"{name}: the loss has no gradient (computed under no_grad or detached?)")
+        bad = {k: v for k, v in out.parts.items() if not (isinstance(v, (int, float)) and math.isfinite(v))}
+        if bad:
+            raise ConformanceError(f"{name}: parts must be finite numbers, got {bad}")
+        _unchanged(name, model, before, "computing the loss")
+        out.loss.backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        nonfinite = [n for n, g in grads.items() if not torch.isfinite(g).all()]
+        if nonfinite:
+            raise ConformanceError(f"{name}: the gradient of {nonfinite[0]} has NaN or inf")
+        if not any(objective.updates(n) and bool(g.abs().sum() > 0) for n, g in grads.items()):
+            raise ConformanceError(f"{name}: no parameter that updates() allows receives a gradient")
+        losses.append(float(out.loss.detach()))
+    model.zero_grad(set_to_none=True)
+    if reference is not None:
+        _unchanged(name, reference, before, "the loss (on the frozen reference)")
+    if losses[0] != losses[1]:
+        raise ConformanceError(f"{name}: the loss differs between two calls with the same seed: {losses}")

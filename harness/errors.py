@@ -29,8 +29,10 @@ class NonFiniteLossError(UnlearnBenchError):
 class UnknownPluginError(UnlearnBenchError):
     """A plugin name (attribution, objective, task, ...) is not registered."""
 
-    def __init__(self, kind: str, name: str, known: list[str]) -> None:
+    def __init__(self, kind: str, name: str, known: list[str], broken: list[str] | None = None) -> None:
         near = difflib.get_close_matches(name, known, n=1)
         hint = f" Did you mean {near[0]!r}?" if near else ""
-        super().__init__(f"unknown {kind} {name!r}.{hint} Known {kind}s: {', '.join(sorted(known)) or '(none)'}")
+        skipped = "".join(f"; skipped as broken: {why}" for why in broken or [])
+        super().__init__(f"unknown {kind} {name!r}.{hint} Known {kind}s: {', '.join(sorted(known)) or '(none)'}"
+                         f"{skipped}")
         self.kind, self.name, self.known = kind, name, known

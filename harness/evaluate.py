@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import distributed, lm_eval_bridge, models, prepare, records
+from harness import distributed, identity, lm_eval_bridge, models, prepare, records
 from harness.api import EvalContext
 from harness.cache import stable_hash
 from harness.plugins import get_registry
@@ -22,7 +22,7 @@ def evaluate_model(model_name: str, task_name: str, task_config: dict[str, Any] 
     entry = registry.get("task", task_name)
     task = registry.build("task", task_name, task_config or {}, "task_config")
     backend = registry.build("backend", generation, {}, "generation")
-    batch = getattr(task.config, "eval_batch_size", 16)
+    batch = task.eval_batch_size
     started = time.perf_counter()
     reference = prepare.reference_eval(task, retain, batch, None, dtype, device) if retain else None
     model, tok = models.load(model_name, dtype, device)
@@ -38,9 +38,7 @@ def evaluate_model(model_name: str, task_name: str, task_config: dict[str, Any] 
     record.update(metrics={k: vars(m) for k, m in evaluation.metrics.items()}, stats=evaluation.stats,
                   samples=evaluation.samples,
                   timings={"evaluation_s": time.perf_counter() - started}, memory=records.peak_memory_mb(),
-                  provenance=records.provenance({"task": {"name": entry.name, "plugin": entry.plugin,
-                                                          "distribution": entry.distribution,
-                                                          "version": entry.version}}))
+                  provenance=records.provenance({"task": identity.fingerprint(entry)}))
     if results_dir is not None and distributed.is_main():
         rid = f"{task_name}-eval-{stable_hash(dict(record['spec'], retain=retain), 12)}"
         record["path"] = str(records.write(results_dir, rid, record))

@@ -17,6 +17,7 @@ from harness.api import EvalContext, LossOutput, Task
 from harness.cache import cache_root, cached_dir, stable_hash
 from harness.config import to_dict
 from harness.data import examples_hash
+from harness.identity import code_digest
 from harness.io import atomic_write_json
 from harness.scoring import mean_nll
 from harness.spec import PrepareConfig
@@ -32,7 +33,7 @@ def _finetune_loss(model, batch) -> LossOutput:
 
 def model_key(task: Task, base: str, which: Which, cfg: PrepareConfig) -> str:
     examples = task.finetune_examples(which)
-    max_length = getattr(task.config, "max_length", 512)
+    max_length = task.max_length
     return stable_hash({"base": base, "task": task.name, "which": which, "examples": examples_hash(examples),
                         "max_length": max_length, "prepare": to_dict(cfg), "format": 1})
 
@@ -51,7 +52,7 @@ def ensure_model(task: Task, base: str, which: Which, cfg: PrepareConfig, dtype:
         log.info("fine-tuning the %s model of %s from %s (cache key %s)", which, task.name, base, key)
         model, tok = models.load(base, dtype, device)
         examples = task.finetune_examples(which)
-        batches = finetune_batches(tok, examples, cfg, getattr(task.config, "max_length", 512), cfg.seed)
+        batches = finetune_batches(tok, examples, cfg, task.max_length, cfg.seed)
         result = train(model, batches, _finetune_loss, cfg, seed=cfg.seed, progress=log_step)
         model.save_pretrained(out)
         tok.save_pretrained(out)
@@ -72,6 +73,7 @@ def reference_eval(task: Task, model_path: str, batch_size: int, against: dict |
     itself).
     """
     key = stable_hash({"model": model_path, "task": task.name, "config": to_dict(task.config),
+                       "code": code_digest(type(task).__module__),
                        "against": against["model"] if against else None, "dtype": dtype, "format": 1})
 
     def compute() -> dict:
@@ -91,13 +93,14 @@ def reference_probe(task: Task, model_path: str, batch_size: int, dtype: str = "
     from harness import match
 
     key = stable_hash({"model": model_path, "task": task.name, "config": to_dict(task.config), "dtype": dtype,
+                       "code": code_digest(type(task).__module__),
                        "format": 3})  # 3: probe examples may be longer than the training max_length
 
     def compute() -> dict:
         model, tok = models.load(model_path, dtype, device)
         sets = task.probe_sets()
         parts = ("forget", "utility", "validation") if sets.validation else ("forget", "utility")
-        return match.probe(model, tok, sets, parts, batch_size, getattr(task.config, "max_length", 512))
+        return match.probe(model, tok, sets, parts, batch_size, task.max_length)
 
     return _cached_json(cache_root() / "evals" / f"probe-{task.name}-{key}.json", compute, collective=True)
 

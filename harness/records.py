@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
+import logging
 import os
 import platform
 import resource
@@ -16,6 +18,9 @@ import torch
 from harness.io import atomic_write_json
 
 RECORD_VERSION = 1
+SUPERSEDED = "superseded"  # folder beside runs/ where records of an older version of a run go
+
+log = logging.getLogger(__name__)
 
 
 def _version(dist: str) -> str | None:
@@ -61,3 +66,37 @@ def write(results_dir: Path, record_id: str, record: dict[str, Any]) -> Path:
     path = Path(results_dir) / "runs" / f"{record_id}.json"
     atomic_write_json(path, dict(record, record_version=RECORD_VERSION, id=record_id))
     return path
+
+
+def same_spec(results_dir: Path, spec_key: str, run_id: str) -> list[dict[str, Any]]:
+    """Records in results_dir/runs of the same spec under another run id: made by other plugin code."""
+    out = []
+    for path in sorted((Path(results_dir) / "runs").glob("*.json")):
+        if path.stem == run_id:
+            continue
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and record.get("spec_key") == spec_key:
+            out.append(record)
+    return out
+
+
+def what_changed(old: dict[str, Any], plugins: dict[str, dict[str, str]]) -> str:
+    """Which plugins' version or code differ between an older record and the current fingerprints."""
+    before = old.get("provenance", {}).get("plugins", {})
+    changes = [f"{role} {now['name']!r} {key} {before.get(role, {}).get(key)} -> {now[key]}"
+               for role, now in plugins.items() for key in ("version", "code")
+               if before.get(role, {}).get(key) != now[key]]
+    return "; ".join(changes) or "the harness changed"
+
+
+def supersede(results_dir: Path, spec_key: str, run_id: str) -> None:
+    """Move the records of the same spec under other run ids to results_dir/superseded (kept, not shown)."""
+    for old in same_spec(results_dir, spec_key, run_id):
+        source = Path(results_dir) / "runs" / f"{old['id']}.json"
+        target = Path(results_dir) / SUPERSEDED / source.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, target)
+        log.warning("record %s is superseded by %s: moved to %s", old["id"], run_id, target)

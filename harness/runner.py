@@ -6,14 +6,13 @@ import logging
 import re
 import time
 import traceback
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import peft
 import torch
 
-from harness import distributed, fsdp, lm_eval_bridge, mask_report, masks, match, models, prepare, records
+from harness import distributed, fsdp, identity, lm_eval_bridge, mask_report, masks, match, models, prepare, records
 from harness.api import AttributionData, AttributionResult, EvalContext, Evaluation, Metric, Task
 from harness.cache import cached_dir, stable_hash
 from harness.config import to_dict
@@ -28,14 +27,9 @@ ATTRIBUTION_BATCH = 8
 
 
 def canonical(spec: RunSpec, registry: Registry | None = None) -> RunSpec:
-    """The spec as keyed: the task's default objective filled in; methods without a mask run at ratio 1,
-    whatever the grid said."""
-    registry = registry or get_registry()
-    if spec.objective is None:
-        spec = replace(spec, objective=registry.get("task", spec.task).cls.default_objective)
-    if registry.get("attribution", spec.attribution).cls.ignores_ratio:
-        return replace(spec, ratio=1.0)
-    return spec
+    """The spec as keyed (harness/identity.py): the task's default objective filled in, ratio 1 for methods
+    without a mask."""
+    return identity.canonical(spec, registry or get_registry())
 
 
 def _retain_sample(task: Task, n: int, seed: int) -> list:
@@ -69,9 +63,10 @@ def build_mask(spec: RunSpec, task: Task, attribution: Any, target: str, model,
         return mask, meta, result.lora
     forget = task.forget_examples()
     retain = _retain_sample(task, len(forget), spec.seed)
-    max_length = _max_length(task)
+    max_length = task.max_length
     meta = {"method": spec.attribution, "ratio": spec.ratio, "config": to_dict(attribution.config),
-            "model": target, "seed": spec.seed, "forget_hash": examples_hash(forget),
+            "plugin": identity.fingerprint(get_registry().get("attribution", spec.attribution)), "model": target,
+            "seed": spec.seed, "forget_hash": examples_hash(forget),
             "retain_hash": examples_hash(retain), "max_length": max_length}
     key = f"{spec.attribution}-{stable_hash(meta)}"
 
@@ -117,16 +112,18 @@ def execute(spec: RunSpec, results_dir: Path) -> dict[str, Any]:
     """Run `spec` and write its record; a failure is recorded (status failed, traceback) and re-raised."""
     registry = get_registry()
     spec = canonical(spec, registry)
-    run_id = spec.run_id()
-    entries = {k: registry.get(k, n) for k, n in
-               (("task", spec.task), ("attribution", spec.attribution), ("objective", spec.objective),
-                ("backend", spec.generation))}
+    run_id = identity.run_id(spec, registry)
+    spec_key = identity.spec_key(spec, registry)
+    plugins = identity.plugins(spec, registry)
     record: dict[str, Any] = {
-        "kind": "run" if spec.evaluate else "tune", "spec": to_dict(spec), "status": "running", "timings": {},
-        "headline": dict(zip(("forget", "utility"), entries["task"].cls.headline, strict=True)),
-        "provenance": records.provenance({k: {"name": e.name, "plugin": e.plugin, "distribution": e.distribution,
-                                              "version": e.version} for k, e in entries.items()}),
+        "kind": "run" if spec.evaluate else "tune", "spec": identity.resolved(spec, registry), "spec_key": spec_key,
+        "status": "running", "timings": {},
+        "headline": dict(zip(("forget", "utility"), registry.get("task", spec.task).cls.headline, strict=True)),
+        "provenance": records.provenance(plugins),
     }
+    if distributed.is_main():
+        for old in records.same_spec(results_dir, spec_key, run_id):
+            log.warning("%s redoes %s (same spec): %s", run_id, old["id"], records.what_changed(old, plugins))
     timings = record["timings"]
     started = time.perf_counter()
     try:
@@ -161,14 +158,14 @@ def execute(spec: RunSpec, results_dir: Path) -> dict[str, Any]:
         mask = restrict(mask, objective, model)
         record["mask"]["trained_fraction"] = 1.0 if mask is None else masks.density(mask)
         batches = unlearn_batches(tok, task.forget_examples(), task.retain_examples(), spec.train,
-                                  _max_length(task), spec.seed, task.refusal_examples())
+                                  task.max_length, spec.seed, task.refusal_examples())
 
         matcher = Matcher(task, spec, target, retain_model, tok) if spec.match.enabled else None
 
         def during(step: int, net) -> dict[str, Any] | None:
             row: dict[str, Any] = {}
             if spec.eval_every and step % spec.eval_every == 0:
-                ev = task.evaluate(net, tok, EvalContext(retain_eval["stats"], _eval_batch(task), backend))
+                ev = task.evaluate(net, tok, EvalContext(retain_eval["stats"], task.eval_batch_size, backend))
                 row["metrics"] = {k: m.value for k, m in ev.metrics.items()}
             if matcher is not None and step % spec.match.check_every == 0:
                 row["probe"] = matcher.check(net)
@@ -198,10 +195,10 @@ def execute(spec: RunSpec, results_dir: Path) -> dict[str, Any]:
         t = time.perf_counter()
         evaluation = Evaluation({})
         if spec.evaluate:
-            evaluation = task.evaluate(model, tok, EvalContext(retain_eval["stats"], _eval_batch(task), backend))
+            evaluation = task.evaluate(model, tok, EvalContext(retain_eval["stats"], task.eval_batch_size, backend))
         if spec.evaluate and spec.utility and distributed.is_main():  # only the main process writes the record
             record["lm_eval"] = lm_eval_bridge.evaluate(model, tok, spec.utility, spec.utility_limit,
-                                                        _eval_batch(task))
+                                                        task.eval_batch_size)
             evaluation.metrics.update(lm_eval_bridge.metrics(record["lm_eval"]))
         if matcher is not None:
             evaluation.metrics.update(match_metrics(record["match"]))
@@ -223,6 +220,8 @@ def execute(spec: RunSpec, results_dir: Path) -> dict[str, Any]:
             record["parallelism"] = "fsdp" if fsdp.enabled() else "ddp"
         if distributed.is_main():
             records.write(results_dir, run_id, record)
+            if record["status"] == "finished":
+                records.supersede(results_dir, spec_key, run_id)
     return record
 
 
@@ -247,8 +246,8 @@ class Matcher:
 
     def check(self, model) -> dict[str, float]:
         t = time.perf_counter()
-        out = match.probe(model, self.tok, self.sets, ("forget", self.key), _eval_batch(self.task),
-                          _max_length(self.task))
+        out = match.probe(model, self.tok, self.sets, ("forget", self.key), self.task.eval_batch_size,
+                          self.task.max_length)
         self.seconds += time.perf_counter() - t
         return out
 
@@ -270,9 +269,9 @@ def match_metrics(summary: dict[str, Any]) -> dict[str, Metric]:
 
 def reference_probes(task: Task, spec: RunSpec, target: str, retain_model: str | None) -> dict[str, dict]:
     """The probe of the target (and of the retain model when the task has one)."""
-    out = {"target": prepare.reference_probe(task, target, _eval_batch(task), spec.dtype, spec.device)}
+    out = {"target": prepare.reference_probe(task, target, task.eval_batch_size, spec.dtype, spec.device)}
     if retain_model is not None:
-        out["retain"] = prepare.reference_probe(task, retain_model, _eval_batch(task), spec.dtype, spec.device)
+        out["retain"] = prepare.reference_probe(task, retain_model, task.eval_batch_size, spec.dtype, spec.device)
     return out
 
 
@@ -281,20 +280,20 @@ def write_reference_records(spec: RunSpec, results_dir: Path) -> None:
     registry = get_registry()
     task = registry.build("task", spec.task, spec.task_config, "reference: task_config")
     target, retain_model, retain_eval = references(task, spec)
-    target_eval = prepare.reference_eval(task, target, _eval_batch(task), retain_eval, spec.dtype, spec.device)
+    target_eval = prepare.reference_eval(task, target, task.eval_batch_size, retain_eval, spec.dtype, spec.device)
     rows = [("target", target, target_eval)]
     if retain_model is not None:
         rows.append(("retain", retain_model, retain_eval))
     probes = reference_probes(task, spec, target, retain_model) if spec.match.enabled else {}  # every process
     for role, path, ev in rows if distributed.is_main() else ():
-        ref_spec = {"task": spec.task, "model": spec.model, "task_config": spec.task_config,
+        ref_spec = {"task": spec.task, "model": spec.model, "task_config": to_dict(task.config),
                     "prepare": to_dict(spec.prepare)}
         record = {"kind": "reference", "role": role, "spec": ref_spec, "model": path, "status": "finished",
                   "metrics": dict(ev["metrics"]),
                   "headline": dict(zip(("forget", "utility"), task.headline, strict=True))}
         if spec.utility:  # the runs' extra lm-eval scores, on the reference model too
             ref_spec.update(utility=spec.utility, utility_limit=spec.utility_limit)
-            record["lm_eval"] = prepare.reference_utility(path, spec.utility, spec.utility_limit, _eval_batch(task),
+            record["lm_eval"] = prepare.reference_utility(path, spec.utility, spec.utility_limit, task.eval_batch_size,
                                                           spec.dtype, spec.device)
             record["metrics"].update({k: vars(m) for k, m in lm_eval_bridge.metrics(record["lm_eval"]).items()})
         if spec.match.enabled:  # the probe values, and for the retain model its own matched-forgetting numbers
@@ -315,13 +314,6 @@ def references(task: Task, spec: RunSpec) -> tuple[str, str | None, dict]:
         return spec.model, None, {"model": None, "stats": {}, "metrics": {}}
     target, _ = prepare.ensure_model(task, spec.model, "target", spec.prepare, spec.dtype, spec.device)
     retain_model, _ = prepare.ensure_model(task, spec.model, "retain", spec.prepare, spec.dtype, spec.device)
-    retain_eval = prepare.reference_eval(task, retain_model, _eval_batch(task), None, spec.dtype, spec.device)
+    retain_eval = prepare.reference_eval(task, retain_model, task.eval_batch_size, None, spec.dtype, spec.device)
     return target, retain_model, retain_eval
 
-
-def _eval_batch(task: Task) -> int:
-    return getattr(task.config, "eval_batch_size", 16)
-
-
-def _max_length(task: Task) -> int:
-    return getattr(task.config, "max_length", 512)

@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from harness.cache import stable_hash
-from harness.config import option, to_dict
+from harness.config import option
 from harness.match import MatchConfig
 from harness.train import TrainConfig
 
@@ -62,8 +61,8 @@ class RunSpec:
             raise ValueError("evaluate: false (a tuning run) needs match.enabled: it records only the probes")
 
     def run_id(self) -> str:
-        """A hash of everything that determines the run's result (where it runs and how memory is spent do
-        not: device, attribution_buffers, train.gradient_checkpointing)."""
-        keyed = {k: v for k, v in to_dict(self).items() if k not in ("device", "attribution_buffers")}
-        keyed["train"] = {k: v for k, v in keyed["train"].items() if k != "gradient_checkpointing"}
-        return f"{self.task}-{self.attribution}-{self.objective}-{stable_hash(keyed, 12)}"
+        """`task-attribution-objective-hash` over the resolved spec and its plugins' code (harness/identity.py)."""
+        from harness import identity
+        from harness.plugins import get_registry
+
+        return identity.run_id(self, get_registry())

@@ -12,9 +12,11 @@ accelerate's --use_fsdp, a sharded copy is trained and its weights gathered back
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import pickle
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -210,24 +212,30 @@ def remove_checkpoint(path: Path) -> None:
 
 def _save_checkpoint(path: Path, step: int, update: MaskedUpdate, optimizer, lr_sched, log: TrainLog) -> None:
     """Everything needed to continue after `step`, written atomically (temporary file, then rename). Under
-    FSDP each process writes its own file with its shards."""
+    FSDP each process writes its own file with its shards. Tensors and plain numbers only, the log as JSON
+    text, so the file loads with `weights_only=True`: a results folder never executes code."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     params = {n: fsdp.local(p).detach().cpu().clone() for n, p in update.params.items()}
     torch.save({"step": step, "params": params,
-                "optimizer": optimizer.state_dict(), "scheduler": lr_sched.state_dict(), "log": log.steps,
-                "rng": torch.get_rng_state()}, tmp)
+                "optimizer": optimizer.state_dict(), "scheduler": lr_sched.state_dict(),
+                "log": json.dumps(log.steps, default=float), "rng": torch.get_rng_state()}, tmp)
     os.replace(tmp, path)
 
 
 def _load_checkpoint(path: Path, update: MaskedUpdate, optimizer, lr_sched, log: TrainLog) -> int:
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UnlearnBenchError(f"checkpoint {path} holds more than tensors and plain data (tampered with, or "
+                                f"not written by unlearn-bench): refused. Delete it to start the run over. "
+                                f"({str(exc).splitlines()[0]})") from None
     with torch.no_grad():
         for name, p in update.params.items():
             fsdp.local(p).copy_(state["params"][name])
     optimizer.load_state_dict(state["optimizer"])
     lr_sched.load_state_dict(state["scheduler"])
-    log.steps = list(state["log"])
+    log.steps = list(json.loads(state["log"]))
     torch.set_rng_state(state["rng"])
     return int(state["step"])
 

@@ -12,7 +12,7 @@ from typing import Literal
 import numpy as np
 
 from harness import metrics
-from harness.api import EvalContext, Evaluation, Example, Metric, Task
+from harness.api import EvalContext, Evaluation, Example, Metric, Task, TaskConfig
 from harness.config import option
 from harness.errors import ConfigError
 from harness.hookspecs import hookimpl
@@ -20,7 +20,7 @@ from tasks import text
 
 
 @dataclass
-class BooksConfig:
+class BooksConfig(TaskConfig):
     forget_text: str = option("", "the book to unlearn: .txt, .json list of strings, or .jsonl with 'text'")
     retain_text: str = option("", "text to keep (another book, MUSE-Books retain1), same formats")
     forget_prompts: str | None = option(None, "JSON Lines {prompt, response} to score (WAGLE's hp_qa files); "

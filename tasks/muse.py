@@ -16,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 
 from harness import metrics, scoring
-from harness.api import EvalContext, Evaluation, Example, Metric, Task
+from harness.api import EvalContext, Evaluation, Example, Metric, Task, TaskConfig
 from harness.config import option
 from harness.hookspecs import hookimpl
 from tasks import text
@@ -29,7 +29,7 @@ def bundled_dir() -> Path:
 
 
 @dataclass
-class MuseConfig:
+class MuseConfig(TaskConfig):
     data_dir: str | None = option(None, "folder in MUSE-News layout (raw/, verbmem/, knowmem/, privleak/); "
                                         "null: the bundled partial copy")
     forget_file: str = option("raw/forget.json", "forget corpus, relative to data_dir")

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import numpy as np
 
 from harness import metrics, scoring
-from harness.api import EvalContext, Evaluation, Example, Metric, ProbeSets, Task
+from harness.api import EvalContext, Evaluation, Example, Metric, ProbeSets, Task, TaskConfig
 from harness.config import option
 from harness.hookspecs import hookimpl
 from harness.io import read_jsonl
@@ -28,7 +28,7 @@ def data_dir() -> Path:
 
 
 @dataclass
-class TofuConfig:
+class TofuConfig(TaskConfig):
     forget_split: str = option("forget10", "forget01, forget05 or forget10 (1, 5 or 10% of the 200 authors)")
     retain_authors: int | None = option(None, "use only the first N retain authors (20 QA each); null: all")
     validation_authors: int = option(0, "retain authors held out as a validation slice (matched-forgetting "

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from harness import lm_eval_bridge
-from harness.api import EvalContext, Evaluation, Example, ProbeSets, Task
+from harness.api import EvalContext, Evaluation, Example, ProbeSets, Task, TaskConfig
 from harness.config import option
 from harness.errors import DataError
 from harness.hookspecs import hookimpl
@@ -55,7 +55,7 @@ def load_corpus(source: str, limit: int | None) -> list[str]:
 
 
 @dataclass
-class WmdpConfig:
+class WmdpConfig(TaskConfig):
     forget_corpora: list[str] = option(["cais/wmdp-corpora:cyber-forget-corpus"],
                                        "forget corpora: hub `name:config`, or paths (the bio forget corpus, "
                                        "bio_remove_dataset.jsonl, comes from CAIS on request)")

@@ -1,6 +1,7 @@
 """Every registered attribution passes the exported conformance checks on a real tiny model."""
 
 import pytest
+import torch
 
 from harness.api import Example
 from harness.conformance import check_attribution
@@ -28,3 +29,75 @@ def test_random_mask_depends_on_the_seed(tiny):
     a = random.scores(AttributionData(model, tok, [], [], seed=1)).scores
     b = random.scores(AttributionData(model, tok, [], [], seed=2)).scores
     assert any(not (a[n] == b[n]).all() for n in a)
+
+
+OBJECTIVES = get_registry().names("objective")
+OBJECTIVE_CONFIG = {"rmu": {"layer": 1, "update": [r"model\.layers\.1\..*"]}}  # the tiny model has 2 layers
+
+
+@pytest.mark.parametrize("name", OBJECTIVES)
+def test_objective_conformance(name, tiny):
+    from harness.conformance import check_objective
+
+    model, tok = tiny
+    check_objective(name, model, tok, FORGET, RETAIN, config=OBJECTIVE_CONFIG.get(name))
+
+
+def _scores_of(make):
+    """An attribution whose scores are `make(name, parameter)`, registered for the test."""
+    from dataclasses import dataclass
+
+    from harness import Attribution, AttributionResult, option  # the stable import surface
+
+    @dataclass
+    class Cfg:
+        scale: float = option(1.0, "unused")
+
+    class Made(Attribution):
+        """A test attribution."""
+
+        name = "made"
+        Config = Cfg
+
+        def scores(self, data):
+            return AttributionResult({n: t for n, p in data.model.named_parameters()
+                                      if (t := make(n, p)) is not None})
+
+    get_registry().add("attribution", Made, plugin="tests")
+
+
+@pytest.mark.parametrize("make, error", [
+    (lambda n, p: torch.full(p.shape, float("nan")), "score .* has NaN or inf"),  # not "scores differ"
+    (lambda n, p: None if "embed" in n else torch.rand(p.shape), r"scores miss 1 trainable parameters, e.g. \['model"),
+    (lambda n, p: torch.rand(p.shape), "differ between two calls"),
+])
+def test_conformance_names_what_is_wrong(make, error, tiny):
+    from harness.conformance import ConformanceError
+
+    _scores_of(make)
+    with pytest.raises(ConformanceError, match=error):
+        check_attribution("made", tiny[0], tiny[1], FORGET, RETAIN)
+
+
+def test_objective_conformance_catches_a_detached_loss(tiny):
+    from dataclasses import dataclass
+
+    from harness import LossOutput, Objective, mean_nll, option
+    from harness.conformance import ConformanceError, check_objective
+
+    @dataclass
+    class Cfg:
+        weight: float = option(1.0, "unused")
+
+    class Detached(Objective):
+        """Returns a loss without a gradient."""
+
+        name = "detached"
+        Config = Cfg
+
+        def loss(self, model, batch, reference=None):
+            return LossOutput(-mean_nll(model, batch.forget).mean().detach())
+
+    get_registry().add("objective", Detached, plugin="tests")
+    with pytest.raises(ConformanceError, match="the loss has no gradient"):
+        check_objective("detached", tiny[0], tiny[1], FORGET, RETAIN)

@@ -63,7 +63,7 @@ def test_failed_run_is_recorded_with_its_error(tmp_path):
             loss = mean_nll(model, batch.forget).mean()
             return LossOutput(loss * (float("nan") if NanAfterOne.calls > 1 else 1.0))
 
-    get_registry()._add("objective", "tests", "tests", "0", NanAfterOne)
+    get_registry().add("objective", NanAfterOne, plugin="tests")
     spec = from_dict(RunSpec, {
         "task": "tofu-mini", "model": "tiny-llama", "attribution": "dense", "objective": "nan-after-one",
         "train": {"epochs": 1, "batch_size": 20}, "prepare": {"epochs": 1}, "task_config": TASK_CONFIG}, "nan")

@@ -1,5 +1,6 @@
 """The registry and the plugin door: built-ins, a real third-party distribution, errors."""
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -131,11 +132,63 @@ def test_third_party_plugin_runs_end_to_end(third_party, tmp_path):
     record = runner.execute(spec, tmp_path / "results")
     assert record["status"] == "finished"
     assert record["mask"]["density"] == pytest.approx(0.25, abs=1e-6)
-    assert record["provenance"]["plugins"]["attribution"] == {
+    provided = record["provenance"]["plugins"]["attribution"]
+    assert {k: provided[k] for k in ("name", "plugin", "distribution", "version")} == {
         "name": "last-layer", "plugin": "extra", "distribution": "ub-extra", "version": "0.3"}
+    assert re.fullmatch(r"[0-9a-f]{16}", provided["code"])
+    assert record["spec"]["attribution_config"] == {"scale": 1.0}  # the resolved config, defaults included
 
 
-def test_duplicate_name_names_both_plugins():
+def test_a_plugin_whose_code_version_or_defaults_change_gets_a_new_run_id(third_party):
+    from harness.spec import RunSpec
+
+    source = third_party / "ub_extra" / "__init__.py"
+
+    def installed(text: str, version: str = "0.3") -> None:
+        source.write_text(text)
+        (third_party / "ub_extra-0.3.dist-info" / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: ub-extra\nVersion: {version}\n")
+        sys.modules.pop("ub_extra", None)
+        reset_registry()
+
+    spec = RunSpec(task="tofu-mini", model="tiny-llama", attribution="last-layer", ratio=0.25,
+                   objective="plain-ascent")
+    first = spec.run_id()
+    assert RunSpec(**{**vars(spec), "attribution_config": {"scale": 1.0}}).run_id() == first  # default spelled out
+    installed(PLUGIN_SOURCE.replace("Scores weights by their layer index", "Scores weights by layer")
+              .replace("out = {}", "out = {}  # one score tensor per parameter"))
+    assert spec.run_id() == first  # docstrings and comments are not code
+    variants = {"formula": (PLUGIN_SOURCE.replace("float(i) * self.config", "float(i + 1) * self.config"), "0.3"),
+                "default": (PLUGIN_SOURCE.replace("option(1.0, ", "option(2.0, "), "0.3"),
+                "version": (PLUGIN_SOURCE, "0.4")}
+    ids = {first}
+    for what, (text, version) in variants.items():
+        installed(text, version)
+        ids.add(spec.run_id())
+        assert len(ids) == 2, what
+        installed(PLUGIN_SOURCE)
+        assert spec.run_id() == first
+        ids = {first}
+
+
+def test_a_record_of_the_same_spec_under_an_older_run_id_is_moved_aside(tmp_path, caplog):
+    from harness import records
+
+    plugins = {"attribution": {"name": "wagle", "version": "0.1.0", "code": "new"}}
+    before = {"attribution": {"version": "0.1.0", "code": "old"}}
+    records.write(tmp_path, "old-run", {"spec_key": "k1", "status": "finished", "provenance": {"plugins": before}})
+    records.write(tmp_path, "other-spec", {"spec_key": "k2", "status": "finished"})
+    records.write(tmp_path, "new-run", {"spec_key": "k1", "status": "finished"})
+    [old] = records.same_spec(tmp_path, "k1", "new-run")
+    assert records.what_changed(old, plugins) == "attribution 'wagle' code old -> new"
+    with caplog.at_level("WARNING"):
+        records.supersede(tmp_path, "k1", "new-run")
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["new-run.json", "other-spec.json"]
+    assert (tmp_path / "superseded" / "old-run.json").is_file()  # kept, out of the leaderboard's way
+    assert "old-run is superseded by new-run" in caplog.text
+
+
+def test_a_duplicate_name_names_both_plugins_and_skips_the_later_one():
     class Again:
         @hookimpl
         def register_attributions(self, register):
@@ -143,10 +196,67 @@ def test_duplicate_name_names_both_plugins():
 
             register(Wagle)
 
-    pm, origin = make_plugin_manager()
+    pm, origin, broken = make_plugin_manager()
     pm.register(Again(), name="again")
-    with pytest.raises(DuplicatePluginError, match=r"'wagle' is registered twice: by plugin 'methods.wagle'.*'again'"):
-        Registry(pm, origin)
+    registry = Registry(pm, origin, broken)
+    assert re.search(r"'wagle' is registered twice: by plugin 'methods.wagle'.*'again'", registry.broken["again"])
+    assert registry.get("attribution", "wagle").plugin == "methods.wagle"
+    origin["again"] = ("unlearn-bench", "0")  # a built-in that breaks the contract is our bug: it raises
+    with pytest.raises(DuplicatePluginError):
+        Registry(pm, origin, broken)
+
+
+BROKEN = {
+    "hook typo": (PLUGIN_SOURCE.replace("def register_attributions", "def register_attribution"),
+                  "unknown hook 'register_attribution' (did you mean 'register_attributions'?)"),
+    "import error": ("import not_a_module_anywhere\n" + PLUGIN_SOURCE, "No module named 'not_a_module_anywhere'"),
+    "no docstring": (PLUGIN_SOURCE.replace('"""Scores weights by their layer index: later layers first."""', ""),
+                     "attribution 'last-layer' (LastLayer) has no docstring"),
+    "bare field": (PLUGIN_SOURCE.replace('option(1.0, "score multiplier")', "1.0"),
+                   "attribution 'last-layer': Config fields ['scale'] have no help text"),
+    "wrong base": (PLUGIN_SOURCE.replace("class LastLayer(Attribution):", "class LastLayer:"),
+                   "is not a subclass of harness.api.Attribution"),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN)
+def test_a_broken_plugin_is_reported_and_skipped_and_the_rest_works(third_party, case, capsys):
+    import contextlib
+    import io
+
+    from harness.cli import main
+
+    source, why = BROKEN[case]
+    (third_party / "ub_extra" / "__init__.py").write_text(source)
+    sys.modules.pop("ub_extra", None)
+    reset_registry()
+    registry = get_registry()
+    assert why in registry.broken["extra"]
+    assert "last-layer" not in registry.names("attribution")  # nothing of a broken plugin is half-registered
+    assert "plain-ascent" not in registry.names("objective")
+    assert {"wagle", "dense"} <= set(registry.names("attribution"))
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["list"]) == 0
+    assert "skipped plugins:" in buf.getvalue() and why in buf.getvalue()
+    with pytest.raises(UnknownPluginError, match=r"skipped as broken: plugin 'extra' \(ub-extra\)"):
+        registry.get("attribution", "last-layer")
+
+
+def test_registry_add_checks_the_contract():
+    from harness.api import Objective
+    from harness.plugins import PluginContractError
+    from methods.ascent import AscentConfig
+
+    class Undocumented(Objective):
+        name = "undocumented"
+        Config = AscentConfig
+
+    with pytest.raises(PluginContractError, match="has no docstring"):
+        get_registry().add("objective", Undocumented)
+    Undocumented.__doc__ = "Now documented."
+    assert get_registry().add("objective", Undocumented).plugin == "runtime"
+    assert get_registry().build("objective", "undocumented").name == "undocumented"
 
 
 def test_unknown_names_list_the_known_ones():

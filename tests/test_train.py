@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -6,7 +7,7 @@ import torch
 from harness import masks
 from harness.api import Example, LossOutput
 from harness.data import collate, encode
-from harness.errors import NonFiniteLossError
+from harness.errors import NonFiniteLossError, UnlearnBenchError
 from harness.scoring import mean_nll
 from harness.train import TrainConfig, finetune_batches, train
 
@@ -164,6 +165,41 @@ def test_resume_from_checkpoint_equals_uninterrupted(tiny, tmp_path):
     assert [r["loss"] for r in resumed.steps] == [r["loss"] for r in full.steps]
     for n, p in model.named_parameters():
         assert torch.equal(p.detach(), expected[n]), n
+
+
+class _Payload:
+    """Pickles as a call that creates a file: what a tampered checkpoint could run on load."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_checkpoint_holds_plain_data_and_a_tampered_one_is_refused(tiny, tmp_path):
+    model, tok = tiny
+    cfg = TrainConfig(lr=3e-3, epochs=1, batch_size=4, checkpoint_every=1)
+    batches = finetune_batches(tok, EXAMPLES, cfg, 64, seed=0)
+
+    calls = {"n": 0}
+
+    def dies_at_step_2(m, b):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise Interrupt
+        return _loss(m, b)
+
+    ckpt = tmp_path / "run.pt"
+    with pytest.raises(Interrupt):
+        train(model, batches, dies_at_step_2, cfg, checkpoint=ckpt)
+    state = torch.load(ckpt, weights_only=True)  # an honest checkpoint is tensors and plain data
+    assert state["step"] == 1
+    state["rng"] = _Payload(tmp_path / "pwned")
+    torch.save(state, ckpt)
+    with pytest.raises(UnlearnBenchError, match="refused"):
+        train(model, batches, _loss, cfg, checkpoint=ckpt)
+    assert not (tmp_path / "pwned").exists()
 
 
 def test_masked_adamw_matches_torch_adamw_and_keeps_state_for_selected_entries():

@@ -1,0 +1,112 @@
+"""What a run is: its spec resolved (component configs with their defaults) plus the code of the plugins
+it uses. Run ids and mask cache keys hash this, so a plugin whose code, version or defaults change gets a
+new mask and a new run id, and nothing earlier is reused or overwritten by mistake.
+
+A plugin's code digest is the hash of its module's syntax tree without docstrings: editing a comment or a
+docstring keeps results, editing a statement or a default does not.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+import inspect
+import sys
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from harness.cache import stable_hash
+from harness.config import from_dict, to_dict
+
+if TYPE_CHECKING:
+    from harness.plugins import Entry, Registry
+    from harness.spec import RunSpec
+
+# spec field -> (plugin kind, field naming the component, field holding its config)
+COMPONENTS = {"task": ("task", "task", "task_config"), "attribution": ("attribution", "attribution",
+              "attribution_config"), "objective": ("objective", "objective", "objective_config"),
+              "backend": ("backend", "generation", "generation_config")}
+UNKEYED = ("device", "attribution_buffers")  # where a run executes and where memory goes: not what it is
+
+
+def _strip_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+@functools.cache
+def code_digest(module_name: str) -> str:
+    """Digest of a module's code (syntax tree, docstrings and comments left out); "?" if it has no source."""
+    module = sys.modules.get(module_name)
+    try:
+        source = inspect.getsource(module) if module is not None else None
+    except (OSError, TypeError):
+        source = None
+    if source is None:
+        return "?"
+    tree = _strip_docstrings(ast.parse(source))
+    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()[:16]
+
+
+def fingerprint(entry: Entry) -> dict[str, str]:
+    """Who provides a component and which code: name, plugin, distribution, version, code digest."""
+    return {"name": entry.name, "plugin": entry.plugin, "distribution": entry.distribution,
+            "version": entry.version, "code": code_digest(entry.cls.__module__)}
+
+
+def canonical(spec: RunSpec, registry: Registry) -> RunSpec:
+    """The spec as keyed: the task's default objective filled in; methods without a mask run at ratio 1,
+    whatever the grid said."""
+    if spec.objective is None:
+        spec = replace(spec, objective=registry.get("task", spec.task).cls.default_objective)
+    if registry.get("attribution", spec.attribution).cls.ignores_ratio:
+        return replace(spec, ratio=1.0)
+    return spec
+
+
+def resolved_config(registry: Registry, kind: str, name: str, config: dict[str, Any] | None,
+                    where: str = "") -> dict[str, Any]:
+    """A component's config as plain data with every default filled in (unknown keys are errors)."""
+    cls = registry.get(kind, name).cls
+    return to_dict(from_dict(cls.Config, config, where or f"{kind} {name!r} config"))
+
+
+def resolved(spec: RunSpec, registry: Registry) -> dict[str, Any]:
+    """The canonical spec as plain data, each component's config with its defaults."""
+    spec = canonical(spec, registry)
+    out = to_dict(spec)
+    for kind, field_name, config_field in COMPONENTS.values():
+        out[config_field] = resolved_config(registry, kind, out[field_name], out[config_field],
+                                            f"{config_field} of {out[field_name]!r}")
+    return out
+
+
+def plugins(spec: RunSpec, registry: Registry) -> dict[str, dict[str, str]]:
+    """Fingerprints of the components a (canonical) spec uses, by role."""
+    return {role: fingerprint(registry.get(kind, getattr(spec, field_name)))
+            for role, (kind, field_name, _) in COMPONENTS.items()}
+
+
+def _keyed(data: dict[str, Any]) -> dict[str, Any]:
+    keyed = {k: v for k, v in data.items() if k not in UNKEYED}
+    keyed["train"] = {k: v for k, v in keyed["train"].items() if k != "gradient_checkpointing"}
+    return keyed
+
+
+def spec_key(spec: RunSpec, registry: Registry) -> str:
+    """Hash of the resolved spec without the plugins' code: the same experiment across code changes."""
+    return stable_hash(_keyed(resolved(spec, registry)), 12)
+
+
+def run_id(spec: RunSpec, registry: Registry) -> str:
+    """`task-attribution-objective-hash`, the hash over the resolved spec and the plugins' fingerprints
+    (where it runs and how memory is spent do not count: device, attribution_buffers,
+    train.gradient_checkpointing)."""
+    spec = canonical(spec, registry)
+    digest = stable_hash({"spec": _keyed(resolved(spec, registry)), "plugins": plugins(spec, registry)}, 12)
+    return f"{spec.task}-{spec.attribution}-{spec.objective}-{digest}"
