@@ -42,6 +42,21 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from harness import conformance
+
+    configs = json.loads(args.config) if args.config else {}
+    failed = 0
+    for name in args.names:
+        try:
+            kind = conformance.check(name, args.model, configs.get(name))
+            print(f"{name}: {kind} conforms")
+        except conformance.ConformanceError as exc:
+            failed += 1
+            print(f"{name}: FAILED: {exc}")
+    return 1 if failed else 0
+
+
 def _spec_from_args(args: argparse.Namespace):
     from harness.spec import RunSpec
 
@@ -215,6 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = p.add_subparsers(dest="command", required=True)
 
+    s = sub.add_parser("check", help="run the conformance checks on attributions and objectives (plugin authors)")
+    s.add_argument("names", nargs="+", help="registered attribution or objective names")
+    s.add_argument("--model", default="tiny-llama", help="model to check on (default: the tiny built-in Llama)")
+    s.add_argument("--config", help='JSON mapping name -> config, e.g. \'{"rmu": {"layer": 1}}\'')
+    s.set_defaults(func=cmd_check)
     s = sub.add_parser("list", help="every registered attribution, objective and task, with its plugin")
     s.add_argument("-v", "--verbose", action="store_true", help="also show each config field")
     s.set_defaults(func=cmd_list)
@@ -288,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet = args.quiet or not distributed.is_main()  # under a launch, progress is logged once
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # rouge-score's "Using default tokenizer." on every load
     _offline_defaults()
     try:
         return args.func(args)

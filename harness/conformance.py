@@ -153,3 +153,24 @@ def check_objective(name: str, model, tokenizer, forget: Sequence[Example], reta
         _unchanged(name, reference, before, "the loss (on the frozen reference)")
     if losses[0] != losses[1]:
         raise ConformanceError(f"{name}: the loss differs between two calls with the same seed: {losses}")
+
+
+SAMPLE_FORGET = [Example(f"Question: Who is author {i}?\nAnswer:", f" Author {i} writes about dragons.")
+                 for i in range(6)]
+SAMPLE_RETAIN = [Example(f"Question: Where is city {i}?\nAnswer:", f" City {i} lies by a river.") for i in range(6)]
+
+
+def check(name: str, model: str = "tiny-llama", config: dict[str, Any] | None = None) -> str:
+    """Run the checks of the component called `name` (an attribution or an objective) on a fresh `model`
+    with sample forget and retain examples. Returns the kind checked."""
+    from harness import models
+
+    registry = get_registry()
+    kinds = [k for k in ("attribution", "objective") if name in registry.names(k)]
+    if not kinds:
+        registry.get("attribution", name)  # the unknown-name error, with the names that exist
+    for kind in kinds:
+        net, tok = models.load(model)
+        checker = check_attribution if kind == "attribution" else check_objective
+        checker(name, net, tok, SAMPLE_FORGET, SAMPLE_RETAIN, config=config)
+    return " and ".join(kinds)

@@ -33,6 +33,10 @@ def test_template_is_listed(installed):
     out = subprocess.run([str(Path(sys.executable).parent / "unlearn-bench"), "list"], capture_output=True,
                          text=True, env=env, timeout=120, check=True).stdout
     assert "late-layers" in out and "capped-ascent" in out and "unlearn-bench-example 0.1.0" in out
+    # the template README's conformance command
+    out = subprocess.run([str(Path(sys.executable).parent / "unlearn-bench"), "check", "late-layers", "capped-ascent"],
+                         capture_output=True, text=True, env=env, timeout=300, check=True).stdout
+    assert "late-layers: attribution conforms" in out and "capped-ascent: objective conforms" in out
 
 
 def test_template_runs_end_to_end_and_conforms(installed, tiny, tmp_path):

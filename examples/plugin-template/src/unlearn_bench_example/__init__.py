@@ -7,10 +7,17 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.api import Attribution, AttributionData, AttributionResult, LossOutput, Objective, UnlearnBatch
-from harness.config import option
-from harness.hookspecs import hookimpl
-from harness.scoring import mean_nll
+from harness import (
+    Attribution,
+    AttributionData,
+    AttributionResult,
+    LossOutput,
+    Objective,
+    UnlearnBatch,
+    hookimpl,
+    mean_nll,
+    option,
+)
 
 LAYER = re.compile(r"layers\.(\d+)\.")
 
