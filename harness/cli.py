@@ -125,16 +125,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_mask(args: argparse.Namespace) -> int:
-    from harness import models, prepare, runner
-    from harness.plugins import get_registry
+    from harness import runner
 
     spec = runner.canonical(_spec_from_args(args))
-    registry = get_registry()
-    task = registry.build("task", spec.task, spec.task_config, "task_config")
-    attribution = registry.build("attribution", spec.attribution, spec.attribution_config, "attribution_config")
-    target, _ = prepare.ensure_model(task, spec.model, "target", spec.prepare, spec.dtype, spec.device)
-    model, tok = models.load(target, spec.dtype, spec.device)
-    mask, meta, lora = runner.build_mask(spec, task, attribution, target, model, tok)
+    mask, meta, lora = runner.mask_for(spec)
     if mask is None:
         print(f"{spec.attribution}: no mask (updates {'LoRA adapters' if lora else 'every weight'})")
     else:

@@ -307,13 +307,32 @@ def write_reference_records(spec: RunSpec, results_dir: Path) -> None:
         records.write(results_dir, rid, dict(record, provenance=records.provenance()))
 
 
+def target_model(task: Task, spec: RunSpec) -> str:
+    """The model unlearning starts from: the base model itself for a task that unlearns it (WMDP), else the
+    fine-tuned target (built on first use)."""
+    if task.uses_base_model:
+        return spec.model
+    return prepare.ensure_model(task, spec.model, "target", spec.prepare, spec.dtype, spec.device)[0]
+
+
 def references(task: Task, spec: RunSpec) -> tuple[str, str | None, dict]:
     """The target and retain models (built on first use) and the retain model's evaluation. A task that
     unlearns from the base model itself (WMDP) has no retain model: (base, None, empty evaluation)."""
+    target = target_model(task, spec)
     if task.uses_base_model:
-        return spec.model, None, {"model": None, "stats": {}, "metrics": {}}
-    target, _ = prepare.ensure_model(task, spec.model, "target", spec.prepare, spec.dtype, spec.device)
+        return target, None, {"model": None, "stats": {}, "metrics": {}}
     retain_model, _ = prepare.ensure_model(task, spec.model, "retain", spec.prepare, spec.dtype, spec.device)
     retain_eval = prepare.reference_eval(task, retain_model, task.eval_batch_size, None, spec.dtype, spec.device)
     return target, retain_model, retain_eval
 
+
+def mask_for(spec: RunSpec) -> tuple[dict | None, dict, dict | None]:
+    """The mask a run of `spec` would use, alone (`unlearn-bench mask`): the same target model and cache key
+    as `execute`, so the command and a run share the mask."""
+    registry = get_registry()
+    spec = canonical(spec, registry)
+    task = registry.build("task", spec.task, spec.task_config, "task_config")
+    attribution = registry.build("attribution", spec.attribution, spec.attribution_config, "attribution_config")
+    target = target_model(task, spec)
+    model, tok = models.load(target, spec.dtype, spec.device)
+    return build_mask(spec, task, attribution, target, model, tok)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -158,3 +159,24 @@ def test_prepare_builds_nothing_for_wmdp_and_both_models_for_wmdp_mini(capsys):
     task = get_registry().build("task", "wmdp-mini", {}, "test")
     assert task.finetune_examples("target") == task.forget_examples() + task.retain_examples()
     assert task.finetune_examples("retain") == task.retain_examples()
+
+
+def test_mask_command_on_a_base_model_task_keys_the_mask_on_the_base_model(tmp_path, capsys):
+    """WMDP unlearns the base model: `mask` fine-tunes nothing, keys the mask on the base model, and a run of
+    the same spec finds that very mask."""
+    from harness.cache import cache_root
+
+    fixtures = {"forget_corpora": ["bundled:wmdp/forget.jsonl"], "retain_corpora": ["bundled:wmdp/retain.jsonl"],
+                "questions_dir": "bundled:wmdp", "chunk_words": 64, "max_length": 64, "corpus_limit": 4}
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump({"task_config": fixtures, "seed": 7}))
+    built = sorted((cache_root() / "models").glob("*")) if (cache_root() / "models").is_dir() else []
+    args = ["-q", "mask", "--task", "wmdp", "--model", "tiny-llama", "--attribution", "gradient", "--ratio", "0.1"]
+    assert cli.main([*args, "--spec", str(spec_file)]) == 0
+    folder = capsys.readouterr().out.split(" (density")[0].strip()
+    assert json.loads((Path(folder) / "mask.json").read_text())["model"] == "tiny-llama"
+    assert (sorted((cache_root() / "models").glob("*")) if (cache_root() / "models").is_dir() else []) == built
+    spec = from_dict(RunSpec, {"task": "wmdp", "model": "tiny-llama", "attribution": "gradient", "ratio": 0.1,
+                               "task_config": fixtures, "seed": 7}, "test")
+    _, meta, _ = runner.mask_for(spec)
+    assert meta["path"] == folder and meta["cache_hit"]
