@@ -13,15 +13,15 @@ import torch
 
 from benchmarks import common
 from harness import masks
-from harness.optim import MaskedAdamW
 from harness.plugins import get_registry
-from harness.train import MaskedUpdate, TrainConfig, train, unlearn_batches
+from harness.train import TrainConfig, train, unlearn_batches
+from harness.update import UpdatePlan
 
 
 def step_seconds(model, batches, objective, cfg, mask) -> float:
     """Median seconds per optimizer step, from the loop's own per-step timing (first step dropped)."""
     stamps = []
-    train(model, batches, lambda m, b: objective.loss(m, b), cfg, mask,
+    train(model, batches, lambda m, b: objective.loss(m, b), cfg, UpdatePlan(mask),
           progress=lambda step, total, row: stamps.append(time.perf_counter()))
     gaps = sorted(b - a for a, b in itertools.pairwise(stamps))
     return gaps[len(gaps) // 2]
@@ -29,8 +29,8 @@ def step_seconds(model, batches, objective, cfg, mask) -> float:
 
 def state_mb(model, mask) -> tuple[float, float]:
     """Optimizer state after one step with random gradients, and the masks it reads (MB)."""
-    update = MaskedUpdate(model, mask)
-    opt = MaskedAdamW([{"params": update.trainable()}], update.masks_by_param(), lr=1e-5)
+    update = UpdatePlan(mask).attach(model)
+    opt = update.optimizer(TrainConfig(lr=1e-5))
     for p in update.trainable():
         p.grad = torch.randn_like(p)
     opt.step()

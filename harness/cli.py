@@ -128,9 +128,9 @@ def cmd_mask(args: argparse.Namespace) -> int:
     from harness import runner
 
     spec = runner.canonical(_spec_from_args(args))
-    mask, meta, lora = runner.mask_for(spec)
-    if mask is None:
-        print(f"{spec.attribution}: no mask (updates {'LoRA adapters' if lora else 'every weight'})")
+    plan, meta = runner.mask_for(spec)
+    if plan.mask is None:
+        print(f"{spec.attribution}: no mask (updates {'LoRA adapters' if plan.lora else 'every weight'})")
     else:
         print(f"{meta['path']} (density {meta['density']:.4f}, {'cache hit' if meta['cache_hit'] else 'computed'})")
     return 0

@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
-import peft
 import torch
 
 from harness import distributed, fsdp, identity, lm_eval_bridge, mask_report, masks, match, models, prepare, records
-from harness.api import AttributionData, AttributionResult, EvalContext, Evaluation, Metric, Task
+from harness.api import AttributionData, EvalContext, Evaluation, Metric, Task
 from harness.cache import cached_dir, stable_hash
 from harness.config import to_dict
 from harness.data import examples_hash, make_batches
 from harness.plugins import Registry, get_registry
 from harness.spec import RunSpec
 from harness.train import log_step, remove_checkpoint, train, unlearn_batches
+from harness.update import UpdatePlan
 
 log = logging.getLogger(__name__)
 
@@ -38,29 +37,16 @@ def _retain_sample(task: Task, n: int, seed: int) -> list:
     return [retain[i] for i in torch.randint(len(retain), (n,), generator=g).tolist()]
 
 
-def _mask_from(result: AttributionResult, ratio: float, model) -> dict | None:
-    """The ready mask, or the top `ratio` fraction of the scores, checked against the model; None if neither."""
-    if result.mask is not None:
-        mask = result.mask
-    elif result.scores is not None:
-        mask = masks.top_fraction(result.scores, ratio)
-    else:
-        return None
-    masks.check_covers(mask, model)
-    return mask
-
-
-def build_mask(spec: RunSpec, task: Task, attribution: Any, target: str, model,
-               tok) -> tuple[dict | None, dict, dict | None]:
-    """(mask, mask metadata, LoRA config) for the run. A mask (None: update everything) is computed once
-    and reused from the cache for the same inputs; methods that use no data (dense, LoRA) are not cached."""
+def build_plan(spec: RunSpec, task: Task, attribution: Any, target: str, model, tok) -> tuple[UpdatePlan, dict]:
+    """The run's update plan (harness/update.py) and its mask's metadata. A mask computed from data is cached
+    and reused for the same inputs; methods that use no data (dense, LoRA) are not cached."""
     if not attribution.needs_data:
         result = attribution.scores(AttributionData(model, tok, [], [], seed=spec.seed, ratio=spec.ratio))
-        mask = _mask_from(result, spec.ratio, model)
+        plan = UpdatePlan.from_result(result, spec.ratio, model)
         meta = {"method": spec.attribution, "lora": result.lora, "info": result.info, "cache_hit": False}
-        if mask is not None:
-            meta.update(density=masks.density(mask), digest=masks.mask_digest(mask))
-        return mask, meta, result.lora
+        if plan.mask is not None:
+            meta.update(density=masks.density(plan.mask), digest=masks.mask_digest(plan.mask))
+        return plan, meta
     forget = task.forget_examples()
     retain = _retain_sample(task, len(forget), spec.seed)
     max_length = task.max_length
@@ -78,34 +64,15 @@ def build_mask(spec: RunSpec, task: Task, attribution: Any, target: str, model,
                                seed=spec.seed, ratio=spec.ratio,
                                grad_buffers=None if spec.attribution_buffers == "model" else spec.attribution_buffers)
         result = attribution.scores(data)
-        mask = _mask_from(result, spec.ratio, model)
-        if mask is None:
+        computed = UpdatePlan.from_result(result, spec.ratio, model).mask
+        if computed is None:
             raise ValueError(f"attribution {spec.attribution!r} uses data but returned neither scores nor a mask")
-        masks.save(mask, out, dict(meta, info=result.info))
+        masks.save(computed, out, dict(meta, info=result.info))
 
     folder, hit = cached_dir("masks", key, compute)
     mask, saved = masks.load(folder)
     masks.check_covers(mask, model)
-    return mask, dict(saved, cache_hit=hit, path=str(folder)), None
-
-
-def base_name(name: str) -> str:
-    """The base model's parameter name for a (possibly LoRA-wrapped) parameter: a LoRA adapter counts as
-    the weight it adapts."""
-    name = name.removeprefix("base_model.model.")
-    return re.sub(r"\.lora_[AB]\.[^.]+\.weight$", ".weight", name)
-
-
-def restrict(mask: dict | None, objective: Any, model) -> dict | None:
-    """The mask intersected with the parameters the objective may update (e.g. RMU's chosen modules)."""
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    allowed = {n: objective.updates(base_name(n)) for n in params}
-    if all(allowed.values()):
-        return mask
-    if not any(allowed.values()):
-        raise ValueError(f"objective {objective.name!r} allows no parameter of this model to be updated")
-    base = mask or {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}
-    return {n: base[n] if allowed[n] else torch.zeros_like(base[n]) for n in params}
+    return UpdatePlan(mask), dict(saved, cache_hit=hit, path=str(folder))
 
 
 def execute(spec: RunSpec, results_dir: Path) -> dict[str, Any]:
@@ -141,22 +108,21 @@ def execute(spec: RunSpec, results_dir: Path) -> dict[str, Any]:
 
         model, tok = models.load(target, spec.dtype, spec.device)
         t = time.perf_counter()
-        mask, mask_meta, lora = build_mask(spec, task, attribution, target, model, tok)
+        plan, mask_meta = build_plan(spec, task, attribution, target, model, tok)
         timings["attribution_s"] = time.perf_counter() - t
         record["mask"] = {k: v for k, v in mask_meta.items() if k not in ("config",)}
-        if mask is not None:  # for the leaderboard's density heatmaps, which read records only
-            record["mask"]["layer_module_density"] = {
-                f"{layer}.{module}": d for (layer, module), d in sorted(mask_report.layer_module_density(mask).items())}
+        if plan.mask is not None:  # for the leaderboard's density heatmaps, which read records only
+            record["mask"]["layer_module_density"] = {f"{layer}.{module}": d for (layer, module), d
+                                                      in sorted(mask_report.layer_module_density(plan.mask).items())}
 
         t = time.perf_counter()
         reference = None
         if objective.needs_reference:
             reference = fsdp.frozen_copy(model)  # sharded too under FSDP
-        if lora is not None:
-            model = peft.get_peft_model(model, peft.LoraConfig(task_type="CAUSAL_LM", **lora))
+        model = plan.wrap(model, objective)
+        if plan.lora is not None:
             record["mask"]["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        mask = restrict(mask, objective, model)
-        record["mask"]["trained_fraction"] = 1.0 if mask is None else masks.density(mask)
+        record["mask"]["trained_fraction"] = plan.trained_fraction()
         batches = unlearn_batches(tok, task.forget_examples(), task.retain_examples(), spec.train,
                                   task.max_length, spec.seed, task.refusal_examples())
 
@@ -175,11 +141,10 @@ def execute(spec: RunSpec, results_dir: Path) -> dict[str, Any]:
             return row or None
 
         checkpoint = Path(results_dir) / "checkpoints" / f"{run_id}.pt"
-        train_log = train(model, batches, lambda m, b: objective.loss(m, b, reference), spec.train, mask,
+        train_log = train(model, batches, lambda m, b: objective.loss(m, b, reference), spec.train, plan,
                           spec.seed, progress=log_step, checkpoint=checkpoint, on_step=during)
         reference = None  # free the frozen copy before evaluation
-        if lora is not None:
-            model = model.merge_and_unload()
+        model = plan.merge(model)
         timings["unlearning_s"] = time.perf_counter() - t
         record["bf16_autocast"] = train_log.bf16_autocast
         record["curves"] = {
@@ -326,7 +291,7 @@ def references(task: Task, spec: RunSpec) -> tuple[str, str | None, dict]:
     return target, retain_model, retain_eval
 
 
-def mask_for(spec: RunSpec) -> tuple[dict | None, dict, dict | None]:
+def mask_for(spec: RunSpec) -> tuple[UpdatePlan, dict]:
     """The mask a run of `spec` would use, alone (`unlearn-bench mask`): the same target model and cache key
     as `execute`, so the command and a run share the mask."""
     registry = get_registry()
@@ -335,4 +300,4 @@ def mask_for(spec: RunSpec) -> tuple[dict | None, dict, dict | None]:
     attribution = registry.build("attribution", spec.attribution, spec.attribution_config, "attribution_config")
     target = target_model(task, spec)
     model, tok = models.load(target, spec.dtype, spec.device)
-    return build_mask(spec, task, attribution, target, model, tok)
+    return build_plan(spec, task, attribution, target, model, tok)

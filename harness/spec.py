@@ -7,7 +7,7 @@ from typing import Any
 
 from harness.config import option
 from harness.match import MatchConfig
-from harness.train import TrainConfig
+from harness.settings import TrainConfig
 
 
 @dataclass

@@ -23,8 +23,8 @@ from harness.config import from_dict, option, to_dict
 from harness.errors import ConfigError, UnlearnBenchError
 from harness.match import MatchConfig
 from harness.plugins import get_registry
+from harness.settings import TrainConfig
 from harness.spec import PrepareConfig, RunSpec
-from harness.train import TrainConfig
 
 log = logging.getLogger(__name__)
 

@@ -1,13 +1,8 @@
 """The one training loop: fine-tuning (building target/retain models) and unlearning both run through it.
 
-AdamW with linear warmup and linear decay, gradient accumulation and clipping, optional bf16 autocast.
-With a mask, only masked-in weights change: parameters with no masked-in weight leave the optimizer
-entirely, and partly masked parameters keep optimizer state for their selected entries only, are clipped on
-those entries' gradients and are updated only there (harness/optim.py), so masked-out weights stay
-bit-identical, weight decay included.
-
-Under a multi-process launch the model is wrapped for data parallelism (harness/distributed.py), or, with
-accelerate's --use_fsdp, a sharded copy is trained and its weights gathered back (harness/fsdp.py).
+AdamW with the schedule of harness/settings.py, gradient accumulation and clipping, optional bf16 autocast,
+resumable checkpoints. Which weights move, and on which network (the model, its DDP wrapper or its FSDP
+shards), is the update plan's business (harness/update.py): the loop only steps.
 """
 
 from __future__ import annotations
@@ -28,43 +23,12 @@ import torch
 
 from harness import distributed, fsdp
 from harness.api import Batch, Example, LossOutput, UnlearnBatch
-from harness.config import option
 from harness.data import collate, encode, to_device
 from harness.errors import NonFiniteLossError, UnlearnBenchError
-from harness.masks import Mask
-from harness.optim import MaskedAdamW
+from harness.settings import SCHEDULES, TrainConfig, lr_factor
+from harness.update import Attached, UpdatePlan
 
-
-@dataclass
-class TrainConfig:
-    lr: float = option(2e-5, "peak learning rate of AdamW")
-    epochs: int = option(5, "passes over the forget set (or the fine-tuning set)")
-    max_steps: int | None = option(None, "optimizer steps; overrides epochs when set")
-    batch_size: int = option(8, "forget (and retain) examples per micro-batch")
-    grad_accum: int = option(1, "micro-batches per optimizer step")
-    warmup_ratio: float = option(0.1, "fraction of steps with linear warmup (at least one step)")
-    schedule: str = option("linear", "after warmup: linear (decay to 0 at the last step) or constant (the rate "
-                                     "a run stopped early by matched forgetting has seen does not depend on its "
-                                     "step budget)")
-    weight_decay: float = option(0.0, "AdamW decoupled weight decay (never applied to masked-out weights)")
-    max_grad_norm: float | None = option(1.0, "clip the (masked) gradient norm; null: no clipping")
-    checkpoint_every: int | None = option(None, "save a resumable checkpoint every N optimizer steps")
-    gradient_checkpointing: bool = option(False, "recompute activations in backward (less memory, ~30% more "
-                                                 "compute; for 7B models)")
-    bf16_autocast: bool | None = option(None, "forward/backward in bf16 autocast; null: on where bf16 is fast "
-                                               "(CUDA, CPUs with AMX or AVX512-BF16; on other CPUs it is about "
-                                               "25x slower than fp32)")
-
-    def validate(self) -> None:
-        if self.lr <= 0 or self.batch_size < 1 or self.grad_accum < 1 or self.epochs < 1:
-            raise ValueError("lr must be > 0; batch_size, grad_accum and epochs must be >= 1")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule {self.schedule!r}: choose {' or '.join(SCHEDULES)}")
-
-
-SCHEDULES = ("linear", "constant")
+__all__ = ["SCHEDULES", "TrainConfig", "TrainLog", "finetune_batches", "train", "unlearn_batches"]
 
 
 def fast_bf16(device: torch.device) -> bool:
@@ -133,43 +97,6 @@ def unlearn_batches(tokenizer, forget: Sequence[Example], retain: Sequence[Examp
     return out
 
 
-class MaskedUpdate:
-    """Holds a mask's effect on one model for the duration of a training run: fully masked-out parameters
-    are frozen, partly masked ones get optimizer state and updates over their selected entries only."""
-
-    def __init__(self, model: torch.nn.Module, mask: Mask | None) -> None:
-        self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-        self.partial: dict[str, torch.Tensor] = {}  # name -> update mask
-        self.frozen: list[torch.nn.Parameter] = []
-        for name, p in self.params.items():
-            m = None if mask is None else mask[name].to(p.device)
-            if m is None or bool(m.all()):
-                continue
-            if not bool(m.any()):
-                p.requires_grad_(False)
-                self.frozen.append(p)
-            else:
-                self.partial[name] = m
-
-    def follow(self, net: torch.nn.Module) -> None:
-        """Point at the parameters of a sharded copy of the model (the same names), each mask cut as its
-        parameter is sharded. Which parameters are frozen was decided on the whole masks, so it is the same
-        on every process."""
-        params = dict(net.named_parameters())
-        self.params = {n: params[n] for n in self.params}
-        self.partial = {n: fsdp.cut_as(m, self.params[n]) for n, m in self.partial.items()}
-
-    def trainable(self) -> list[torch.nn.Parameter]:
-        return [p for p in self.params.values() if p.requires_grad]
-
-    def masks_by_param(self) -> dict[int, torch.Tensor]:
-        return {id(self.params[name]): m for name, m in self.partial.items()}
-
-    def close(self) -> None:
-        for p in self.frozen:
-            p.requires_grad_(True)
-
-
 def _checkpointing(model: torch.nn.Module, on: bool) -> None:
     """Activation (gradient) checkpointing on or off, by its current transformers name or the older one."""
     if hasattr(model, "activation_checkpointing_enable"):
@@ -210,7 +137,7 @@ def remove_checkpoint(path: Path) -> None:
         checkpoint_file(path).unlink(missing_ok=True)
 
 
-def _save_checkpoint(path: Path, step: int, update: MaskedUpdate, optimizer, lr_sched, log: TrainLog) -> None:
+def _save_checkpoint(path: Path, step: int, update: Attached, optimizer, lr_sched, log: TrainLog) -> None:
     """Everything needed to continue after `step`, written atomically (temporary file, then rename). Under
     FSDP each process writes its own file with its shards. Tensors and plain numbers only, the log as JSON
     text, so the file loads with `weights_only=True`: a results folder never executes code."""
@@ -223,7 +150,7 @@ def _save_checkpoint(path: Path, step: int, update: MaskedUpdate, optimizer, lr_
     os.replace(tmp, path)
 
 
-def _load_checkpoint(path: Path, update: MaskedUpdate, optimizer, lr_sched, log: TrainLog) -> int:
+def _load_checkpoint(path: Path, update: Attached, optimizer, lr_sched, log: TrainLog) -> int:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -241,11 +168,12 @@ def _load_checkpoint(path: Path, update: MaskedUpdate, optimizer, lr_sched, log:
 
 
 def train(model: torch.nn.Module, micro_batches: Sequence[Any],
-          loss_fn: Callable[[torch.nn.Module, Any], LossOutput], cfg: TrainConfig, mask: Mask | None = None,
+          loss_fn: Callable[[torch.nn.Module, Any], LossOutput], cfg: TrainConfig, plan: UpdatePlan | None = None,
           seed: int = 0, progress: Callable[[int, int, dict[str, float]], None] | None = None,
           checkpoint: Path | None = None,
           on_step: Callable[[int, torch.nn.Module], dict[str, Any] | None] | None = None) -> TrainLog:
-    """Minimise `loss_fn` over `micro_batches` (cfg.grad_accum per optimizer step).
+    """Minimise `loss_fn` over `micro_batches` (cfg.grad_accum per optimizer step), updating what `plan`
+    selects (None: every weight).
 
     With `checkpoint` and cfg.checkpoint_every, the state is saved every N steps and, when the file exists
     at the start, training continues from it and ends exactly as an uninterrupted run would. `on_step(step,
@@ -257,63 +185,26 @@ def train(model: torch.nn.Module, micro_batches: Sequence[Any],
     n_steps = math.ceil(len(micro_batches) / cfg.grad_accum)
     if cfg.max_steps is not None:
         n_steps = min(n_steps, cfg.max_steps)
-    warmup = max(1, int(n_steps * cfg.warmup_ratio))
-    sharded = fsdp.enabled()
     if checkpoint is not None:
         checkpoint = checkpoint_file(checkpoint)
-    update = MaskedUpdate(model, mask)
     if cfg.gradient_checkpointing:
         _checkpointing(model, True)
-    device = next(model.parameters()).device
-    if sharded:
-        net = fsdp.shard(model)  # a sharded copy; its weights come back to `model` at the end
-        update.follow(net)
-        model.to("cpu")  # the whole model waits in host memory while its shards train
-    else:
-        net = distributed.wrap(model)  # DistributedDataParallel under a launch: parameters shared with model
-    decay, no_decay = [], []
-    for p in update.trainable():
-        (decay if p.ndim >= 2 else no_decay).append(p)
-    optimizer = MaskedAdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        update.masks_by_param(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, max_grad_norm=cfg.max_grad_norm,
-        sharded=sharded)
-
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if cfg.schedule == "constant":
-            return 1.0
-        return max(0.0, (n_steps - step) / max(1, n_steps - warmup))
-
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    update = (plan or UpdatePlan()).attach(model)
+    optimizer = update.optimizer(cfg)
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, n_steps))
     log = TrainLog()
-    first = 0
-    found = checkpoint is not None and checkpoint.is_file()
-    if sharded and not distributed.agree(found):
-        raise UnlearnBenchError(f"only some processes find their checkpoint file ({checkpoint}); delete "
-                                f"{checkpoint.name.rsplit('.rank', 1)[0]}.rank* to start the run over")
-    if found:
-        first = _load_checkpoint(checkpoint, update, optimizer, lr_sched, log)
-        if sharded and not distributed.agree(first):
-            raise UnlearnBenchError(f"the processes' checkpoint files ({checkpoint}) are of different steps "
-                                    "(interrupted while saving); delete them to start the run over")
-        logging.getLogger("harness.train").info("resumed from %s after step %d", checkpoint, first)
-    bf16 = autocast_on(cfg, device)
-    log.bf16_autocast = bf16
+    first = _resume(checkpoint, update, optimizer, lr_sched, log)
+    log.bf16_autocast = bf16 = autocast_on(cfg, update.device)
     start = time.perf_counter()
-    net.train()
+    update.net.train()
     try:
         for step in range(first, n_steps):
             parts: dict[str, float] = {}
             total = 0.0
-            for j in range(cfg.grad_accum):
-                index = step * cfg.grad_accum + j
-                if index >= len(micro_batches):
-                    break
-                batch = to_device(distributed.rows(micro_batches[index]), device)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    out = loss_fn(net, batch)
+            for index in range(step * cfg.grad_accum, min((step + 1) * cfg.grad_accum, len(micro_batches))):
+                batch = to_device(distributed.rows(micro_batches[index]), update.device)
+                with torch.autocast(update.device.type, dtype=torch.bfloat16, enabled=bf16):
+                    out = loss_fn(update.net, batch)
                 names = sorted(out.parts)
                 value, *part_values = distributed.mean([float(out.loss.detach()), *(out.parts[k] for k in names)])
                 if not math.isfinite(value):
@@ -333,15 +224,8 @@ def train(model: torch.nn.Module, micro_batches: Sequence[Any],
                 row["grad_norm"] = optimizer.last_grad_norm
             extra = None
             if on_step is not None:
-                net.eval()
-                if sharded:
-                    fsdp.gather_into(net, model)
-                    model.to(device)
-                model.eval()
-                extra = on_step(step + 1, model)
-                if sharded:
-                    model.to("cpu")
-                net.train()
+                extra = on_step(step + 1, update.whole())
+                update.resume()
                 if extra is not None:
                     row["eval"] = extra
             log.steps.append(row)
@@ -354,13 +238,27 @@ def train(model: torch.nn.Module, micro_batches: Sequence[Any],
                 if _writes_checkpoint():  # under DDP every process holds the same state
                     _save_checkpoint(checkpoint, step + 1, update, optimizer, lr_sched, log)
                 distributed.barrier()
-        if sharded:
-            fsdp.gather_into(net, model)
+        update.finish()
     finally:
-        model.to(device)
         update.close()
         if cfg.gradient_checkpointing:
             _checkpointing(model, False)
         model.eval()
     log.seconds = time.perf_counter() - start
     return log
+
+
+def _resume(checkpoint: Path | None, update: Attached, optimizer, lr_sched, log: TrainLog) -> int:
+    """The step to start from: after the checkpoint's, when this process (and, under FSDP, every one) has it."""
+    found = checkpoint is not None and checkpoint.is_file()
+    if update.sharded and not distributed.agree(found):
+        raise UnlearnBenchError(f"only some processes find their checkpoint file ({checkpoint}); delete "
+                                f"{checkpoint.name.rsplit('.rank', 1)[0]}.rank* to start the run over")
+    if not found:
+        return 0
+    first = _load_checkpoint(checkpoint, update, optimizer, lr_sched, log)
+    if update.sharded and not distributed.agree(first):
+        raise UnlearnBenchError(f"the processes' checkpoint files ({checkpoint}) are of different steps "
+                                "(interrupted while saving); delete them to start the run over")
+    logging.getLogger("harness.train").info("resumed from %s after step %d", checkpoint, first)
+    return first

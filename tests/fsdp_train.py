@@ -16,7 +16,8 @@ import torch
 
 from harness import distributed, fsdp, masks, models
 from harness.api import LossOutput
-from harness.train import MaskedUpdate, TrainConfig, train
+from harness.train import TrainConfig, train
+from harness.update import UpdatePlan
 
 
 def loss_fn(net: torch.nn.Module, batch: dict[str, torch.Tensor], reference: torch.nn.Module) -> LossOutput:
@@ -48,20 +49,19 @@ def main(out: Path) -> None:
         batches.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids})
     share = None
     if fsdp.enabled():
-        update = MaskedUpdate(model, mask)
-        update.follow(fsdp.shard(model))
+        update = UpdatePlan(mask).attach(model)
         share = sum(m.numel() for m in update.partial.values()) / sum(mask[n].numel() for n in update.partial)
         update.close()
     cfg = TrainConfig(lr=1e-2, epochs=1, batch_size=4, warmup_ratio=0.0, weight_decay=0.1, max_grad_norm=0.2)
     reference = fsdp.frozen_copy(model)
-    log = train(model, batches, lambda net, b: loss_fn(net, b, reference), cfg, mask=mask, seed=0)
+    log = train(model, batches, lambda net, b: loss_fn(net, b, reference), cfg, plan=UpdatePlan(mask), seed=0)
 
     resumable = dataclasses.replace(cfg, checkpoint_every=2)
     resumed_steps: list[int] = []
     for attempt in range(2):
         again, _ = models.load("tiny-llama")
         try:
-            train(again, batches, lambda net, b: loss_fn(net, b, reference), resumable, mask=mask, seed=0,
+            train(again, batches, lambda net, b: loss_fn(net, b, reference), resumable, plan=UpdatePlan(mask), seed=0,
                   checkpoint=out / "checkpoint.pt",
                   progress=stop_after_3 if attempt == 0 else lambda step, total, row: resumed_steps.append(step))
         except Stop:

@@ -4,8 +4,8 @@ import pytest
 
 from harness.config import from_dict, option, to_dict
 from harness.errors import ConfigError
+from harness.settings import TrainConfig
 from harness.spec import RunSpec
-from harness.train import TrainConfig
 
 
 @dataclass

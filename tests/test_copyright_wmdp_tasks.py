@@ -178,5 +178,5 @@ def test_mask_command_on_a_base_model_task_keys_the_mask_on_the_base_model(tmp_p
     assert (sorted((cache_root() / "models").glob("*")) if (cache_root() / "models").is_dir() else []) == built
     spec = from_dict(RunSpec, {"task": "wmdp", "model": "tiny-llama", "attribution": "gradient", "ratio": 0.1,
                                "task_config": fixtures, "seed": 7}, "test")
-    _, meta, _ = runner.mask_for(spec)
+    _, meta = runner.mask_for(spec)
     assert meta["path"] == folder and meta["cache_hit"]

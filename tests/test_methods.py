@@ -182,7 +182,7 @@ def test_rmu_loss_by_hand_and_its_module_filter(tiny):
 
 
 def test_rmu_restricts_the_mask_to_its_modules(tiny):
-    from harness.runner import restrict
+    from harness.update import restrict
 
     model, _ = tiny
     down = r"model\.layers\.1\.mlp\.down_proj\.weight"

@@ -10,6 +10,7 @@ from harness.data import collate, encode
 from harness.errors import NonFiniteLossError, UnlearnBenchError
 from harness.scoring import mean_nll
 from harness.train import TrainConfig, finetune_batches, train
+from harness.update import UpdatePlan
 
 EXAMPLES = [Example(f"Question: what is item {i}?\nAnswer:", f" Item {i} is a thing number {i * 7}.")
             for i in range(8)]
@@ -33,7 +34,7 @@ def test_masked_out_weights_stay_bit_identical_on_the_embedded_model(smol):
     cfg = TrainConfig(lr=1e-3, epochs=1, batch_size=4, weight_decay=0.1)  # weight decay would leak
     batches = finetune_batches(tok, EXAMPLES, cfg, 64, seed=0)
     try:
-        train(model, batches, _loss, cfg, mask=mask)
+        train(model, batches, _loss, cfg, plan=UpdatePlan(mask))
         changed = 0
         for name, p in model.named_parameters():
             m = mask[name]
@@ -145,7 +146,7 @@ def test_resume_from_checkpoint_equals_uninterrupted(tiny, tmp_path):
             for n, p in model.named_parameters():
                 p.copy_(start[n])
 
-    full = train(model, batches, _loss, cfg, mask=mask)
+    full = train(model, batches, _loss, cfg, plan=UpdatePlan(mask))
     expected = _snapshot(model)
     reset()
     calls = {"n": 0}
@@ -158,10 +159,10 @@ def test_resume_from_checkpoint_equals_uninterrupted(tiny, tmp_path):
 
     ckpt = tmp_path / "run.pt"
     with pytest.raises(Interrupt):
-        train(model, batches, dies_at_step_6, cfg, mask=mask, checkpoint=ckpt)
+        train(model, batches, dies_at_step_6, cfg, plan=UpdatePlan(mask), checkpoint=ckpt)
     assert ckpt.is_file() and not (tmp_path / "run.pt.tmp").exists()
     reset()  # a fresh process starts from the target weights again
-    resumed = train(model, batches, _loss, cfg, mask=mask, checkpoint=ckpt)
+    resumed = train(model, batches, _loss, cfg, plan=UpdatePlan(mask), checkpoint=ckpt)
     assert [r["loss"] for r in resumed.steps] == [r["loss"] for r in full.steps]
     for n, p in model.named_parameters():
         assert torch.equal(p.detach(), expected[n]), n

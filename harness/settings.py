@@ -1,0 +1,55 @@
+"""The optimizer settings of a training run (unlearning, or fine-tuning a reference model) and the learning
+rate schedule they describe. Specs and sweeps read these without importing the training loop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from harness.config import option
+
+SCHEDULES = ("linear", "constant")
+
+
+@dataclass
+class TrainConfig:
+    lr: float = option(2e-5, "peak learning rate of AdamW")
+    epochs: int = option(5, "passes over the forget set (or the fine-tuning set)")
+    max_steps: int | None = option(None, "optimizer steps; overrides epochs when set")
+    batch_size: int = option(8, "forget (and retain) examples per micro-batch")
+    grad_accum: int = option(1, "micro-batches per optimizer step")
+    warmup_ratio: float = option(0.1, "fraction of steps with linear warmup (at least one step)")
+    schedule: str = option("linear", "after warmup: linear (decay to 0 at the last step) or constant (the rate "
+                                     "a run stopped early by matched forgetting has seen does not depend on its "
+                                     "step budget)")
+    weight_decay: float = option(0.0, "AdamW decoupled weight decay (never applied to masked-out weights)")
+    max_grad_norm: float | None = option(1.0, "clip the (masked) gradient norm; null: no clipping")
+    checkpoint_every: int | None = option(None, "save a resumable checkpoint every N optimizer steps")
+    gradient_checkpointing: bool = option(False, "recompute activations in backward (less memory, ~30% more "
+                                                 "compute; for 7B models)")
+    bf16_autocast: bool | None = option(None, "forward/backward in bf16 autocast; null: on where bf16 is fast "
+                                               "(CUDA, CPUs with AMX or AVX512-BF16; on other CPUs it is about "
+                                               "25x slower than fp32)")
+
+    def validate(self) -> None:
+        if self.lr <= 0 or self.batch_size < 1 or self.grad_accum < 1 or self.epochs < 1:
+            raise ValueError("lr must be > 0; batch_size, grad_accum and epochs must be >= 1")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule {self.schedule!r}: choose {' or '.join(SCHEDULES)}")
+
+
+def lr_factor(cfg: TrainConfig, n_steps: int) -> Callable[[int], float]:
+    """The factor on cfg.lr at each step (0-based): linear warmup over max(1, warmup_ratio·n_steps) steps,
+    then constant or linear decay to zero at the last step."""
+    warmup = max(1, int(n_steps * cfg.warmup_ratio))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.schedule == "constant":
+            return 1.0
+        return max(0.0, (n_steps - step) / max(1, n_steps - warmup))
+
+    return factor
