@@ -95,8 +95,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     spec = _spec_from_args(args)
     record = runner.execute(spec, Path(args.results))
+    runner.write_reference_records(spec, Path(args.results))  # the target and retain rows, as a sweep writes
     if distributed.is_main():
-        print(json.dumps({k: m["value"] for k, m in record["metrics"].items()}, indent=2))
+        print(json.dumps({k: m["value"] for k, m in record.metrics.items()}, indent=2))
     return 0
 
 
@@ -119,8 +120,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                      utility=args.utility or [], utility_limit=args.utility_limit,
                                      retain=args.retain, dtype=args.dtype, device=args.device,
                                      results_dir=Path(args.results), generation=args.generation)
-    print(json.dumps({k: m["value"] for k, m in record["metrics"].items()}, indent=2))
-    print(f"record: {record['path']}")
+    print(json.dumps({k: m["value"] for k, m in record.metrics.items()}, indent=2))
+    print(f"record: {record.path}")
     return 0
 
 

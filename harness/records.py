@@ -1,7 +1,14 @@
-"""Run records: one JSON file per run, written atomically, with provenance."""
+"""Run records: one JSON file per run (`RESULTS/runs/<id>.json`), written atomically, with provenance.
+
+`Record` is the one record type: the runner (kinds `run` and `tune`), the reference records (`reference`,
+role target or retain) and `unlearn-bench eval` (`eval`) build one and `write` it; the sweep and the
+leaderboard read them back with `read`, `read_all` and `find`, which also read version-1 files. The JSON
+form is specified by docs/record.schema.json (checked against every record the test suite writes).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import json
 import logging
@@ -10,14 +17,17 @@ import platform
 import resource
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
+from harness.errors import UnlearnBenchError
 from harness.io import atomic_write_json
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2  # 2: spec_key, resolved component configs, plugin code digests
+READABLE_VERSIONS = (1, 2)
 SUPERSEDED = "superseded"  # folder beside runs/ where records of an older version of a run go
 
 log = logging.getLogger(__name__)
@@ -62,30 +72,112 @@ def peak_memory_mb() -> dict[str, float]:
     return out
 
 
-def write(results_dir: Path, record_id: str, record: dict[str, Any]) -> Path:
+@dataclass
+class Record:
+    """A run's record. Fields left None are not written."""
+
+    kind: Literal["run", "tune", "reference", "eval"]
+    spec: dict[str, Any]
+    status: Literal["running", "finished", "failed"] = "running"
+    id: str = ""
+    spec_key: str | None = None  # runs: the resolved spec's hash without plugin code (harness/identity.py)
+    role: str | None = None  # reference: target | retain; eval: eval
+    model: str | None = None  # reference and eval: the model evaluated
+    retain_model: str | None = None  # eval: the retain model its forget quality compares with
+    models: dict[str, str | None] | None = None  # run: its target and retain models
+    headline: dict[str, str] | None = None  # (forget, utility) metric names of the trade-off plot
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> value, direction, group
+    timings: dict[str, float] = field(default_factory=dict)
+    memory: dict[str, float] | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+    mask: dict[str, Any] | None = None
+    curves: dict[str, list[dict[str, Any]]] | None = None
+    match: dict[str, Any] | None = None
+    probe: dict[str, float] | None = None  # reference: its matched-forgetting probe values
+    lm_eval: dict[str, Any] | None = None
+    stats: dict[str, Any] | None = None
+    samples: list[dict[str, Any]] | None = None
+    error: dict[str, str] | None = None
+    bf16_autocast: bool | None = None
+    processes: int | None = None
+    parallelism: str | None = None
+    path: str | None = None  # eval: where the record was written
+    record_version: int = RECORD_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> Record:
+        """A record from its JSON form (version 1 or 2); anything else raises RecordError naming `where`."""
+        if not isinstance(data, dict) or "spec" not in data or "record_version" not in data:
+            raise RecordError(f"{where}: not an unlearn-bench run record")
+        version = data["record_version"]
+        if version not in READABLE_VERSIONS:
+            raise RecordError(f"{where}: record_version {version!r}; this version reads {READABLE_VERSIONS}")
+        if version == 1:  # the earliest version-1 records of runs had no kind
+            data = {"kind": "run", **data}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise RecordError(f"{where}: unknown record fields {unknown}")
+        return cls(**data)
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "finished"
+
+    def value(self, metric: str) -> float | None:
+        return (self.metrics.get(metric) or {}).get("value")
+
+
+class RecordError(UnlearnBenchError):
+    pass
+
+
+def write(results_dir: Path, record_id: str, record: Record) -> Path:
+    """Write `record` as RESULTS/runs/<record_id>.json, atomically, at the current version."""
     path = Path(results_dir) / "runs" / f"{record_id}.json"
-    atomic_write_json(path, dict(record, record_version=RECORD_VERSION, id=record_id))
+    record.id, record.record_version = record_id, RECORD_VERSION
+    atomic_write_json(path, record.to_json())
     return path
 
 
-def same_spec(results_dir: Path, spec_key: str, run_id: str) -> list[dict[str, Any]]:
-    """Records in results_dir/runs of the same spec under another run id: made by other plugin code."""
+def read(path: Path) -> Record:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise RecordError(f"{path}: not readable JSON ({exc})") from None
+    return Record.from_json(data, str(path))
+
+
+def find(results_dir: Path, run_id: str) -> Record | None:
+    """The record of `run_id`, or None when it is missing or unreadable."""
+    try:
+        return read(Path(results_dir) / "runs" / f"{run_id}.json")
+    except RecordError:
+        return None
+
+
+def read_all(results_dir: Path) -> list[Record]:
+    """Every readable record under RESULTS/runs, by file name; others are skipped with a warning."""
     out = []
     for path in sorted((Path(results_dir) / "runs").glob("*.json")):
-        if path.stem == run_id:
-            continue
         try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(record, dict) and record.get("spec_key") == spec_key:
-            out.append(record)
+            out.append(read(path))
+        except RecordError as exc:
+            log.warning("skipping %s", exc)
     return out
 
 
-def what_changed(old: dict[str, Any], plugins: dict[str, dict[str, str]]) -> str:
+def same_spec(results_dir: Path, spec_key: str, run_id: str) -> list[Record]:
+    """Records in results_dir/runs of the same spec under another run id: made by other plugin code."""
+    return [r for r in read_all(results_dir) if r.spec_key == spec_key and r.id != run_id]
+
+
+def what_changed(old: Record, plugins: dict[str, dict[str, str]]) -> str:
     """Which plugins' version or code differ between an older record and the current fingerprints."""
-    before = old.get("provenance", {}).get("plugins", {})
+    before = old.provenance.get("plugins", {})
     changes = [f"{role} {now['name']!r} {key} {before.get(role, {}).get(key)} -> {now[key]}"
                for role, now in plugins.items() for key in ("version", "code")
                if before.get(role, {}).get(key) != now[key]]
@@ -95,8 +187,8 @@ def what_changed(old: dict[str, Any], plugins: dict[str, dict[str, str]]) -> str
 def supersede(results_dir: Path, spec_key: str, run_id: str) -> None:
     """Move the records of the same spec under other run ids to results_dir/superseded (kept, not shown)."""
     for old in same_spec(results_dir, spec_key, run_id):
-        source = Path(results_dir) / "runs" / f"{old['id']}.json"
+        source = Path(results_dir) / "runs" / f"{old.id}.json"
         target = Path(results_dir) / SUPERSEDED / source.name
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(source, target)
-        log.warning("record %s is superseded by %s: moved to %s", old["id"], run_id, target)
+        log.warning("record %s is superseded by %s: moved to %s", old.id, run_id, target)

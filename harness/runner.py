@@ -75,23 +75,21 @@ def build_plan(spec: RunSpec, task: Task, attribution: Any, target: str, model, 
     return UpdatePlan(mask), dict(saved, cache_hit=hit, path=str(folder))
 
 
-def execute(spec: RunSpec, results_dir: Path) -> dict[str, Any]:
+def execute(spec: RunSpec, results_dir: Path) -> records.Record:
     """Run `spec` and write its record; a failure is recorded (status failed, traceback) and re-raised."""
     registry = get_registry()
     spec = canonical(spec, registry)
     run_id = identity.run_id(spec, registry)
     spec_key = identity.spec_key(spec, registry)
     plugins = identity.plugins(spec, registry)
-    record: dict[str, Any] = {
-        "kind": "run" if spec.evaluate else "tune", "spec": identity.resolved(spec, registry), "spec_key": spec_key,
-        "status": "running", "timings": {},
-        "headline": dict(zip(("forget", "utility"), registry.get("task", spec.task).cls.headline, strict=True)),
-        "provenance": records.provenance(plugins),
-    }
+    record = records.Record(
+        kind="run" if spec.evaluate else "tune", id=run_id, spec=identity.resolved(spec, registry), spec_key=spec_key,
+        headline=dict(zip(("forget", "utility"), registry.get("task", spec.task).cls.headline, strict=True)),
+        provenance=records.provenance(plugins))
     if distributed.is_main():
         for old in records.same_spec(results_dir, spec_key, run_id):
-            log.warning("%s redoes %s (same spec): %s", run_id, old["id"], records.what_changed(old, plugins))
-    timings = record["timings"]
+            log.warning("%s redoes %s (same spec): %s", run_id, old.id, records.what_changed(old, plugins))
+    timings = record.timings
     started = time.perf_counter()
     try:
         task = registry.build("task", spec.task, spec.task_config, f"run {run_id}: task_config")
@@ -104,15 +102,15 @@ def execute(spec: RunSpec, results_dir: Path) -> dict[str, Any]:
         t = time.perf_counter()
         target, retain_model, retain_eval = references(task, spec)
         timings["prepare_s"] = time.perf_counter() - t
-        record["models"] = {"target": target, "retain": retain_model}
+        record.models = {"target": target, "retain": retain_model}
 
         model, tok = models.load(target, spec.dtype, spec.device)
         t = time.perf_counter()
         plan, mask_meta = build_plan(spec, task, attribution, target, model, tok)
         timings["attribution_s"] = time.perf_counter() - t
-        record["mask"] = {k: v for k, v in mask_meta.items() if k not in ("config",)}
+        record.mask = {k: v for k, v in mask_meta.items() if k not in ("config",)}
         if plan.mask is not None:  # for the leaderboard's density heatmaps, which read records only
-            record["mask"]["layer_module_density"] = {f"{layer}.{module}": d for (layer, module), d
+            record.mask["layer_module_density"] = {f"{layer}.{module}": d for (layer, module), d
                                                       in sorted(mask_report.layer_module_density(plan.mask).items())}
 
         t = time.perf_counter()
@@ -121,8 +119,8 @@ def execute(spec: RunSpec, results_dir: Path) -> dict[str, Any]:
             reference = fsdp.frozen_copy(model)  # sharded too under FSDP
         model = plan.wrap(model, objective)
         if plan.lora is not None:
-            record["mask"]["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        record["mask"]["trained_fraction"] = plan.trained_fraction()
+            record.mask["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        record.mask["trained_fraction"] = plan.trained_fraction()
         batches = unlearn_batches(tok, task.forget_examples(), task.retain_examples(), spec.train,
                                   task.max_length, spec.seed, task.refusal_examples())
 
@@ -146,46 +144,46 @@ def execute(spec: RunSpec, results_dir: Path) -> dict[str, Any]:
         reference = None  # free the frozen copy before evaluation
         model = plan.merge(model)
         timings["unlearning_s"] = time.perf_counter() - t
-        record["bf16_autocast"] = train_log.bf16_autocast
-        record["curves"] = {
+        record.bf16_autocast = train_log.bf16_autocast
+        record.curves = {
             "train": [{k: v for k, v in row.items() if k != "eval"} for row in train_log.steps],
             "eval": [{"step": row["step"], **row["eval"]["metrics"]} for row in train_log.steps
                      if "metrics" in row.get("eval", {})]}
         if matcher is not None:
             probes = [{"step": row["step"], **row["eval"]["probe"]} for row in train_log.steps
                       if "probe" in row.get("eval", {})]
-            record["curves"]["probe"] = [{"step": 0, **matcher.start}, *probes]
-            record["match"] = matcher.summary(record["curves"]["probe"], train_log.stopped_at)
+            record.curves["probe"] = [{"step": 0, **matcher.start}, *probes]
+            record.match = matcher.summary(record.curves["probe"], train_log.stopped_at)
 
         t = time.perf_counter()
         evaluation = Evaluation({})
         if spec.evaluate:
             evaluation = task.evaluate(model, tok, EvalContext(retain_eval["stats"], task.eval_batch_size, backend))
         if spec.evaluate and spec.utility and distributed.is_main():  # only the main process writes the record
-            record["lm_eval"] = lm_eval_bridge.evaluate(model, tok, spec.utility, spec.utility_limit,
+            record.lm_eval = lm_eval_bridge.evaluate(model, tok, spec.utility, spec.utility_limit,
                                                         task.eval_batch_size)
-            evaluation.metrics.update(lm_eval_bridge.metrics(record["lm_eval"]))
+            evaluation.metrics.update(lm_eval_bridge.metrics(record.lm_eval))
         if matcher is not None:
-            evaluation.metrics.update(match_metrics(record["match"]))
+            evaluation.metrics.update(match_metrics(record.match))
         timings["evaluation_s"] = time.perf_counter() - t
-        record["metrics"] = {k: vars(m) for k, m in evaluation.metrics.items()}
-        record["stats"] = evaluation.stats  # per-sample numbers and, for lm-eval tasks, lm-eval's results
-        record["samples"] = evaluation.samples
-        record["status"] = "finished"
+        record.metrics = {k: vars(m) for k, m in evaluation.metrics.items()}
+        record.stats = evaluation.stats  # per-sample numbers and, for lm-eval tasks, lm-eval's results
+        record.samples = evaluation.samples
+        record.status = "finished"
         remove_checkpoint(checkpoint)
     except Exception as exc:
-        record["status"] = "failed"
-        record["error"] = {"type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc()}
+        record.status = "failed"
+        record.error = {"type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc()}
         raise
     finally:
         timings["total_s"] = time.perf_counter() - started
-        record["memory"] = records.peak_memory_mb()
+        record.memory = records.peak_memory_mb()
         if distributed.active():
-            record["processes"] = distributed.world_size()
-            record["parallelism"] = "fsdp" if fsdp.enabled() else "ddp"
+            record.processes = distributed.world_size()
+            record.parallelism = "fsdp" if fsdp.enabled() else "ddp"
         if distributed.is_main():
             records.write(results_dir, run_id, record)
-            if record["status"] == "finished":
+            if record.status == "finished":
                 records.supersede(results_dir, spec_key, run_id)
     return record
 
@@ -253,23 +251,23 @@ def write_reference_records(spec: RunSpec, results_dir: Path) -> None:
     for role, path, ev in rows if distributed.is_main() else ():
         ref_spec = {"task": spec.task, "model": spec.model, "task_config": to_dict(task.config),
                     "prepare": to_dict(spec.prepare)}
-        record = {"kind": "reference", "role": role, "spec": ref_spec, "model": path, "status": "finished",
-                  "metrics": dict(ev["metrics"]),
-                  "headline": dict(zip(("forget", "utility"), task.headline, strict=True))}
+        record = records.Record(kind="reference", role=role, spec=ref_spec, model=path, status="finished",
+                                metrics=dict(ev["metrics"]), provenance=records.provenance(),
+                                headline=dict(zip(("forget", "utility"), task.headline, strict=True)))
         if spec.utility:  # the runs' extra lm-eval scores, on the reference model too
             ref_spec.update(utility=spec.utility, utility_limit=spec.utility_limit)
-            record["lm_eval"] = prepare.reference_utility(path, spec.utility, spec.utility_limit, task.eval_batch_size,
-                                                          spec.dtype, spec.device)
-            record["metrics"].update({k: vars(m) for k, m in lm_eval_bridge.metrics(record["lm_eval"]).items()})
+            record.lm_eval = prepare.reference_utility(path, spec.utility, spec.utility_limit, task.eval_batch_size,
+                                                       spec.dtype, spec.device)
+            record.metrics.update({k: vars(m) for k, m in lm_eval_bridge.metrics(record.lm_eval).items()})
         if spec.match.enabled:  # the probe values, and for the retain model its own matched-forgetting numbers
             probe = probes[role]
             ref_spec["match"] = to_dict(spec.match)
-            record["probe"] = probe
+            record.probe = probe
             if role == "retain":
-                record["metrics"].update({"match_utility": vars(Metric(probe["utility"], "higher", "match")),
-                                          "tradeoff_score": vars(Metric(1.0, "higher", "match"))})
+                record.metrics.update({"match_utility": vars(Metric(probe["utility"], "higher", "match")),
+                                       "tradeoff_score": vars(Metric(1.0, "higher", "match"))})
         rid = f"{spec.task}-{role}-{stable_hash(dict(ref_spec, path=path), 12)}"
-        records.write(results_dir, rid, dict(record, provenance=records.provenance()))
+        records.write(results_dir, rid, record)
 
 
 def target_model(task: Task, spec: RunSpec) -> str:

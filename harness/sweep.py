@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from harness import distributed, runner
+from harness import distributed, records, runner
 from harness.config import from_dict, option, to_dict
 from harness.errors import ConfigError, UnlearnBenchError
 from harness.match import MatchConfig
@@ -171,22 +171,22 @@ def tuning_grid(cfg: SweepConfig, where: str = "sweep") -> dict[tuple[str, float
     return grid
 
 
-def select(tuning: list[dict[str, Any]]) -> dict[str, Any] | None:
+def select(tuning: list[records.Record]) -> dict[str, Any] | None:
     """The tune rule (TUNE_RULE) over one method's finished tuning records; None when none finished."""
-    done = [r for r in tuning if r.get("status") == "finished"]
+    done = [r for r in tuning if r.finished]
     if not done:
         return None
 
-    def value(r: dict[str, Any], name: str) -> float:
-        v = r["metrics"].get(name, {}).get("value")
+    def value(r: records.Record, name: str) -> float:
+        v = r.value(name)
         return float("-inf") if v is None else v
 
-    reached = [r for r in done if r["match"]["reached"]]
+    reached = [r for r in done if r.match["reached"]]
     if reached:
-        best = max(reached, key=lambda r: (value(r, "validation_match_utility"), -r["spec"]["train"]["lr"]))
+        best = max(reached, key=lambda r: (value(r, "validation_match_utility"), -r.spec["train"]["lr"]))
     else:
-        best = max(done, key=lambda r: (value(r, "validation_tradeoff_score"), -r["spec"]["train"]["lr"]))
-    return {"lr": best["spec"]["train"]["lr"], "reached": bool(best["match"]["reached"]), "run": best["id"]}
+        best = max(done, key=lambda r: (value(r, "validation_tradeoff_score"), -r.spec["train"]["lr"]))
+    return {"lr": best.spec["train"]["lr"], "reached": bool(best.match["reached"]), "run": best.id}
 
 
 def tuned_specs(cfg: SweepConfig, results_dir: Path, grid: dict[tuple[str, float, str], list[RunSpec]],
@@ -195,8 +195,8 @@ def tuned_specs(cfg: SweepConfig, results_dir: Path, grid: dict[tuple[str, float
     runs finished."""
     chosen, missing = {}, []
     for m, tuning in grid.items():
-        records = [read_record(results_dir, s.run_id()) for s in tuning]
-        choice = select([r for r in records if r is not None])
+        found = [records.find(results_dir, s.run_id()) for s in tuning]
+        choice = select([r for r in found if r is not None])
         if choice is None:
             missing.append(f"{m[0]}/{m[2]}")
             continue
@@ -208,19 +208,10 @@ def tuned_specs(cfg: SweepConfig, results_dir: Path, grid: dict[tuple[str, float
     return _dedup(specs), missing
 
 
-def read_record(results_dir: Path, run_id: str) -> dict[str, Any] | None:
-    """A run's record, or None when it is missing or not readable JSON."""
-    try:
-        record = json.loads((results_dir / "runs" / f"{run_id}.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
-
-
 def status(results_dir: Path, run_id: str) -> str | None:
     """The status in a run's record (finished, failed), or None when there is no readable record."""
-    record = read_record(results_dir, run_id)
-    return None if record is None else record.get("status")
+    record = records.find(results_dir, run_id)
+    return None if record is None else record.status
 
 
 def finished(results_dir: Path, run_id: str) -> bool:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
+from harness import records
 from leaderboard import aggregate, html, paired, plots
 from leaderboard.headline import diff_label, findings, level_text, lr_label, matched, method_label, paired_lookup
 
@@ -19,19 +19,9 @@ TIME_COLUMNS = ["attribution_s", "unlearning_s", "evaluation_s"]
 
 
 def read_records(results_dir: Path) -> list[dict[str, Any]]:
-    """Every readable record under results_dir/runs; corrupt or foreign files are skipped with a warning."""
-    out = []
-    for path in sorted((Path(results_dir) / "runs").glob("*.json")):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            log.warning("skipping %s: not readable JSON (%s)", path, exc)
-            continue
-        if not isinstance(record, dict) or "record_version" not in record or "spec" not in record:
-            log.warning("skipping %s: not an unlearn-bench run record", path)
-            continue
-        out.append(record)
-    return out
+    """Every readable record under results_dir/runs (version 1 or 2), in its JSON form; corrupt or foreign
+    files are skipped with a warning (harness.records.read_all)."""
+    return [r.to_json() for r in records.read_all(results_dir)]
 
 
 def _row(record: dict[str, Any]) -> dict[str, Any]:

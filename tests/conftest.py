@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -37,3 +38,25 @@ def smol():
     from harness import models
 
     return models.load("smollm2-135m")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def records_follow_the_schema():
+    """Every record this process writes during the suite is checked against docs/record.schema.json: a record
+    that does not match fails the test that wrote it. Yields the paths checked."""
+    import jsonschema
+
+    from harness import records
+
+    validator = jsonschema.Draft202012Validator(json.loads((ROOT / "docs" / "record.schema.json").read_text()))
+    publish = records.atomic_write_json
+    checked: list[Path] = []
+
+    def write_checked(path: Path, data: dict) -> None:
+        validator.validate(json.loads(json.dumps(data, default=str)))
+        publish(path, data)
+        checked.append(path)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(records, "atomic_write_json", write_checked)
+        yield checked

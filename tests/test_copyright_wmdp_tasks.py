@@ -24,7 +24,7 @@ def test_muse_news_mini_run_with_lm_eval_utility(tmp_path):
     spec = from_dict(RunSpec, {"task": "muse-news-mini", "model": "tiny-llama", "attribution": "wagle",
                                "ratio": 0.5, "task_config": MUSE_SMALL, "utility": ["mmlu_bundled"],
                                "utility_limit": 1, **QUICK}, "test")
-    record = runner.execute(spec, tmp_path)
+    record = runner.execute(spec, tmp_path).to_json()
     m = {k: v["value"] for k, v in record["metrics"].items()}
     assert record["spec"]["objective"] == "graddiff"  # the task's default objective
     assert 0.0 <= m["verbmem_f"] <= 1.0 and 0.0 <= m["knowmem_f"] <= 1.0 and 0.0 <= m["knowmem_r"] <= 1.0
@@ -72,7 +72,7 @@ def test_copyright_books_from_user_files(tmp_path):
     config = {"forget_text": str(tmp_path / "book.txt"), "retain_text": str(tmp_path / "other.txt"),
               "forget_prompts": str(tmp_path / "qa.jsonl"), "chunk_words": 30, "prompt_words": 10,
               "max_new_tokens": 6, "eval_limit": 4}
-    record = evaluate_model("tiny-llama", "copyright-books", config, results_dir=tmp_path / "results")
+    record = evaluate_model("tiny-llama", "copyright-books", config, results_dir=tmp_path / "results").to_json()
     assert set(record["metrics"]) == {"forget_bleu", "forget_rouge", "retain_bleu", "retain_rouge"}
     assert all(0.0 <= m["value"] <= 1.0 for m in record["metrics"].values())
     assert len(record["samples"]) == 1  # the one prompt of qa.jsonl
@@ -93,7 +93,7 @@ def test_wmdp_mini_rmu_run_from_its_fine_tuned_target(tmp_path):
         "task": "wmdp-mini", "model": "tiny-llama", "attribution": "dense",
         "objective_config": {"layer": 1, "update": [r"model\.layers\.1\.mlp\.down_proj\.weight"]},
         "task_config": {"utility_limit": 1, "corpus_limit": 4}, **QUICK}, "test")
-    record = runner.execute(spec, tmp_path)
+    record = runner.execute(spec, tmp_path).to_json()
     assert record["spec"]["objective"] == "rmu"
     assert "wmdp-mini-target-" in record["models"]["target"] and "wmdp-mini-retain-" in record["models"]["retain"]
     m = {k: v for k, v in record["metrics"].items()}

@@ -70,9 +70,11 @@ def test_probe_is_the_mean_probability_and_harmonic_mean_of_parts(tiny):
 
 
 def _tune_record(lr, reached, validation_utility, validation_tradeoff, status="finished"):
-    return {"id": f"r{lr}", "status": status, "spec": {"train": {"lr": lr}}, "match": {"reached": reached},
-            "metrics": {"validation_match_utility": {"value": validation_utility},
-                        "validation_tradeoff_score": {"value": validation_tradeoff}}}
+    from harness.records import Record
+
+    return Record(kind="tune", id=f"r{lr}", status=status, spec={"train": {"lr": lr}}, match={"reached": reached},
+                  metrics={"validation_match_utility": {"value": validation_utility},
+                           "validation_tradeoff_score": {"value": validation_tradeoff}})
 
 
 def test_tune_rule_prefers_reaching_then_validation_utility_then_smaller_rate():

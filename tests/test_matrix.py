@@ -28,7 +28,7 @@ def test_objective_with_attribution(attribution, objective, tmp_path):
         "objective": objective, "objective_config": OBJECTIVE_CONFIG.get(objective, {}),
         "train": {"epochs": 1, "batch_size": 20, "lr": 1e-3}, "prepare": {"epochs": 1},
         "task_config": TASK_CONFIG}, "matrix")
-    record = runner.execute(spec, tmp_path)
+    record = runner.execute(spec, tmp_path).to_json()
     assert record["status"] == "finished"
     assert len(record["curves"]["train"]) == 2
     # unlearning moved the model that was evaluated: its forget probability is not the target's
@@ -43,7 +43,7 @@ def test_eval_curve_during_unlearning(tmp_path):
     spec = from_dict(RunSpec, {
         "task": "tofu-mini", "model": "tiny-llama", "attribution": "dense", "objective": "ga", "eval_every": 1,
         "train": {"epochs": 1, "batch_size": 20}, "prepare": {"epochs": 1}, "task_config": TASK_CONFIG}, "curve")
-    record = runner.execute(spec, tmp_path)
+    record = runner.execute(spec, tmp_path).to_json()
     curve = record["curves"]["eval"]
     assert [row["step"] for row in curve] == [1, 2]
     assert set(curve[0]) >= {"forget_rouge", "model_utility", "forget_quality"}
@@ -84,7 +84,7 @@ def test_two_runs_of_one_spec_give_the_same_metrics(tmp_path):
         "task": "tofu-mini", "model": "tiny-llama", "attribution": "random", "ratio": 0.5, "objective": "npo",
         "seed": 7, "train": {"epochs": 1, "batch_size": 10, "lr": 1e-3}, "prepare": {"epochs": 1},
         "task_config": TASK_CONFIG}, "twice")
-    first = runner.execute(spec, tmp_path / "a")
-    second = runner.execute(spec, tmp_path / "b")
+    first = runner.execute(spec, tmp_path / "a").to_json()
+    second = runner.execute(spec, tmp_path / "b").to_json()
     assert first["metrics"] == second["metrics"]
     assert first["curves"]["train"] == second["curves"]["train"]

@@ -237,7 +237,7 @@ def test_lora_trains_adapters_only_and_merges(tmp_path):
         "attribution_config": {"r": 2, "alpha": 4, "target_modules": ["q_proj", "v_proj"]},
         "train": {"epochs": 1, "batch_size": 20, "lr": 1e-2}, "prepare": {"epochs": 1},
         "task_config": {"utility_limit": 2, "eval_limit": 4, "max_new_tokens": 2, "retain_authors": 1}}, "lora")
-    record = runner.execute(spec, tmp_path)
+    record = runner.execute(spec, tmp_path).to_json()
     assert record["status"] == "finished" and record["mask"]["lora"]["r"] == 2
     # rank-2 adapters on q_proj (12 -> 12) and v_proj (12 -> 6) in 2 layers: 2 * (2*12 + 12*2 + 2*12 + 6*2)
     assert record["mask"]["trainable_params"] == 168

@@ -55,6 +55,6 @@ def test_template_runs_end_to_end_and_conforms(installed, tiny, tmp_path):
         "task": "tofu-mini", "model": "tiny-llama", "attribution": "late-layers", "ratio": 0.3,
         "objective": "capped-ascent", "train": {"epochs": 1, "batch_size": 20}, "prepare": {"epochs": 1},
         "task_config": {"utility_limit": 2, "eval_limit": 4, "max_new_tokens": 2, "retain_authors": 1}}, "t")
-    record = runner.execute(spec, tmp_path)
+    record = runner.execute(spec, tmp_path).to_json()
     assert record["status"] == "finished"
     assert record["provenance"]["plugins"]["objective"]["distribution"] == "unlearn-bench-example"

@@ -129,7 +129,7 @@ def test_third_party_plugin_runs_end_to_end(third_party, tmp_path):
         "task": "tofu-mini", "model": "tiny-llama", "attribution": "last-layer", "ratio": 0.25,
         "objective": "plain-ascent", "train": {"epochs": 1}, "prepare": {"epochs": 1},
         "task_config": {"utility_limit": 4, "eval_limit": 8, "max_new_tokens": 4, "retain_authors": 1}}, "test")
-    record = runner.execute(spec, tmp_path / "results")
+    record = runner.execute(spec, tmp_path / "results").to_json()
     assert record["status"] == "finished"
     assert record["mask"]["density"] == pytest.approx(0.25, abs=1e-6)
     provided = record["provenance"]["plugins"]["attribution"]
@@ -175,10 +175,18 @@ def test_a_record_of_the_same_spec_under_an_older_run_id_is_moved_aside(tmp_path
     from harness import records
 
     plugins = {"attribution": {"name": "wagle", "version": "0.1.0", "code": "new"}}
-    before = {"attribution": {"version": "0.1.0", "code": "old"}}
-    records.write(tmp_path, "old-run", {"spec_key": "k1", "status": "finished", "provenance": {"plugins": before}})
-    records.write(tmp_path, "other-spec", {"spec_key": "k2", "status": "finished"})
-    records.write(tmp_path, "new-run", {"spec_key": "k1", "status": "finished"})
+
+    def record(key: str, code: str) -> records.Record:
+        fingerprint = {"name": "wagle", "plugin": "methods.wagle", "distribution": "unlearn-bench", "version": "0.1.0",
+                       "code": code}
+        return records.Record(kind="run", spec={}, spec_key=key, status="failed", memory={},
+                              headline={"forget": "f", "utility": "u"},
+                              error={"type": "E", "message": "", "traceback": ""},
+                              provenance={"plugins": {"attribution": fingerprint}})
+
+    records.write(tmp_path, "old-run", record("k1", "old"))
+    records.write(tmp_path, "other-spec", record("k2", "new"))
+    records.write(tmp_path, "new-run", record("k1", "new"))
     [old] = records.same_spec(tmp_path, "k1", "new-run")
     assert records.what_changed(old, plugins) == "attribution 'wagle' code old -> new"
     with caplog.at_level("WARNING"):
@@ -287,3 +295,23 @@ def test_every_hook_is_documented():
     hooks = [name for name in dir(hookspecs) if name.startswith("register_")]
     assert hooks and all(f"`{name}(register)`" in docs for name in hooks)
     assert all(getattr(hookspecs, name).__doc__ for name in hooks)
+
+
+def test_records_of_every_kind_follow_the_schema_and_version_1_still_reads(tmp_path, records_follow_the_schema):
+    import json
+
+    from harness import records
+
+    before = len(records_follow_the_schema)
+    for kind, extra in (("reference", {"role": "target", "model": "m", "headline": {"forget": "f", "utility": "u"}}),
+                        ("eval", {"role": "eval", "model": "m"})):
+        records.write(tmp_path, kind, records.Record(kind=kind, spec={}, status="finished", **extra))
+    assert len(records_follow_the_schema) == before + 2  # checked on write
+    with pytest.raises(Exception, match="is not one of"):
+        records.write(tmp_path, "bad", records.Record(kind="run", spec={}, status="done"))
+    v1 = {"record_version": 1, "id": "old", "spec": {"task": "t"}, "status": "finished", "metrics": {}}
+    (tmp_path / "runs" / "old.json").write_text(json.dumps(v1))
+    (tmp_path / "runs" / "odd.json").write_text(json.dumps(dict(v1, record_version=7)))
+    read = {r.id: r for r in records.read_all(tmp_path)}
+    assert sorted(read) == ["eval", "old", "reference"]  # version 7 is skipped, with a warning
+    assert read["old"].kind == "run" and read["old"].finished

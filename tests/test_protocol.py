@@ -8,6 +8,7 @@ import pytest
 
 from harness import sweep
 from harness.config import from_dict
+from harness.records import Record
 from leaderboard import table
 
 SWEEP = {
@@ -43,7 +44,7 @@ def test_tuning_runs_then_test_runs_at_the_selected_rate(protocol):
     for attribution, base in (("dense", 3e-3), ("random", 6e-3)):
         grid = [r for r in tune if r["spec"]["attribution"] == attribution]
         assert sorted(r["spec"]["train"]["lr"] for r in grid) == pytest.approx([base, 3 * base])
-        chosen = sweep.select(grid)["lr"]
+        chosen = sweep.select([Record.from_json(r, "test") for r in grid])["lr"]
         tested = [r for r in runs if r["spec"]["attribution"] == attribution]
         assert {r["spec"]["train"]["lr"] for r in tested} == {chosen}
         assert all(r["spec"]["tuned_from"] == pytest.approx([base, 3 * base]) for r in tested)
