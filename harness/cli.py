@@ -35,6 +35,17 @@ def cmd_list(args: argparse.Namespace) -> int:
             if args.verbose:
                 for field, typ, default, help_text in describe(e.cls.Config):
                     print(f"      {field} ({typ}, default {default!r}): {help_text}")
+    if args.verbose:
+        from harness.match import MatchConfig
+        from harness.settings import TrainConfig
+        from harness.spec import PrepareConfig
+
+        for title, cfg in (("unlearning settings (a spec's `train:`, harness/settings.py)", TrainConfig),
+                           ("preparation settings (a spec's `prepare:`, harness/spec.py)", PrepareConfig),
+                           ("matched forgetting (a spec's `match:`, harness/match.py)", MatchConfig)):
+            print(f"{title}:")
+            for field, typ, default, help_text in describe(cfg):
+                print(f"      {field} ({typ}, default {default!r}): {help_text}")
     if registry.broken:
         print("skipped plugins:")
         for why in registry.broken.values():
@@ -70,6 +81,11 @@ def _spec_from_args(args: argparse.Namespace):
         value = getattr(args, key, None)
         if value is not None:
             data[key] = value
+    train = {k: getattr(args, k, None) for k in ("lr", "epochs", "max_steps", "batch_size")}
+    if any(v is not None for v in train.values()):
+        data["train"] = {**(data.get("train") or {}), **{k: v for k, v in train.items() if v is not None}}
+    if getattr(args, "match", False):
+        data["match"] = {**(data.get("match") or {}), "enabled": True}
     return from_dict(RunSpec, data, args.spec or "command line")
 
 
@@ -94,7 +110,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness import runner
 
     spec = _spec_from_args(args)
-    record = runner.execute(spec, Path(args.results))
+    record = runner.execute(spec, Path(args.results), Path(args.save_model) if args.save_model else None)
     runner.write_reference_records(spec, Path(args.results))  # the target and retain rows, as a sweep writes
     if distributed.is_main():
         print(json.dumps({k: m["value"] for k, m in record.metrics.items()}, indent=2))
@@ -134,6 +150,15 @@ def cmd_mask(args: argparse.Namespace) -> int:
         print(f"{spec.attribution}: no mask (updates {'LoRA adapters' if plan.lora else 'every weight'})")
     else:
         print(f"{meta['path']} (density {meta['density']:.4f}, {'cache hit' if meta['cache_hit'] else 'computed'})")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from harness import export
+
+    out = export.export(Path(args.results), args.run_id, Path(args.out))
+    print(f"{out}: the unlearned model of {args.run_id} (load it with AutoModelForCausalLM, or score it with "
+          "`unlearn-bench eval` or lm-eval)")
     return 0
 
 
@@ -217,6 +242,14 @@ def _add_spec_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--ratio", type=float, help="fraction of weights updated, in (0, 1]")
     s.add_argument("--objective", help="objective name")
     s.add_argument("--seed", type=int)
+    t = s.add_argument_group("unlearning settings (the spec's `train:`; every field: harness/settings.py, "
+                             "`unlearn-bench list -v`)")
+    t.add_argument("--lr", type=float, help="peak learning rate")
+    t.add_argument("--epochs", type=int, help="passes over the forget set")
+    t.add_argument("--max-steps", type=int, help="optimizer steps (overrides epochs)")
+    t.add_argument("--batch-size", type=int, help="forget (and retain) examples per micro-batch")
+    t.add_argument("--match", action="store_true", help="matched forgetting: stop at the retain model's forget "
+                                                        "level (the spec's `match:`, docs/metrics.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -225,6 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = p.add_subparsers(dest="command", required=True)
 
+    s = sub.add_parser("export", help="write a finished run's unlearned model as a Hugging Face folder, from "
+                                      "the weights it kept (spec keep_weights: true)")
+    s.add_argument("run_id")
+    s.add_argument("out", help="folder to write (replaced if it exists)")
+    s.add_argument("--results", default="results", help="results directory of the run")
+    s.set_defaults(func=cmd_export)
     s = sub.add_parser("check", help="run the conformance checks on attributions and objectives (plugin authors)")
     s.add_argument("names", nargs="+", help="registered attribution or objective names")
     s.add_argument("--model", default="tiny-llama", help="model to check on (default: the tiny built-in Llama)")
@@ -242,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("run", help="one run: attribution, unlearning, evaluation, record")
     _add_spec_arguments(s)
     s.add_argument("--results", default="results", help="results directory (records go to RESULTS/runs)")
+    s.add_argument("--save-model", metavar="DIR", help="also write the unlearned model as a Hugging Face folder")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("eval", help="score a model on a task without unlearning (checkpoints, references)")

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 COMPONENTS = {"task": ("task", "task", "task_config"), "attribution": ("attribution", "attribution",
               "attribution_config"), "objective": ("objective", "objective", "objective_config"),
               "backend": ("backend", "generation", "generation_config")}
-UNKEYED = ("device", "attribution_buffers")  # where a run executes and where memory goes: not what it is
+UNKEYED = ("device", "attribution_buffers", "save_model", "keep_weights")  # where it runs and what it keeps
 
 
 def _strip_docstrings(tree: ast.AST) -> ast.AST:

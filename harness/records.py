@@ -102,6 +102,8 @@ class Record:
     processes: int | None = None
     parallelism: str | None = None
     path: str | None = None  # eval: where the record was written
+    saved_model: str | None = None  # run with save_model: the Hugging Face folder of the unlearned model
+    kept_weights: str | None = None  # run with keep_weights: the safetensors file `export` reads
     record_version: int = RECORD_VERSION
 
     def to_json(self) -> dict[str, Any]:

@@ -10,7 +10,19 @@ from typing import Any
 
 import torch
 
-from harness import distributed, fsdp, identity, lm_eval_bridge, mask_report, masks, match, models, prepare, records
+from harness import (
+    distributed,
+    export,
+    fsdp,
+    identity,
+    lm_eval_bridge,
+    mask_report,
+    masks,
+    match,
+    models,
+    prepare,
+    records,
+)
 from harness.api import AttributionData, EvalContext, Evaluation, Metric, Task
 from harness.cache import cached_dir, stable_hash
 from harness.config import to_dict
@@ -75,8 +87,10 @@ def build_plan(spec: RunSpec, task: Task, attribution: Any, target: str, model, 
     return UpdatePlan(mask), dict(saved, cache_hit=hit, path=str(folder))
 
 
-def execute(spec: RunSpec, results_dir: Path) -> records.Record:
-    """Run `spec` and write its record; a failure is recorded (status failed, traceback) and re-raised."""
+def execute(spec: RunSpec, results_dir: Path, save_to: Path | None = None) -> records.Record:
+    """Run `spec` and write its record; a failure is recorded (status failed, traceback) and re-raised. The
+    unlearned model is saved as a Hugging Face folder when the spec says `save_model` (RESULTS/models/<id>)
+    or `save_to` names a folder."""
     registry = get_registry()
     spec = canonical(spec, registry)
     run_id = identity.run_id(spec, registry)
@@ -170,6 +184,8 @@ def execute(spec: RunSpec, results_dir: Path) -> records.Record:
         record.stats = evaluation.stats  # per-sample numbers and, for lm-eval tasks, lm-eval's results
         record.samples = evaluation.samples
         record.status = "finished"
+        if distributed.is_main():
+            keep(record, spec, plan, model, tok, results_dir, save_to)
         remove_checkpoint(checkpoint)
     except Exception as exc:
         record.status = "failed"
@@ -186,6 +202,18 @@ def execute(spec: RunSpec, results_dir: Path) -> records.Record:
             if record.status == "finished":
                 records.supersede(results_dir, spec_key, run_id)
     return record
+
+
+def keep(record: records.Record, spec: RunSpec, plan: UpdatePlan, model, tok, results_dir: Path,
+         save_to: Path | None) -> None:
+    """What the spec asks to keep of the unlearned model: its folder, or the weights `export` rebuilds it from."""
+    if spec.save_model or save_to is not None:
+        folder = save_to or Path(results_dir) / "models" / record.id
+        record.saved_model = str(export.save_folder(model, tok, record, folder))
+    if spec.keep_weights:
+        path = export.weights_path(results_dir, record.id)
+        export.keep_weights(model, plan.touched, path)
+        record.kept_weights = str(path)
 
 
 class Matcher:

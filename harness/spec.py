@@ -40,6 +40,10 @@ class RunSpec:
                                   "evaluation; recorded as kind 'tune')")
     tuned_from: list[float] = option([], "the learning-rate grid train.lr was chosen from by the sweep's tune "
                                          "rule (empty: not tuned)")
+    save_model: bool = option(False, "write the unlearned model as a Hugging Face folder RESULTS/models/<run-id> "
+                                     "(safetensors, tokenizer, model card)")
+    keep_weights: bool = option(False, "keep the weights unlearning could change, RESULTS/weights/<run-id>."
+                                       "safetensors, for `unlearn-bench export` later")
     dtype: str = option("float32", "weights dtype: float32, bfloat16 (7B models on a GPU) or float16")
     device: str = option("auto", "auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ...")
     attribution_buffers: str = option("model", "where attribution keeps its fp32 gradient sums: model (the "

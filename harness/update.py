@@ -51,6 +51,7 @@ class UpdatePlan:
 
     def __init__(self, mask: Mask | None = None, lora: dict[str, Any] | None = None) -> None:
         self.mask, self.lora = mask, lora
+        self.touched: set[str] = set()  # after `wrap`: base-model parameters unlearning may change
 
     @classmethod
     def from_result(cls, result: AttributionResult, ratio: float, model: torch.nn.Module) -> UpdatePlan:
@@ -70,6 +71,8 @@ class UpdatePlan:
             model = peft.get_peft_model(model, peft.LoraConfig(task_type="CAUSAL_LM", **self.lora))
         if objective is not None:
             self.mask = restrict(self.mask, objective, model)
+        self.touched = {base_name(n) for n, p in model.named_parameters()
+                        if p.requires_grad and (self.mask is None or bool(self.mask[n].any()))}
         return model
 
     def merge(self, model: torch.nn.Module) -> torch.nn.Module:

@@ -1,0 +1,97 @@
+"""Unlearned models as plain Hugging Face folders (safetensors weights, tokenizer, a model card), usable by
+`AutoModelForCausalLM`, `unlearn-bench eval` and lm-eval's own command line.
+
+A run writes one at the end when its spec says `save_model` (or `run --save-model DIR`). With
+`keep_weights`, it instead keeps only the weights unlearning could change (`RESULTS/weights/<run-id>.
+safetensors`: for a sparse mask or RMU's modules a small part of the model) and `unlearn-bench export RUN_ID
+DIR` rebuilds the folder later from them and the run's target model. Both are safetensors: nothing in a
+results folder executes code when loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from harness import models, records
+from harness.errors import UnlearnBenchError
+
+
+def weights_path(results_dir: Path, run_id: str) -> Path:
+    return Path(results_dir) / "weights" / f"{run_id}.safetensors"
+
+
+def keep_weights(model: torch.nn.Module, names: set[str], path: Path) -> None:
+    """The named parameters of the (merged) unlearned model, atomically, as safetensors."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters() if n in names}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, path)
+
+
+def model_card(record: records.Record) -> str:
+    """README.md of a saved model: what it is, how it was made, what it scored."""
+    spec = record.spec
+    lines = ["---", "library_name: transformers", "tags: [unlearning, unlearn-bench]", "---", "",
+             f"# {record.id}", "",
+             f"Unlearned with unlearn-bench from `{(record.models or {}).get('target')}` "
+             f"on task `{spec.get('task')}`: attribution `{spec.get('attribution')}` at ratio {spec.get('ratio')}, "
+             f"objective `{spec.get('objective')}`, seed {spec.get('seed')}, learning rate "
+             f"{spec.get('train', {}).get('lr')}.", "", "| metric | value | better |", "| --- | --- | --- |"]
+    for name, m in sorted(record.metrics.items()):
+        value = m.get("value")
+        lines.append(f"| {name} | {'' if value is None else f'{value:.6g}'} | {m.get('direction')} |")
+    lines += ["", "The run's full record (spec, curves, provenance) is `unlearn_bench_record.json`.", ""]
+    return "\n".join(lines)
+
+
+def save_folder(model: torch.nn.Module, tokenizer, record: records.Record, out: Path) -> Path:
+    """Write `model` as a Hugging Face folder at `out` (replaced atomically if it exists), with the run's
+    model card and record."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "README.md").write_text(model_card(record))
+        (tmp / "unlearn_bench_record.json").write_text(json.dumps(record.to_json(), indent=1, default=str))
+        if out.exists():
+            shutil.rmtree(out)
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def export(results_dir: Path, run_id: str, out: Path) -> Path:
+    """The model folder of a finished run from its kept weights (spec `keep_weights`) and its target."""
+    record = records.find(results_dir, run_id)
+    if record is None:
+        raise UnlearnBenchError(f"no readable record {Path(results_dir) / 'runs' / (run_id + '.json')}")
+    if not record.finished or record.kind != "run":
+        raise UnlearnBenchError(f"run {run_id} is {record.kind} with status {record.status}: only finished runs "
+                                "export")
+    kept = weights_path(results_dir, run_id)
+    if not kept.is_file():
+        raise UnlearnBenchError(f"run {run_id} kept no weights ({kept} is missing): run it with keep_weights: true "
+                                "(or save_model: true, which writes the folder at once)")
+    model, tok = models.load(record.models["target"], record.spec.get("dtype", "float32"), "cpu")
+    state = load_file(str(kept))
+    params = dict(model.named_parameters())
+    unknown = sorted(set(state) - set(params))
+    if unknown:
+        raise UnlearnBenchError(f"{kept}: weights {unknown[:3]} are not parameters of the target model "
+                                f"{record.models['target']}")
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value)
+    return save_folder(model, tok, record, out)

@@ -1,0 +1,85 @@
+"""Saved unlearned models: a plain Hugging Face folder that loads with AutoModelForCausalLM, scores under
+`unlearn-bench eval` exactly as the run did, and runs under lm-eval's own command line; `export` rebuilds the
+same folder later from the weights a run kept."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from harness import cli, lm_eval_bridge, runner
+from harness.config import from_dict
+from harness.evaluate import evaluate_model
+from harness.spec import RunSpec
+
+TASK_CONFIG = {"utility_limit": 2, "eval_limit": 4, "max_new_tokens": 2, "retain_authors": 1}
+DOWN = "model.layers.1.mlp.down_proj.weight"
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    results = tmp_path_factory.mktemp("results")
+    spec = from_dict(RunSpec, {
+        "task": "tofu-mini", "model": "tiny-llama", "attribution": "random", "ratio": 0.5, "objective": "rmu",
+        "objective_config": {"layer": 1, "update": [DOWN.replace(".", r"\.")]}, "keep_weights": True,
+        "train": {"epochs": 1, "batch_size": 20, "lr": 1e-2}, "prepare": {"epochs": 1}, "task_config": TASK_CONFIG},
+        "export")
+    record = runner.execute(spec, results, save_to=results / "saved")
+    return results, record
+
+
+def test_saved_folder_loads_and_scores_as_the_run_did(saved):
+    _, record = saved
+    folder = Path(record.saved_model)
+    assert {"model.safetensors", "config.json", "tokenizer.json", "README.md"} <= {p.name for p in folder.iterdir()}
+    assert record.id in (folder / "README.md").read_text()
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    target = AutoModelForCausalLM.from_pretrained(record.models["target"])
+    pairs = zip(model.named_parameters(), target.parameters(), strict=True)
+    moved = {n for (n, p), q in pairs if not torch.equal(p, q)}
+    assert moved == {DOWN}  # RMU's module under the random mask, nothing else
+    again = evaluate_model(str(folder), "tofu-mini", TASK_CONFIG, retain=record.models["retain"]).metrics
+    for name in ("forget_prob", "forget_rouge", "forget_quality", "model_utility"):
+        assert again[name]["value"] == pytest.approx(record.metrics[name]["value"], abs=1e-6), name
+
+
+def test_export_rebuilds_the_folder_from_the_kept_weights(saved, tmp_path, capsys):
+    results, record = saved
+    assert set(load_file(record.kept_weights)) == {DOWN}  # only what unlearning could change is kept
+    assert cli.main(["-q", "export", record.id, str(tmp_path / "out"), "--results", str(results)]) == 0
+    exported = load_file(str(tmp_path / "out" / "model.safetensors"))
+    direct = load_file(str(Path(record.saved_model) / "model.safetensors"))
+    assert exported.keys() == direct.keys() and all(torch.equal(exported[k], direct[k]) for k in direct)
+
+
+def test_export_says_what_is_missing(saved, tmp_path):
+    from harness.errors import UnlearnBenchError
+    from harness.export import export
+
+    results, record = saved
+    with pytest.raises(UnlearnBenchError, match="no readable record"):
+        export(results, "no-such-run", tmp_path / "out")
+    bare = tmp_path / "results"
+    (bare / "runs").mkdir(parents=True)
+    (bare / "runs" / f"{record.id}.json").write_text((results / "runs" / f"{record.id}.json").read_text())
+    with pytest.raises(UnlearnBenchError, match=r"kept no weights .* keep_weights: true"):
+        export(bare, record.id, tmp_path / "out")
+
+
+def test_lm_eval_command_line_scores_the_saved_folder(saved):
+    _, record = saved
+    tasks = lm_eval_bridge.write_task_dir([lm_eval_bridge.mmlu_bundled()])
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    out = subprocess.run([sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
+                          f"pretrained={record.saved_model}", "--tasks", "mmlu_bundled", "--include_path", str(tasks),
+                          "--limit", "1", "--batch_size", "4", "--device", "cpu"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "mmlu_bundled" in out.stdout and "acc" in out.stdout
+    json.dumps(record.to_json())  # the record stays plain JSON with the saved paths in it
