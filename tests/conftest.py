@@ -27,7 +27,7 @@ def fresh_registry():
 
 @pytest.fixture
 def tiny():
-    """(model, tokenizer) of the tiny Llama built from a config (about 0.6M parameters), fresh per test."""
+    """(model, tokenizer) of the tiny Llama built from a config (about 15K parameters), fresh per test."""
     from harness import models
 
     return models.load("tiny-llama")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import cli, runner
+from harness import cli, models, runner
 from harness.config import from_dict
 from harness.errors import DataError
 from harness.evaluate import evaluate_model
@@ -101,7 +101,9 @@ def test_wmdp_mini_rmu_run_from_its_fine_tuned_target(tmp_path):
     assert m["wmdp_bio_acc"]["direction"] == "lower" and m["mmlu_bundled_acc"]["direction"] == "higher"
     assert record["stats"]["utility"]["lm_eval_version"] == "0.4.13"
     assert record["stats"]["wmdp"]["tasks"]["wmdp_bio_local"]["n"] == 8
-    assert record["mask"]["trained_fraction"] < 0.01  # RMU touches one down_proj only
+    model, _ = models.load("tiny-llama")  # RMU touches one down_proj only
+    down = model.model.layers[1].mlp.down_proj.weight.numel()
+    assert record["mask"]["trained_fraction"] == pytest.approx(down / sum(p.numel() for p in model.parameters()))
     runner.write_reference_records(spec, tmp_path)
     roles = [json.loads(p.read_text()).get("role") for p in (tmp_path / "runs").glob("*.json")]
     assert sorted(r for r in roles if r) == ["retain", "target"]
@@ -174,7 +176,7 @@ def test_mask_command_on_a_base_model_task_keys_the_mask_on_the_base_model(tmp_p
     args = ["-q", "mask", "--task", "wmdp", "--model", "tiny-llama", "--attribution", "gradient", "--ratio", "0.1"]
     assert cli.main([*args, "--spec", str(spec_file)]) == 0
     folder = capsys.readouterr().out.split(" (density")[0].strip()
-    assert json.loads((Path(folder) / "mask.json").read_text())["model"] == "tiny-llama"
+    assert json.loads((Path(folder) / "mask.json").read_text())["model"] == models.versioned("tiny-llama")
     assert (sorted((cache_root() / "models").glob("*")) if (cache_root() / "models").is_dir() else []) == built
     spec = from_dict(RunSpec, {"task": "wmdp", "model": "tiny-llama", "attribution": "gradient", "ratio": 0.1,
                                "task_config": fixtures, "seed": 7}, "test")

@@ -153,7 +153,9 @@ def test_sharded_training_matches_one_process(tmp_path):
         for run in (one, two):
             assert torch.equal(run["after"][name][~mask], run["before"][name][~mask]), name
         changed += int((one["after"][name] != one["before"][name]).sum())
-        torch.testing.assert_close(two["after"][name], one["after"][name], rtol=1e-4, atol=1e-6)
+        # Adam divides by sqrt(v): where a gradient entry is near zero, a rounding difference in its sum across
+        # processes moves the step by a small fraction of lr (1e-2), hence an absolute 1e-5
+        torch.testing.assert_close(two["after"][name], one["after"][name], rtol=1e-4, atol=1e-5)
     assert changed > 0.9 * sum(int(m.sum()) for m in one["mask"].values())
     for a, b in zip(log1["steps"], log2["steps"], strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)

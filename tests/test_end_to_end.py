@@ -43,7 +43,7 @@ def test_sweep_runs_the_deduplicated_grid(swept):
         assert r["metrics"]["forget_quality"]["value"] is not None
         assert r["curves"]["train"][0]["forget_nll"] > 0
     wagle = [r for r in runs if r["spec"]["attribution"] == "wagle"]
-    assert sorted(r["mask"]["density"] for r in wagle) == pytest.approx([0.5, 0.5, 0.8, 0.8])
+    assert sorted(r["mask"]["density"] for r in wagle) == pytest.approx([0.5, 0.5, 0.8, 0.8], abs=1e-4)  # round(r·N)
     assert all(r["mask"]["info"]["retain_term_norm"] > 0 for r in wagle)
     # the second objective at a ratio reuses the cached mask (both may hit a cache left by an earlier session)
     by_ratio: dict = {}

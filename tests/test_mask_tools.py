@@ -36,6 +36,7 @@ def test_mask_cli_and_report_with_plot(tmp_path):
                               *common], capture_output=True, text=True, timeout=300, check=True)
         folders.append(out.stdout.split(" (density")[0].strip())
         assert "density 0.3000" in out.stdout
+        assert "it/s]" not in out.stderr and "absl" not in out.stderr  # piped: no progress bars, no log noise
     png = tmp_path / "density.png"
     out = subprocess.run([exe, "-q", "mask-report", *folders, "--plot", str(png)], capture_output=True, text=True,
                          timeout=120, check=True)
