@@ -5,13 +5,19 @@ Inputs are token-mean NLLs (`avgNLL`), so P̃ = exp(-avgNLL) is the per-token ge
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
-from rouge_score import rouge_scorer
 from scipy.stats import ks_2samp
 
-_ROUGE = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+@functools.cache
+def _rouge(stemmer: bool):
+    """rouge-score's ROUGE-L scorer, built on first use (importing it pulls in nltk: 2 s per process)."""
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=stemmer)
 
 
 def probability(nll: np.ndarray) -> np.ndarray:
@@ -44,7 +50,7 @@ def truth_ratio_utility(ratios: np.ndarray) -> float:
 
 def rouge_l_recall(references: Sequence[str], predictions: Sequence[str]) -> np.ndarray:
     """ROUGE-L recall (stemmed) of each prediction against its reference."""
-    return np.array([_ROUGE.score(ref, pred)["rougeL"].recall
+    return np.array([_rouge(True).score(ref, pred)["rougeL"].recall
                      for ref, pred in zip(references, predictions, strict=True)])
 
 
@@ -66,12 +72,9 @@ def harmonic_mean(values: Sequence[float]) -> float:
 
 # MUSE (copyright) and WAGLE's continuation metrics --------------------------------------------------
 
-_ROUGE_PLAIN = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-
-
 def rouge_l_f1(references: Sequence[str], predictions: Sequence[str]) -> np.ndarray:
     """ROUGE-L F1 without stemming (MUSE's VerbMem and KnowMem), per sample, on a 0-1 scale."""
-    return np.array([_ROUGE_PLAIN.score(ref, pred)["rougeL"].fmeasure
+    return np.array([_rouge(False).score(ref, pred)["rougeL"].fmeasure
                      for ref, pred in zip(references, predictions, strict=True)])
 
 

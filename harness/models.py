@@ -60,7 +60,7 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     vocabulary, not the network, is what costs time at this size."""
     from tokenizers import Tokenizer
 
-    tok = AutoTokenizer.from_pretrained(smollm2_path())
+    tok = AutoTokenizer.from_pretrained(_smollm2_gguf_dir(), gguf_file=SMOLLM2_GGUF)  # not the model: 4x faster
     data = json.loads(tok.backend_tokenizer.to_str())
     bpe = data["model"]
     first = bpe["vocab"]["".join(bpe["merges"][0])]  # merge i makes token first + i (checked below)

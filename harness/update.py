@@ -87,9 +87,12 @@ class UpdatePlan:
 
 
 class Attached:
-    """A plan applied to one model for the duration of a training run. `params` are the trained parameters by
-    name (FSDP: this process's shards), `net` the network the loop runs (the model, its DDP wrapper or its
-    sharded copy, whose weights come back to the model in `finish`)."""
+    """A plan applied to one model for the duration of a training run. Parameters with no masked-in weight
+    leave the optimizer; partly masked ones keep optimizer state for their selected entries only, are clipped
+    on those entries' gradients and updated only there (harness/optim.py), so masked-out weights stay
+    bit-identical, weight decay included. `params` are the trained parameters by name (FSDP: this process's
+    shards), `net` the network the loop runs (the model, its DDP wrapper or its sharded copy, whose weights
+    come back to the model in `finish`)."""
 
     def __init__(self, model: torch.nn.Module, mask: Mask | None) -> None:
         self.model = model

@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from harness import masks
+from harness import masks, models
 
 BIN = Path(sys.executable).parent
 SPEC = {
@@ -94,6 +94,8 @@ def test_two_processes_match_one(tmp_path):
     spec.write_text(yaml.safe_dump(SPEC))
     grid.write_text(yaml.safe_dump(_grid(SPEC)))
     one, two, sharded = tmp_path / "cache1", tmp_path / "cache2", tmp_path / "cache3"
+    tiny = Path(models.resolve("tiny-llama"))  # the session's tiny model (building it is another test's subject)
+    shutil.copytree(tiny, one / "models" / tiny.name)
     _run([str(BIN / "unlearn-bench"), "run", "--spec", str(spec), "--results", str(tmp_path / "r1")], one,
          tmp_path / "one.log")
     # the same prepared models and reference evaluations; the mask is computed again, by two processes

@@ -27,20 +27,24 @@ def test_density_and_jaccard_by_hand():
     assert "a vs b: 0.3750" in text
 
 
-def test_mask_cli_and_report_with_plot(tmp_path):
-    exe = str(Path(sys.executable).parent / "unlearn-bench")
-    common = ["--task", "tofu-mini", "--model", "tiny-llama", "--ratio", "0.3"]
-    folders = []
-    for attribution in ("wagle", "magnitude"):
-        out = subprocess.run([exe, "-q", "mask", "--attribution", attribution, "--spec", str(_spec(tmp_path)),
-                              *common], capture_output=True, text=True, timeout=300, check=True)
-        folders.append(out.stdout.split(" (density")[0].strip())
-        assert "density 0.3000" in out.stdout
-        assert "it/s]" not in out.stderr and "absl" not in out.stderr  # piped: no progress bars, no log noise
+def test_mask_cli_and_report_with_plot(tmp_path, capsys):
+    from harness import cli
+
+    common = ["--task", "tofu-mini", "--model", "tiny-llama", "--ratio", "0.3", "--spec", str(_spec(tmp_path))]
+    # through the installed command, output piped, INFO logging on: no progress bars, no third-party log noise
+    out = subprocess.run([str(Path(sys.executable).parent / "unlearn-bench"), "mask", "--attribution", "wagle",
+                          *common], capture_output=True, text=True, timeout=300, check=True)
+    assert "it/s]" not in out.stderr and "absl" not in out.stderr, out.stderr[-2000:]
+    assert "density 0.3000" in out.stdout
+    folders = [out.stdout.split(" (density")[0].strip()]
+    assert cli.main(["-q", "mask", "--attribution", "magnitude", *common]) == 0
+    printed = capsys.readouterr().out
+    assert "density 0.3000" in printed
+    folders.append(printed.split(" (density")[0].strip())
     png = tmp_path / "density.png"
-    out = subprocess.run([exe, "-q", "mask-report", *folders, "--plot", str(png)], capture_output=True, text=True,
-                         timeout=120, check=True)
-    assert "density per module type" in out.stdout and "pairwise Jaccard overlap" in out.stdout
+    assert cli.main(["-q", "mask-report", *folders, "--plot", str(png)]) == 0
+    printed = capsys.readouterr().out
+    assert "density per module type" in printed and "pairwise Jaccard overlap" in printed
     assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
 
 

@@ -39,9 +39,10 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def ray_cluster(tmp_path):
-    """A one-node Ray cluster with 2 CPUs, its workers seeing this test's environment; stopped afterwards."""
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A one-node Ray cluster with 2 CPUs, its workers seeing this test's environment, shared by this module's
+    tests (starting one takes seconds); stopped afterwards."""
     port = _port()
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
     temp = Path("/tmp") / f"ray-{port}"  # Ray's socket paths must stay short
