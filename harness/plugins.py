@@ -140,7 +140,7 @@ def check_class(kind: str, cls: Any) -> None:
     base = BASES[kind]
     if not isinstance(cls, type) or not issubclass(cls, base):
         raise PluginContractError(f"{kind} {cls!r} is not a subclass of harness.api.{base.__name__}")
-    name = cls.__dict__.get("name") or getattr(cls, "name", None)
+    name = getattr(cls, "name", None)
     if not isinstance(name, str) or not name:
         raise PluginContractError(f"{kind} class {cls.__name__} has no `name`")
     if not (cls.__dict__.get("__doc__") or "").strip():
