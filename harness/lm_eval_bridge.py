@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.resources import files
@@ -22,6 +24,8 @@ import yaml
 from harness.api import Metric
 from harness.cache import cache_root, cached_dir, stable_hash
 from harness.errors import UnlearnBenchError
+
+log = logging.getLogger(__name__)
 
 CHOICE_PROMPT = ("{{question.strip()}}\nA. {{choices[0]}}\nB. {{choices[1]}}\nC. {{choices[2]}}\n"
                  "D. {{choices[3]}}\nAnswer:")
@@ -148,6 +152,9 @@ def evaluate(model, tokenizer, tasks: Sequence[str], limit: int | None = None, b
     lm-eval's version. `limit` caps the questions per (sub)task. `local` adds task groups built in code."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    started = time.perf_counter()
+    log.info("lm-eval: %s%s", ", ".join([*tasks, *(g.name for g in local)]),
+             f" (at most {limit} questions per task)" if limit else "")
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -174,6 +181,7 @@ def evaluate(model, tokenizer, tasks: Sequence[str], limit: int | None = None, b
                                 "local task, or put the data in the datasets cache first") from exc
     finally:
         model.train(was_training)
+    log.info("lm-eval: done in %.1f s", time.perf_counter() - started)
     return {"lm_eval_version": lm_eval.__version__, "limit": limit, "batch_size": batch_size,
             "tasks": {t: _summary(res, t) for t in tasks}}
 
