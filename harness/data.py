@@ -19,14 +19,21 @@ def encode(tokenizer, example: Example, max_length: int) -> tuple[list[int], lis
     """Token ids and labels of prompt + completion + EOS (unless `example.eos` is false), cut to `max_length`
     tokens.
 
-    Prompt and completion are tokenized separately and joined, so the label boundary is exact.
+    Prompt and completion are tokenized together, as one text, as TOFU's and open-unlearning's code do
+    (`convert_raw_data_to_model_format`): the labels are the completion's tokens in context. Tokenized apart,
+    a SentencePiece tokenizer (Llama) would give " The" a token "▁" of its own that the joined text never has.
+    The boundary is the prompt's own token count (TOFU's rule) where the prompt's tokens are a prefix of the
+    whole text's; where a tokenizer merges across the boundary, the first token that differs is labelled (it
+    holds completion characters).
     """
     prompt = tokenizer(example.prompt, add_special_tokens=True)["input_ids"]
-    completion = tokenizer(example.completion, add_special_tokens=False)["input_ids"]
-    completion += [tokenizer.eos_token_id] if example.eos else []
-    ids = (prompt + completion)[:max_length]
-    labels = ([IGNORE] * len(prompt) + completion)[:max_length]
-    return ids, labels
+    ids = tokenizer(example.prompt + example.completion, add_special_tokens=True)["input_ids"]
+    boundary = 0
+    while boundary < min(len(prompt), len(ids)) and prompt[boundary] == ids[boundary]:
+        boundary += 1
+    ids = ids + ([tokenizer.eos_token_id] if example.eos else [])
+    labels = [IGNORE] * boundary + ids[boundary:]
+    return ids[:max_length], labels[:max_length]
 
 
 def collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> Batch:

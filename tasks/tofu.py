@@ -104,6 +104,15 @@ class Tofu(Task):
     def retain_examples(self) -> list[Example]:
         return [self._example(r) for r in self._retain_split()[0]]
 
+    def refusal_examples(self) -> list[Example]:
+        """The forget questions with refusal answers, formatted as answers are (`answer_template`), as TOFU
+        formats its "I don't know" answers."""
+        from harness.refusals import REFUSALS
+
+        rows = self._rows(self.config.forget_split)
+        return [self._example({"question": r["question"], "answer": REFUSALS[i % len(REFUSALS)]})
+                for i, r in enumerate(rows)]
+
     def validation_examples(self) -> list[Example]:
         return [self._example(r) for r in self._retain_split()[1]]
 
