@@ -28,13 +28,15 @@ import torch
 from harness.fsdp import global_norm, local
 
 
-def clip_(grads: list[torch.Tensor], max_norm: float, sharded: bool = False) -> float:
+def clip_(grads: list[torch.Tensor], max_norm: float, sharded: bool = False,
+          norms: list[torch.Tensor] | None = None) -> float:
     """Scale `grads` in place so their joint L2 norm is at most `max_norm` (torch's clip_grad_norm_ formula);
-    returns the norm before clipping. `sharded`: each process holds shards of the gradients, and the norm is
-    taken over all of them."""
+    returns the norm before clipping. With `norms` (the norms of the full gradients, masked-out entries
+    included), the joint norm is theirs: clip the full gradient, then mask. `sharded`: each process holds
+    shards of the gradients, and the norm is taken over all of them."""
     if not grads:
         return 0.0
-    total = torch.nn.utils.get_total_norm(grads, 2.0)  # what clip_grad_norm_ itself computes
+    total = torch.nn.utils.get_total_norm(norms if norms is not None else grads, 2.0)  # clip_grad_norm_'s norm
     if sharded:
         total = global_norm(total)
     coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
@@ -46,12 +48,16 @@ def clip_(grads: list[torch.Tensor], max_norm: float, sharded: bool = False) -> 
 class MaskedAdamW(torch.optim.Optimizer):
     def __init__(self, params: Iterable[Any], masks: Mapping[int, torch.Tensor], lr: float,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
-                 max_grad_norm: float | None = None, sharded: bool = False) -> None:
+                 max_grad_norm: float | None = None, sharded: bool = False, clip_scope: str = "selected") -> None:
         """`masks` maps id(parameter) to its boolean update mask (for a sharded parameter, the mask of its
-        local shard); parameters without one update fully. With `max_grad_norm`, the gradients (selected
-        entries only) are clipped to that joint norm first; `sharded`: the parameters are FSDP shards."""
+        local shard); parameters without one update fully. With `max_grad_norm`, the gradients are clipped to
+        that joint norm first: the norm of the selected entries (`clip_scope` "selected"), or of the full
+        gradients, masked-out entries included ("full", WAGLE's code: clip, then mask); `sharded`: the
+        parameters are FSDP shards."""
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
         self.max_grad_norm = max_grad_norm
+        self.clip_scope = clip_scope
+        self.full_norms: list[torch.Tensor] = []
         self.sharded = sharded
         self.masks = {id(p): masks[id(p)].to(local(p).device).reshape(-1)
                       for group in self.param_groups for p in group["params"] if id(p) in masks}
@@ -60,10 +66,13 @@ class MaskedAdamW(torch.optim.Optimizer):
     def _gather_grads(self) -> dict[int, torch.Tensor]:
         """Each parameter's gradient over its selected entries; a masked parameter's full gradient is freed."""
         grads = {}
+        self.full_norms = []
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
                     continue
+                if self.clip_scope == "full":
+                    self.full_norms.append(torch.linalg.vector_norm(local(p.grad), 2.0))
                 mask = self.masks.get(id(p))
                 if mask is None:
                     grads[id(p)] = local(p.grad)
@@ -76,7 +85,8 @@ class MaskedAdamW(torch.optim.Optimizer):
     def step(self, closure: None = None) -> None:
         grads = self._gather_grads()
         if self.max_grad_norm is not None:
-            self.last_grad_norm = clip_(list(grads.values()), self.max_grad_norm, self.sharded)
+            self.last_grad_norm = clip_(list(grads.values()), self.max_grad_norm, self.sharded,
+                                        self.full_norms if self.clip_scope == "full" else None)
         for group in self.param_groups:
             lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
             beta1, beta2 = group["betas"]

@@ -23,7 +23,11 @@ class TrainConfig:
                                      "a run stopped early by matched forgetting has seen does not depend on its "
                                      "step budget)")
     weight_decay: float = option(0.0, "AdamW decoupled weight decay (never applied to masked-out weights)")
-    max_grad_norm: float | None = option(1.0, "clip the (masked) gradient norm; null: no clipping")
+    max_grad_norm: float | None = option(1.0, "clip the gradient norm; null: no clipping")
+    clip_scope: str = option("selected", "the norm clipping measures: selected (the masked gradient unlearning "
+                                         "applies) or full (every entry, then mask: WAGLE's code; fully "
+                                         "masked-out parameters then compute gradients too)")
+    adam_eps: float = option(1e-8, "AdamW's epsilon (torch's default)")
     checkpoint_every: int | None = option(None, "save a resumable checkpoint every N optimizer steps")
     gradient_checkpointing: bool = option(False, "recompute activations in backward (less memory, ~30% more "
                                                  "compute; for 7B models)")
@@ -38,6 +42,10 @@ class TrainConfig:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule {self.schedule!r}: choose {' or '.join(SCHEDULES)}")
+        if self.clip_scope not in ("selected", "full"):
+            raise ValueError(f"clip_scope {self.clip_scope!r}: choose selected or full")
+        if self.adam_eps <= 0:
+            raise ValueError(f"adam_eps must be > 0, got {self.adam_eps}")
 
 
 def lr_factor(cfg: TrainConfig, n_steps: int) -> Callable[[int], float]:

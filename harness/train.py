@@ -189,7 +189,7 @@ def train(model: torch.nn.Module, micro_batches: Sequence[Any],
         checkpoint = checkpoint_file(checkpoint)
     if cfg.gradient_checkpointing:
         _checkpointing(model, True)
-    update = (plan or UpdatePlan()).attach(model)
+    update = (plan or UpdatePlan()).attach(model, freeze=cfg.clip_scope == "selected")
     optimizer = update.optimizer(cfg)
     lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, n_steps))
     log = TrainLog()

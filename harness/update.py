@@ -82,8 +82,10 @@ class UpdatePlan:
     def trained_fraction(self) -> float:
         return 1.0 if self.mask is None else masks.density(self.mask)
 
-    def attach(self, model: torch.nn.Module) -> Attached:
-        return Attached(model, self.mask)
+    def attach(self, model: torch.nn.Module, freeze: bool = True) -> Attached:
+        """The plan applied for a training run; `freeze` false: fully masked-out parameters keep computing
+        gradients (for clipping the full gradient, `clip_scope: full`), with an all-false update mask."""
+        return Attached(model, self.mask, freeze)
 
 
 class Attached:
@@ -94,7 +96,7 @@ class Attached:
     shards), `net` the network the loop runs (the model, its DDP wrapper or its sharded copy, whose weights
     come back to the model in `finish`)."""
 
-    def __init__(self, model: torch.nn.Module, mask: Mask | None) -> None:
+    def __init__(self, model: torch.nn.Module, mask: Mask | None, freeze: bool = True) -> None:
         self.model = model
         self.device = next(model.parameters()).device
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -104,7 +106,7 @@ class Attached:
             m = None if mask is None else mask[name].to(p.device)
             if m is None or bool(m.all()):
                 continue
-            if not bool(m.any()):
+            if not bool(m.any()) and freeze:
                 p.requires_grad_(False)
                 self.frozen.append(p)
             else:
@@ -128,8 +130,8 @@ class Attached:
         no_decay = [p for p in self.trainable() if p.ndim < 2]
         return MaskedAdamW(
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            {id(self.params[n]): m for n, m in self.partial.items()}, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8,
-            max_grad_norm=cfg.max_grad_norm, sharded=self.sharded)
+            {id(self.params[n]): m for n, m in self.partial.items()}, lr=cfg.lr, betas=(0.9, 0.999),
+            eps=cfg.adam_eps, max_grad_norm=cfg.max_grad_norm, sharded=self.sharded, clip_scope=cfg.clip_scope)
 
     def whole(self) -> torch.nn.Module:
         """The whole model with the current weights, on its device, in eval mode (for a check between steps)."""

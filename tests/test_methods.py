@@ -28,17 +28,21 @@ def _per_sample_grad_sum(model, tok, examples):
     return dict(zip([n for n, _ in model.named_parameters()], total, strict=True))
 
 
-def test_wagle_scores_match_the_formula(tiny):
+@pytest.mark.parametrize("scale", [1.0, 0.25])  # 0.25: the reference code's sums over 4 accumulation steps
+def test_wagle_scores_match_the_formula(tiny, scale):
     model, tok = tiny
     gamma = 1e-2
-    wagle = get_registry().build("attribution", "wagle", {"gamma": gamma})
+    wagle = get_registry().build("attribution", "wagle", {"gamma": gamma, "gradient_scale": scale})
     data = AttributionData(model, tok, make_batches(tok, FORGET, 3, 64), make_batches(tok, RETAIN, 2, 64))
     result = wagle.scores(data)
     g_f = _per_sample_grad_sum(model, tok, FORGET)
     g_r = _per_sample_grad_sum(model, tok, RETAIN)
     for name, p in model.named_parameters():
-        expected = ((p.detach() - g_r[name] / gamma) * g_f[name]).abs()
+        # the reference: G = Σ ∇(CE / 4), so its γ acts on plain sums as γ / s
+        expected = ((p.detach() - scale * g_r[name] / gamma) * scale * g_f[name]).abs()
         assert torch.allclose(result.scores[name], expected, rtol=1e-4, atol=1e-7), name
+    if scale != 1.0:
+        return
     snip = math.sqrt(sum(float((p.detach() * g_f[n]).pow(2).sum()) for n, p in model.named_parameters()))
     assert result.info["snip_term_norm"] == pytest.approx(snip, rel=1e-4)
 

@@ -249,6 +249,52 @@ def test_clipping_uses_the_selected_gradients_only_and_matches_torch():
     assert opt.mask_bytes() == mask.numel()
 
 
+def test_full_clipping_clips_every_entry_then_masks_as_wagles_code_does():
+    from harness.optim import MaskedAdamW
+
+    torch.manual_seed(1)
+    init = [torch.randn(4, 6), torch.randn(5), torch.randn(3)]
+    mask = torch.rand(4, 6) < 0.5
+    grads = [torch.randn(4, 6) * 10, torch.randn(5) * 10, torch.randn(3) * 10]
+    ours = [torch.nn.Parameter(t.clone()) for t in init]
+    ref = [torch.nn.Parameter(t.clone()) for t in init]
+    none = torch.zeros(3, dtype=torch.bool)  # a parameter masked out entirely still counts in the norm
+    opt = MaskedAdamW([{"params": ours}], {id(ours[0]): mask, id(ours[2]): none}, lr=0.01, max_grad_norm=1.0,
+                      clip_scope="full")
+    torch_opt = torch.optim.AdamW(ref, lr=0.01, weight_decay=0.0, foreach=False)
+    for mine, theirs, g in zip(ours, ref, grads, strict=True):
+        mine.grad, theirs.grad = g.clone(), g.clone()
+    norm = torch.nn.utils.clip_grad_norm_(ref, 1.0)  # clip the full gradient, then mask
+    ref[0].grad.mul_(mask)
+    ref[2].grad.zero_()
+    opt.step()
+    torch_opt.step()
+    expected = math.sqrt(sum(float((g ** 2).sum()) for g in grads))
+    assert opt.last_grad_norm == pytest.approx(expected, rel=1e-6) and float(norm) == pytest.approx(expected, rel=1e-6)
+    torch.testing.assert_close(ours[0][mask], ref[0][mask], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(ours[1], ref[1], rtol=1e-6, atol=1e-7)
+    assert torch.equal(ours[0][~mask], init[0][~mask]) and torch.equal(ours[2], init[2])
+
+
+def test_full_clipping_in_training_keeps_masked_out_weights_and_sees_their_gradients(tiny):
+    model, tok = tiny
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    mask = _random_mask(model, 0.3)
+    mask["model.norm.weight"][:] = False  # entirely masked out: frozen under "selected", in the norm under "full"
+    norms = {}
+    for scope in ("selected", "full"):
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(start[n])
+        cfg = TrainConfig(lr=1e-2, epochs=1, batch_size=4, max_grad_norm=1e-3, clip_scope=scope)
+        log = train(model, finetune_batches(tok, EXAMPLES, cfg, 64, seed=0), _loss, cfg, plan=UpdatePlan(mask))
+        norms[scope] = log.steps[0]["grad_norm"]
+        for n, p in model.named_parameters():
+            assert torch.equal(p.detach()[~mask[n]], start[n][~mask[n]]), n
+        assert all(p.requires_grad for p in model.parameters())
+    assert norms["full"] > norms["selected"]  # the full gradient's norm counts the masked-out entries
+
+
 def test_gradient_checkpointing_changes_memory_not_results(tiny):
     model, tok = tiny
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
