@@ -48,15 +48,19 @@ def clip_(grads: list[torch.Tensor], max_norm: float, sharded: bool = False,
 class MaskedAdamW(torch.optim.Optimizer):
     def __init__(self, params: Iterable[Any], masks: Mapping[int, torch.Tensor], lr: float,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
-                 max_grad_norm: float | None = None, sharded: bool = False, clip_scope: str = "selected") -> None:
+                 max_grad_norm: float | None = None, sharded: bool = False, clip_scope: str = "selected",
+                 master_weights: bool = False) -> None:
         """`masks` maps id(parameter) to its boolean update mask (for a sharded parameter, the mask of its
         local shard); parameters without one update fully. With `max_grad_norm`, the gradients are clipped to
         that joint norm first: the norm of the selected entries (`clip_scope` "selected"), or of the full
         gradients, masked-out entries included ("full", WAGLE's code: clip, then mask); `sharded`: the
-        parameters are FSDP shards."""
+        parameters are FSDP shards. `master_weights`: a 16-bit parameter's (selected) entries are kept and
+        updated in fp32, with fp32 gradients and moments, and written back rounded (mixed precision, as
+        DeepSpeed's bf16 training keeps them): small updates accumulate instead of being rounded away."""
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
         self.max_grad_norm = max_grad_norm
         self.clip_scope = clip_scope
+        self.master_weights = master_weights
         self.full_norms: list[torch.Tensor] = []
         self.sharded = sharded
         self.masks = {id(p): masks[id(p)].to(local(p).device).reshape(-1)
@@ -79,6 +83,8 @@ class MaskedAdamW(torch.optim.Optimizer):
                 else:
                     grads[id(p)] = local(p.grad).reshape(-1).index_select(0, mask.nonzero().squeeze(1))
                     p.grad = None
+                if self._mastered(p):
+                    grads[id(p)] = grads[id(p)].float()
         return grads
 
     @torch.no_grad()
@@ -95,10 +101,16 @@ class MaskedAdamW(torch.optim.Optimizer):
                 if grad is None:
                     continue
                 state = self.state[p]
+                mask = self.masks.get(id(p))
+                data = local(p)
+                index = None if mask is None else mask.nonzero().squeeze(1)
                 if not state:
                     state["step"] = torch.tensor(0.0)
                     state["exp_avg"] = torch.zeros_like(grad)
                     state["exp_avg_sq"] = torch.zeros_like(grad)
+                    if self._mastered(p):
+                        entries = data.detach() if index is None else data.reshape(-1).index_select(0, index)
+                        state["master"] = entries.float().clone()
                 state["step"] += 1
                 t = float(state["step"])
                 exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
@@ -106,16 +118,25 @@ class MaskedAdamW(torch.optim.Optimizer):
                 exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
                 step_size = lr / (1 - beta1 ** t)
                 denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2 ** t)).add_(eps)
-                mask = self.masks.get(id(p))
-                data = local(p)
-                if mask is None:
-                    data.mul_(1 - lr * wd).addcdiv_(exp_avg, denom, value=-step_size)
+                master = state.get("master")
+                if master is not None:
+                    master.mul_(1 - lr * wd).addcdiv_(exp_avg, denom, value=-step_size)
+                if index is None:
+                    if master is None:
+                        data.mul_(1 - lr * wd).addcdiv_(exp_avg, denom, value=-step_size)
+                    else:
+                        data.copy_(master)
                 else:
-                    index = mask.nonzero().squeeze(1)
                     flat = data.view(-1)
-                    selected = flat.index_select(0, index).mul_(1 - lr * wd).addcdiv_(exp_avg, denom,
-                                                                                       value=-step_size)
+                    if master is None:
+                        selected = flat.index_select(0, index).mul_(1 - lr * wd).addcdiv_(exp_avg, denom,
+                                                                                           value=-step_size)
+                    else:
+                        selected = master.to(flat.dtype)
                     flat.index_put_((index,), selected)
+
+    def _mastered(self, p: torch.Tensor) -> bool:
+        return self.master_weights and p.dtype in (torch.bfloat16, torch.float16)
 
     def state_bytes(self) -> int:
         """Bytes held in optimizer state tensors (the two moments and the step counters)."""

@@ -59,7 +59,7 @@ def ensure_model(task: Task, base: str, which: Which, cfg: PrepareConfig, dtype:
         tok.save_pretrained(out)
         atomic_write_json(out / "unlearn_bench_prepare.json", {
             "task": task.name, "which": which, "base": base, "prepare": to_dict(cfg),
-            "examples": len(examples), "seconds": result.seconds,
+            "examples": len(examples), "seconds": result.seconds, "master_weights": result.master_weights,
             "final_loss": result.steps[-1]["loss"] if result.steps else None})
 
     path, hit = cached_dir("prepared", key, build)

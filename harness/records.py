@@ -99,6 +99,7 @@ class Record:
     samples: list[dict[str, Any]] | None = None
     error: dict[str, str] | None = None
     bf16_autocast: bool | None = None
+    master_weights: bool | None = None  # run: whether unlearning kept fp32 master weights of a 16-bit model
     processes: int | None = None
     parallelism: str | None = None
     path: str | None = None  # eval: where the record was written

@@ -160,6 +160,7 @@ def execute(spec: RunSpec, results_dir: Path, save_to: Path | None = None) -> re
         model = plan.merge(model)
         timings["unlearning_s"] = time.perf_counter() - t
         record.bf16_autocast = train_log.bf16_autocast
+        record.master_weights = train_log.master_weights
         record.curves = {
             "train": [{k: v for k, v in row.items() if k != "eval"} for row in train_log.steps],
             "eval": [{"step": row["step"], **row["eval"]["metrics"]} for row in train_log.steps

@@ -28,6 +28,9 @@ class TrainConfig:
                                          "applies) or full (every entry, then mask: WAGLE's code; fully "
                                          "masked-out parameters then compute gradients too)")
     adam_eps: float = option(1e-8, "AdamW's epsilon (torch's default)")
+    master_weights: bool = option(False, "16-bit models: keep and update an fp32 copy of the trained weights "
+                                         "(mixed precision); off: update the 16-bit weights directly, as the "
+                                         "unlearning reference code does. No effect on fp32 models")
     checkpoint_every: int | None = option(None, "save a resumable checkpoint every N optimizer steps")
     gradient_checkpointing: bool = option(False, "recompute activations in backward (less memory, ~30% more "
                                                  "compute; for 7B models)")

@@ -17,6 +17,8 @@ class PrepareConfig(TrainConfig):
     lr: float = option(2e-4, "peak learning rate of AdamW")
     epochs: int = option(6, "passes over the fine-tuning set")
     seed: int = option(0, "seed of the fine-tuning order (fixed across unlearning seeds)")
+    master_weights: bool = option(True, "16-bit models: fine-tune an fp32 copy of the weights (as TOFU's DeepSpeed "
+                                        "bf16 fine-tuning does); at lr 1e-5 most bf16 updates would round away")
 
 
 @dataclass

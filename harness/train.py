@@ -54,6 +54,7 @@ class TrainLog:
     steps: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     bf16_autocast: bool = False
+    master_weights: bool = False  # whether fp32 master weights were kept (a 16-bit model and cfg.master_weights)
     stopped_at: int | None = None  # the step after which `on_step` asked to stop (matched forgetting)
 
 
@@ -195,6 +196,7 @@ def train(model: torch.nn.Module, micro_batches: Sequence[Any],
     log = TrainLog()
     first = _resume(checkpoint, update, optimizer, lr_sched, log)
     log.bf16_autocast = bf16 = autocast_on(cfg, update.device)
+    log.master_weights = update.mixed_precision(cfg)
     start = time.perf_counter()
     update.net.train()
     try:

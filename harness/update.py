@@ -131,7 +131,12 @@ class Attached:
         return MaskedAdamW(
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             {id(self.params[n]): m for n, m in self.partial.items()}, lr=cfg.lr, betas=(0.9, 0.999),
-            eps=cfg.adam_eps, max_grad_norm=cfg.max_grad_norm, sharded=self.sharded, clip_scope=cfg.clip_scope)
+            eps=cfg.adam_eps, max_grad_norm=cfg.max_grad_norm, sharded=self.sharded, clip_scope=cfg.clip_scope,
+            master_weights=cfg.master_weights)
+
+    def mixed_precision(self, cfg: TrainConfig) -> bool:
+        """Whether this run keeps fp32 master weights: asked for, and some trained parameter is 16-bit."""
+        return cfg.master_weights and any(p.dtype in (torch.bfloat16, torch.float16) for p in self.trainable())
 
     def whole(self) -> torch.nn.Module:
         """The whole model with the current weights, on its device, in eval mode (for a check between steps)."""

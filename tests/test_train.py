@@ -1,3 +1,4 @@
+import dataclasses
 import math
 from pathlib import Path
 
@@ -313,3 +314,35 @@ def test_gradient_checkpointing_changes_memory_not_results(tiny):
     assert runs[1][0] == pytest.approx(runs[0][0], rel=1e-5)
     for n, p in runs[0][1].items():
         torch.testing.assert_close(runs[1][1][n], p, rtol=1e-5, atol=1e-6)
+
+
+def test_fp32_master_weights_move_a_bf16_model_as_fp32_training_does(tiny):
+    """At lr 1e-5 an Adam-sized step is below bf16's resolution for most weights: updating bf16 weights directly
+    rounds most steps away, while an fp32 master copy accumulates them and ends where fp32 training ends,
+    within the rounding of the final weights to bf16."""
+    model, tok = tiny
+    start = {n: p.detach().to(torch.bfloat16) for n, p in model.named_parameters()}
+    cfg = TrainConfig(lr=1e-5, epochs=4, batch_size=4, warmup_ratio=0.0, schedule="constant", max_grad_norm=None)
+    batches = finetune_batches(tok, EXAMPLES, cfg, 64, seed=0)
+    finals = {}
+    for name, dtype, master in (("fp32", torch.float32, False), ("master", torch.bfloat16, True),
+                                ("plain", torch.bfloat16, False)):
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.data = start[n].to(dtype).clone()  # the same bf16-representable start for all three
+        log = train(model, batches, _loss, dataclasses.replace(cfg, master_weights=master))
+        assert log.master_weights == (name == "master")
+        finals[name] = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model.float()
+
+    def moved(run: str) -> float:
+        changed = sum(int((finals[run][n].to(torch.bfloat16) != start[n]).sum()) for n in start)
+        return changed / sum(t.numel() for t in start.values())
+
+    assert moved("plain") < 0.5 * moved("fp32")  # most bf16 updates were rounded away
+    assert abs(moved("master") - moved("fp32")) < 0.02
+    for n in start:
+        reference = finals["fp32"][n]
+        ulp = torch.finfo(torch.bfloat16).eps * reference.abs().clamp_min(1e-30)
+        close = (finals["master"][n].float() - reference).abs() <= ulp
+        assert float(close.float().mean()) >= 0.99, n
