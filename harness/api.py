@@ -211,6 +211,9 @@ class TaskConfig:
 
     max_length: int = field(default=512, metadata={"help": "token cap for training and scoring sequences"})
     eval_batch_size: int = field(default=16, metadata={"help": "batch size for scoring and generation"})
+    refusals_file: str | None = field(default=None, metadata={
+        "help": "refusal answers for PO, one per line (e.g. WAGLE's polite_refusal_responses_tofu.csv); "
+                "null: harness/refusals.py's list"})
 
 
 class Task:
@@ -262,9 +265,10 @@ class Task:
 
     def refusal_examples(self) -> list[Example]:
         """The forget prompts, in order, each paired with a refusal answer (PO and WAGLE's PO variant)."""
-        from harness.refusals import REFUSALS
+        from harness.refusals import refusals
 
-        return [Example(ex.prompt, " " + REFUSALS[i % len(REFUSALS)]) for i, ex in enumerate(self.forget_examples())]
+        answers = refusals(self.config.refusals_file)
+        return [Example(ex.prompt, " " + answers[i % len(answers)]) for i, ex in enumerate(self.forget_examples())]
 
     def evaluate(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                  ctx: EvalContext) -> Evaluation:

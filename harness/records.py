@@ -85,6 +85,7 @@ class Record:
     model: str | None = None  # reference and eval: the model evaluated
     retain_model: str | None = None  # eval: the retain model its forget quality compares with
     models: dict[str, str | None] | None = None  # run: its target and retain models
+    data: dict[str, str | None] | None = None  # run: content hashes of its forget, retain and refusal examples
     headline: dict[str, str] | None = None  # (forget, utility) metric names of the trade-off plot
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> value, direction, group
     timings: dict[str, float] = field(default_factory=dict)

@@ -65,8 +65,8 @@ def build_plan(spec: RunSpec, task: Task, attribution: Any, target: str, model, 
     meta = {"method": spec.attribution, "ratio": spec.ratio, "config": to_dict(attribution.config),
             "plugin": identity.fingerprint(get_registry().get("attribution", spec.attribution)),
             "model": models.versioned(target),
-            "seed": spec.seed, "forget_hash": examples_hash(forget),
-            "retain_hash": examples_hash(retain), "max_length": max_length}
+            "seed": spec.seed, "forget_hash": examples_hash(forget), "retain_hash": examples_hash(retain),
+            "refusal_hash": examples_hash(task.refusal_examples()), "max_length": max_length}
     key = f"{spec.attribution}-{stable_hash(meta)}"
 
     def compute(out: Path) -> None:
@@ -136,8 +136,10 @@ def execute(spec: RunSpec, results_dir: Path, save_to: Path | None = None) -> re
         if plan.lora is not None:
             record.mask["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
         record.mask["trained_fraction"] = plan.trained_fraction()
-        batches = unlearn_batches(tok, task.forget_examples(), task.retain_examples(), spec.train,
-                                  task.max_length, spec.seed, task.refusal_examples())
+        forget, retain, refusal = task.forget_examples(), task.retain_examples(), task.refusal_examples()
+        record.data = {"forget": examples_hash(forget), "retain": examples_hash(retain),
+                       "refusal": examples_hash(refusal), "refusals_file": task.config.refusals_file}
+        batches = unlearn_batches(tok, forget, retain, spec.train, task.max_length, spec.seed, refusal)
 
         matcher = Matcher(task, spec, target, retain_model, tok) if spec.match.enabled else None
 

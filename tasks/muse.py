@@ -44,6 +44,9 @@ class MuseConfig(TaskConfig):
     verbmem_limit: int | None = option(None, "score only the first N VerbMem prompts")
     verbmem_tokens: int = option(128, "VerbMem generation length; the ground truth is cut to it")
     knowmem_tokens: int = option(32, "KnowMem answer generation length")
+    knowmem_space: bool = option(True, "end the KnowMem prompt with 'Answer: ' (a trailing space), as MUSE's "
+                                       "metrics/knowmem.py does; false: 'Answer:' (the answer's own leading "
+                                       "space then starts the generation, as the mini target learned it)")
     mia_forget_file: str | None = option("privleak/forget.json", "member texts for PrivLeak; null: the "
                                                                   "forget chunks")
     mia_holdout_file: str = option("privleak/holdout.json", "non-member texts for PrivLeak")
@@ -73,6 +76,8 @@ class MuseMiniConfig(MuseConfig):
     verbmem_file: str | None = option(None, "VerbMem {prompt, gt} file; null: split the forget chunks in two")
     verbmem_tokens: int = option(32, "VerbMem generation length; the ground truth is cut to it")
     knowmem_tokens: int = option(16, "KnowMem answer generation length")
+    knowmem_space: bool = option(False, "end the KnowMem prompt with 'Answer: ' as MUSE does; false: 'Answer:', "
+                                        "the format the mini target learned its QA pairs in")
     mia_forget_file: str | None = option(None, "member texts for PrivLeak; null: the forget chunks")
     max_length: int = option(128, "token cap for training and scoring sequences")
     target_model: str | None = option(None, "model that learned the corpus; null: build")
@@ -134,13 +139,17 @@ class MuseNews(Task):
             holdout = text.chunks(holdout, c.chunk_words, c.chunks_per_text)
         return members, holdout
 
-    def _knowmem(self, model, tokenizer, split: Literal["forget", "retain2"], ctx: EvalContext) -> np.ndarray:
+    def knowmem_prompts(self, split: Literal["forget", "retain2"]) -> list[str]:
+        """MUSE's KnowMem prompts: the split's in-context QA pairs, then the question (metrics/knowmem.py)."""
         icl = text.read_qa(self._path(f"knowmem/{split}_qa_icl.json"))
         shots = "".join(f"Question: {r['question']}\nAnswer: {r['answer']}\n\n" for r in icl)
-        rows = self._qa(split)
-        prompts = [f"{shots}Question: {r['question']}\nAnswer:" for r in rows]
-        answers = ctx.generate(model, tokenizer, prompts, self.config.knowmem_tokens, stop=KNOWMEM_STOP)
-        return metrics.rouge_l_f1([r["answer"] for r in rows], answers)
+        end = "Answer: " if self.config.knowmem_space else "Answer:"
+        return [f"{shots}Question: {r['question']}\n{end}" for r in self._qa(split)]
+
+    def _knowmem(self, model, tokenizer, split: Literal["forget", "retain2"], ctx: EvalContext) -> np.ndarray:
+        answers = ctx.generate(model, tokenizer, self.knowmem_prompts(split), self.config.knowmem_tokens,
+                               stop=KNOWMEM_STOP)
+        return metrics.rouge_l_f1([r["answer"] for r in self._qa(split)], answers)
 
     def evaluate(self, model, tokenizer, ctx: EvalContext) -> Evaluation:
         c = self.config

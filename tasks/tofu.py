@@ -107,11 +107,11 @@ class Tofu(Task):
     def refusal_examples(self) -> list[Example]:
         """The forget questions with refusal answers, formatted as answers are (`answer_template`), as TOFU
         formats its "I don't know" answers."""
-        from harness.refusals import REFUSALS
+        from harness.refusals import refusals
 
-        rows = self._rows(self.config.forget_split)
-        return [self._example({"question": r["question"], "answer": REFUSALS[i % len(REFUSALS)]})
-                for i, r in enumerate(rows)]
+        answers = refusals(self.config.refusals_file)
+        return [self._example({"question": r["question"], "answer": answers[i % len(answers)]})
+                for i, r in enumerate(self._rows(self.config.forget_split))]
 
     def validation_examples(self) -> list[Example]:
         return [self._example(r) for r in self._retain_split()[1]]

@@ -50,6 +50,11 @@ def test_muse_news_full_setting_reads_the_muse_layout():
     assert len(task._verbmem_items()) == 100
     with pytest.raises(DataError, match=r"raw/retain1\.json"):  # 4 MiB, not in the bundled copy
         task.retain_examples()
+    # KnowMem as MUSE's metrics/knowmem.py asks: in-context pairs, then "Question: q\nAnswer: " (trailing space)
+    prompt = task.knowmem_prompts("forget")[0]
+    assert prompt.endswith("\nAnswer: ") and prompt.count("\nAnswer: ") > 1 and prompt.startswith("Question: ")
+    assert get_registry().build("task", "muse-news-mini", {}, "test").knowmem_prompts("forget")[0].endswith(
+        "\nAnswer:")
 
 
 def test_muse_mini_members_and_holdout_are_cut_alike():

@@ -90,3 +90,18 @@ def test_evaluation_metrics_and_directions(tiny):
     assert len(ev.stats["forget_truth_ratios"]) == 40
     ev2 = task.evaluate(model, tok, EvalContext(reference_stats=ev.stats))
     assert ev2.metrics["forget_quality"].value == pytest.approx(1.0)  # same distribution as the reference
+
+
+def test_refusals_come_from_a_file_when_given_and_the_record_says_which(tmp_path):
+    from harness.errors import DataError
+    from harness.plugins import get_registry
+
+    path = tmp_path / "refusals.csv"
+    path.write_text('"I\'m not sure."\n\nI don\'t know.\n')
+    task = get_registry().build("task", "tofu-mini", {"refusals_file": str(path)}, "test")
+    answers = [ex.completion for ex in task.refusal_examples()[:3]]
+    assert answers == [" I'm not sure.", " I don't know.", " I'm not sure."]
+    assert [ex.prompt for ex in task.refusal_examples()] == [ex.prompt for ex in task.forget_examples()]
+    missing = get_registry().build("task", "tofu-mini", {"refusals_file": str(tmp_path / "none.csv")}, "test")
+    with pytest.raises(DataError, match=r"refusals_file not found: .*none\.csv"):
+        missing.refusal_examples()
