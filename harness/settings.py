@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from harness.config import option
 
-SCHEDULES = ("linear", "constant")
+SCHEDULES = ("linear", "constant", "hf_linear")
 
 
 @dataclass
@@ -21,7 +21,8 @@ class TrainConfig:
     warmup_ratio: float = option(0.1, "fraction of steps with linear warmup (at least one step)")
     schedule: str = option("linear", "after warmup: linear (decay to 0 at the last step) or constant (the rate "
                                      "a run stopped early by matched forgetting has seen does not depend on its "
-                                     "step budget)")
+                                     "step budget); hf_linear: transformers' get_linear_schedule_with_warmup "
+                                     "exactly (warmup from 0: the first step's rate is 0)")
     weight_decay: float = option(0.0, "AdamW decoupled weight decay (never applied to masked-out weights)")
     max_grad_norm: float | None = option(1.0, "clip the gradient norm; null: no clipping")
     clip_scope: str = option("selected", "the norm clipping measures: selected (the masked gradient unlearning "
@@ -52,11 +53,16 @@ class TrainConfig:
 
 
 def lr_factor(cfg: TrainConfig, n_steps: int) -> Callable[[int], float]:
-    """The factor on cfg.lr at each step (0-based): linear warmup over max(1, warmup_ratio·n_steps) steps,
-    then constant or linear decay to zero at the last step."""
+    """The factor on cfg.lr at each step (0-based): linear warmup over max(1, warmup_ratio·n_steps) steps
+    reaching the full rate on the last warmup step, then constant or linear decay to zero at the last step;
+    `hf_linear` is transformers' formula, whose warmup starts from 0 (so its first step does not move)."""
     warmup = max(1, int(n_steps * cfg.warmup_ratio))
 
     def factor(step: int) -> float:
+        if cfg.schedule == "hf_linear":  # transformers.get_linear_schedule_with_warmup's lr_lambda
+            if step < warmup:
+                return step / max(1, warmup)
+            return max(0.0, (n_steps - step) / max(1, n_steps - warmup))
         if step < warmup:
             return (step + 1) / warmup
         if cfg.schedule == "constant":

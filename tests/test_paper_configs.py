@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from harness import sweep
 from harness.settings import TrainConfig, lr_factor
@@ -24,8 +25,8 @@ def _load(name: str) -> sweep.SweepConfig:
 def test_wagle_paper_configs_use_the_reference_gradient_scale(name):
     cfg = _load(name)
     assert cfg.attribution_config["wagle"]["gradient_scale"] == 0.25
-    if cfg.train.max_grad_norm is not None:
-        assert cfg.train.clip_scope == "full"
+    if name != "wmdp-zephyr-rmu":  # WAGLE's HF Trainer: clip the whole gradient, linear warmup from 0
+        assert (cfg.train.clip_scope, cfg.train.schedule, cfg.train.warmup_ratio) == ("full", "hf_linear", 0.1)
 
 
 def test_rmu_config_is_the_wmdp_recipe():
@@ -61,3 +62,19 @@ def _nll(model, batch):
 def test_lr_factor_by_hand():
     linear = lr_factor(TrainConfig(warmup_ratio=0.2, schedule="linear"), 10)  # 2 warmup steps, then decay to 0
     assert [round(linear(s), 6) for s in range(10)] == [0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125]
+
+
+def test_hf_linear_is_transformers_schedule():
+    from transformers import get_linear_schedule_with_warmup
+
+    cfg = TrainConfig(lr=1.0, warmup_ratio=0.3, schedule="hf_linear")
+    ours = lr_factor(cfg, 10)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    theirs = get_linear_schedule_with_warmup(opt, num_warmup_steps=3, num_training_steps=10)
+    rates = []
+    for _ in range(10):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        theirs.step()
+    assert [ours(s) for s in range(10)] == pytest.approx(rates, abs=1e-12)
+    assert rates[0] == 0.0  # transformers warms up from zero
