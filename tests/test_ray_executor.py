@@ -21,6 +21,8 @@ from harness import sweep
 from harness.config import from_dict
 
 pytest.importorskip("ray")
+# `ray stop --force` ends every Ray process of the machine: the module's tests share one pytest worker
+pytestmark = pytest.mark.xdist_group("ray")
 
 BIN = Path(sys.executable).parent
 GRID = {
