@@ -13,9 +13,13 @@ from methods.losses import simnpo
 
 @dataclass
 class SimNpoConfig:
+    """Defaults: Unlearn-Simple's TOFU/config/forget.yaml (forget05); its README gives forget10 β 4.5 and a
+    forget weight 0.125 (experiments/tofu-forget10-llama2-simnpo.yaml)."""
+
     beta: float = option(2.5, "inverse temperature β")
-    delta: float = option(0.0, "reward margin δ subtracted from the forget avgNLL")
-    retain_weight: float = option(1.0, "weight of the retain NLL")
+    delta: float = option(0.0, "reward margin δ subtracted from the forget avgNLL (the reference's gamma)")
+    forget_weight: float = option(0.1375, "weight c_f of the forget term (the reference's npo_coeff)")
+    retain_weight: float = option(1.0, "weight of the retain NLL (the reference's grad_diff_coeff)")
 
     def validate(self) -> None:
         if self.beta <= 0:
@@ -23,7 +27,7 @@ class SimNpoConfig:
 
 
 class SimNpo(Objective):
-    """L = -(2/β) log σ(β (avgNLL_θ(f) - δ)) + w * CE(retain)."""
+    """L = c_f · -(2/β) log σ(β (avgNLL_θ(f) - δ)) + w · CE(retain)."""
 
     name = "simnpo"
     Config = SimNpoConfig
@@ -32,7 +36,7 @@ class SimNpo(Objective):
         f = mean_nll(model, batch.forget)
         r = mean_nll(model, batch.retain)
         forget_term = simnpo(f, self.config.beta, self.config.delta)
-        return LossOutput(forget_term + self.config.retain_weight * r.mean(),
+        return LossOutput(self.config.forget_weight * forget_term + self.config.retain_weight * r.mean(),
                           {"forget_simnpo": float(forget_term.detach()), "forget_nll": float(f.detach().mean()),
                            "retain_nll": float(r.detach().mean())})
 

@@ -107,11 +107,15 @@ def test_ga_and_simnpo_by_hand(tiny):
     f, r = _hf_losses(model, tok, FORGET[:3]), _hf_losses(model, tok, RETAIN[:2])
     with torch.no_grad():
         ga = registry.build("objective", "ga").loss(model, batch)
-        simnpo = registry.build("objective", "simnpo", {"beta": 2.0, "delta": 0.5, "retain_weight": 0.5})
+        simnpo = registry.build("objective", "simnpo", {"beta": 2.0, "delta": 0.5, "forget_weight": 0.125,
+                                                         "retain_weight": 0.5})
         sim = simnpo.loss(model, batch)
     assert float(ga.loss) == pytest.approx(-sum(f) / 3, rel=1e-5)
     logsig = [math.log(1 / (1 + math.exp(-2.0 * (x - 0.5)))) for x in f]
-    assert float(sim.loss) == pytest.approx(-(2 / 2.0) * sum(logsig) / 3 + 0.5 * sum(r) / 2, rel=1e-5)
+    assert float(sim.loss) == pytest.approx(0.125 * -(2 / 2.0) * sum(logsig) / 3 + 0.5 * sum(r) / 2, rel=1e-5)
+    # the defaults are Unlearn-Simple's TOFU config (forget05): β 2.5, npo_coeff 0.1375, grad_diff_coeff 1, γ 0
+    defaults = registry.build("objective", "simnpo").config
+    assert (defaults.beta, defaults.forget_weight, defaults.retain_weight, defaults.delta) == (2.5, 0.1375, 1.0, 0.0)
 
 
 def test_po_trains_towards_refusals(tiny):

@@ -14,6 +14,7 @@ from harness.train import finetune_batches, train
 
 ROOT = Path(__file__).resolve().parent.parent
 WAGLE_PAPER = ["tofu-forget10-llama2-graddiff", "tofu-forget10-llama2-npo", "tofu-forget10-llama2-po",
+               "tofu-forget10-llama2-simnpo",
                "wmdp-zephyr-graddiff", "wmdp-zephyr-npo", "wmdp-zephyr-rmu"]
 
 
@@ -78,3 +79,10 @@ def test_hf_linear_is_transformers_schedule():
         theirs.step()
     assert [ours(s) for s in range(10)] == pytest.approx(rates, abs=1e-12)
     assert rates[0] == 0.0  # transformers warms up from zero
+
+
+def test_simnpo_paper_config_is_unlearn_simples_forget10_setting():
+    cfg = _load("tofu-forget10-llama2-simnpo")
+    assert cfg.objective_config["simnpo"] == {"beta": 4.5, "delta": 0.0, "forget_weight": 0.125,
+                                               "retain_weight": 1.0}
+    assert (cfg.train.lr, cfg.train.epochs, cfg.train.weight_decay) == (1e-5, 10, 0.01)

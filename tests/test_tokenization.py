@@ -83,7 +83,7 @@ def test_joint_encoding_changes_nothing_for_smollm2():
         assert encode(tok, ex, 512) == (prompt + completion, [IGNORE] * len(prompt) + completion)
 
 
-@pytest.mark.parametrize("objective", ["graddiff", "npo", "po"])
+@pytest.mark.parametrize("objective", ["graddiff", "npo", "po", "simnpo"])
 def test_llama2_tofu_experiments_use_tofus_exact_prompt_format(objective):
     """TOFU's config/model_config.yaml for llama2-7b: "[INST] " + question + " [/INST]", then the answer with
     no space (answer_tag ""), refusals ("I don't know" answers) formatted the same way."""
