@@ -86,3 +86,8 @@ def test_simnpo_paper_config_is_unlearn_simples_forget10_setting():
     assert cfg.objective_config["simnpo"] == {"beta": 4.5, "delta": 0.0, "forget_weight": 0.125,
                                                "retain_weight": 1.0}
     assert (cfg.train.lr, cfg.train.epochs, cfg.train.weight_decay) == (1e-5, 10, 0.01)
+
+
+@pytest.mark.parametrize("objective", ["graddiff", "npo", "po", "simnpo"])
+def test_tofu_paper_configs_evaluate_tofus_legacy_300_rows(objective):
+    assert _load(f"tofu-forget10-llama2-{objective}").task_config["eval_limit"] == 300
