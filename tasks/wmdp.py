@@ -38,15 +38,16 @@ def resolve(source: str) -> Path | None:
 
 
 def load_corpus(source: str, limit: int | None) -> list[str]:
-    """Texts of a corpus: a file (.jsonl with `text`, .json, .txt) or a hub dataset `owner/name:config`."""
+    """Texts of a corpus: a file (.jsonl with `text`, .json, .txt) or a hub dataset `owner/name:config`, or
+    `name:config:split` for a split other than train (WMDP's RMU retains on `wikitext:wikitext-2-raw-v1:test`)."""
     path = resolve(source)
     if path is not None:
         return text.read_texts(path, limit)
     import datasets
 
-    name, config = source.rsplit(":", 1)
+    name, config, *rest = source.split(":")
     try:
-        data = datasets.load_dataset(name, config, split="train")
+        data = datasets.load_dataset(name, config, split=rest[0] if rest else "train")
     except Exception as exc:  # offline, gated or misspelled: say which corpus and what to do
         raise DataError(f"corpus {source!r} could not be loaded ({type(exc).__name__}: {exc}). Download it into "
                         "the datasets cache first, or give a local .jsonl path with a 'text' field") from None

@@ -34,8 +34,10 @@ def test_rmu_config_is_the_wmdp_recipe():
     train_cfg = _load("wmdp-zephyr-rmu").train
     assert (train_cfg.schedule, train_cfg.warmup_ratio, train_cfg.max_grad_norm, train_cfg.adam_eps) == (
         "constant", 0.0, None, 1e-8)
-    factor = lr_factor(train_cfg, 80)
-    assert [factor(s) for s in range(80)] == [1.0] * 80  # the full rate from the first batch to the last
+    factor = lr_factor(train_cfg, 150)
+    assert [factor(s) for s in range(150)] == [1.0] * 150  # the full rate from the first batch to the last
+    cfg = _load("wmdp-zephyr-rmu")
+    assert cfg.train.max_steps == 150 and cfg.task_config["retain_corpora"] == ["wikitext:wikitext-2-raw-v1:test"]
 
 
 def test_a_constant_schedule_trains_at_the_full_rate_every_step(tiny):
