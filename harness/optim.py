@@ -9,6 +9,10 @@ since at ratio 0.95 a kept int32 index would cost as much as both bf16 moments. 
 weights there, updates them and writes them back. Gradient clipping happens here too, on the gathered
 gradients, so it measures exactly the gradient that unlearning applies.
 
+Two conventions of reference code are options: `clip_scope="full"` clips by the norm of the whole gradient
+before masking (WAGLE's code), and `master_weights` keeps 16-bit parameters' selected entries in fp32 and
+updates those (DeepSpeed's bf16 training, which built TOFU's models), writing the rounded result back.
+
 Under FSDP (harness/fsdp.py) a parameter is a shard: the optimizer works on each process's local part of the
 weights and gradients with masks cut the same way, and the clipping norm is summed over the processes.
 
@@ -76,7 +80,7 @@ class MaskedAdamW(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 if self.clip_scope == "full":
-                    self.full_norms.append(torch.linalg.vector_norm(local(p.grad), 2.0))
+                    self.full_norms.append(torch.linalg.vector_norm(local(p.grad), 2.0, dtype=torch.float32))
                 mask = self.masks.get(id(p))
                 if mask is None:
                     grads[id(p)] = local(p.grad)
