@@ -56,15 +56,23 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from harness import conformance
 
-    configs = json.loads(args.config) if args.config else {}
+    try:
+        configs = json.loads(args.config) if args.config else {}
+    except ValueError as exc:
+        raise UnlearnBenchError(f"--config is not JSON ({exc})") from None
     failed = 0
     for name in args.names:
         try:
             kind = conformance.check(name, args.model, configs.get(name))
             print(f"{name}: {kind} conforms")
-        except conformance.ConformanceError as exc:
+        except UnlearnBenchError as exc:
+            if not isinstance(exc, conformance.ConformanceError):
+                raise  # an unknown name or a bad config: the usual error line
             failed += 1
             print(f"{name}: FAILED: {exc}")
+        except Exception as exc:  # the plugin itself raised: that is a conformance failure too
+            failed += 1
+            print(f"{name}: FAILED: the plugin raised {type(exc).__name__}: {exc}")
     return 1 if failed else 0
 
 

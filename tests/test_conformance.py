@@ -101,3 +101,15 @@ def test_objective_conformance_catches_a_detached_loss(tiny):
     get_registry().add("objective", Detached, plugin="tests")
     with pytest.raises(ConformanceError, match="the loss has no gradient"):
         check_objective("detached", tiny[0], tiny[1], FORGET, RETAIN)
+
+
+def test_check_command_reports_conformance_and_plugin_failures(capsys):
+    from harness import cli
+
+    rmu = '{"rmu": {"layer": 1, "update": ["model.layers.1.mlp.down_proj.weight"]}}'
+    assert cli.main(["-q", "check", "wagle", "rmu", "--config", rmu]) == 0
+    assert "wagle: attribution conforms" in capsys.readouterr().out
+    assert cli.main(["-q", "check", "rmu"]) == 1  # RMU's default layer 7 is beyond the tiny model's two
+    assert "rmu: FAILED: the plugin raised ValueError: rmu layer 7" in capsys.readouterr().out
+    assert cli.main(["-q", "check", "wagl"]) == 2  # an unknown name is the usual error line
+    assert cli.main(["-q", "check", "rmu", "--config", "{not json"]) == 2
