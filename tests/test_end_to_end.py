@@ -11,9 +11,6 @@ from harness.config import from_dict
 from harness.errors import ConfigError
 from leaderboard import table
 
-# the module fixture is built once: its tests share one pytest worker
-pytestmark = pytest.mark.xdist_group("test_end_to_end")
-
 SWEEP = {
     "task": "tofu-mini", "model": "tiny-llama", "attributions": ["dense", "wagle"], "ratios": [0.5, 0.8],
     "objectives": ["graddiff", "npo"], "seeds": [0],

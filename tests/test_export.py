@@ -18,9 +18,6 @@ from harness.config import from_dict
 from harness.evaluate import evaluate_model
 from harness.spec import RunSpec
 
-# the module fixture is built once: its tests share one pytest worker
-pytestmark = pytest.mark.xdist_group("test_export")
-
 TASK_CONFIG = {"utility_limit": 2, "eval_limit": 4, "max_new_tokens": 2, "retain_authors": 1}
 DOWN = "model.layers.1.mlp.down_proj.weight"
 

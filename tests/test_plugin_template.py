@@ -9,9 +9,6 @@ import pytest
 
 from harness.plugins import get_registry, reset_registry
 
-# the module fixture is built once: its tests share one pytest worker
-pytestmark = pytest.mark.xdist_group("test_plugin_template")
-
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "examples" / "plugin-template"
 

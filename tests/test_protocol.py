@@ -11,9 +11,6 @@ from harness.config import from_dict
 from harness.records import Record
 from leaderboard import table
 
-# the module fixture is built once: its tests share one pytest worker
-pytestmark = pytest.mark.xdist_group("test_protocol")
-
 SWEEP = {
     "task": "tofu-mini", "model": "tiny-llama", "attributions": ["dense", "random"], "ratios": [0.5],
     "objectives": ["graddiff"], "seeds": [0, 1],

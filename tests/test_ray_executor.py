@@ -21,8 +21,8 @@ from harness import sweep
 from harness.config import from_dict
 
 pytest.importorskip("ray")
-# `ray stop --force` ends every Ray process of the machine: the module's tests share one pytest worker
-pytestmark = pytest.mark.xdist_group("ray")
+# `ray stop --force` ends every Ray process of the machine: `make test` keeps a file's tests on one pytest
+# worker (--dist loadfile), and this is the only file that starts a cluster
 
 BIN = Path(sys.executable).parent
 GRID = {

@@ -19,9 +19,6 @@ from harness.data import IGNORE, encode
 from harness.plugins import get_registry
 from tasks.tofu import data_dir
 
-# the module fixture is built once: its tests share one pytest worker
-pytestmark = pytest.mark.xdist_group("test_tokenization")
-
 ROWS = [json.loads(line) for line in (data_dir() / "forget10.json").read_text().splitlines() if line.strip()]
 
 
