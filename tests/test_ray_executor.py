@@ -21,8 +21,8 @@ from harness import sweep
 from harness.config import from_dict
 
 pytest.importorskip("ray")
-# `ray stop --force` ends every Ray process of the machine: `make test` keeps a file's tests on one pytest
-# worker (--dist loadfile), and this is the only file that starts a cluster
+# `ray stop --force` ends every Ray process of the machine, so one test owns the one cluster: under two pytest
+# workers, two tests with a cluster each could end each other's
 
 BIN = Path(sys.executable).parent
 GRID = {
@@ -41,10 +41,9 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def ray_cluster():
-    """A one-node Ray cluster with 2 CPUs, its workers seeing this test's environment, shared by this module's
-    tests (starting one takes seconds); stopped afterwards."""
+    """A one-node Ray cluster with 2 CPUs, its workers seeing this test's environment; stopped afterwards."""
     port = _port()
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
     temp = Path("/tmp") / f"ray-{port}"  # Ray's socket paths must stay short
@@ -58,7 +57,14 @@ def ray_cluster():
 
 
 @pytest.mark.slow
-def test_sweep_on_a_local_ray_cluster(tmp_path, ray_cluster):
+def test_sweeps_on_a_local_ray_cluster(tmp_path, ray_cluster):
+    """Both scenarios on one cluster: a sweep with a failing run, then a worker killed mid-run."""
+    sweep_with_a_failed_run(tmp_path / "failed", ray_cluster)
+    a_killed_worker_is_recorded_and_rerun(tmp_path / "killed", ray_cluster)
+
+
+def sweep_with_a_failed_run(tmp_path, ray_cluster):
+    tmp_path.mkdir()
     cfg, results, log = tmp_path / "grid.yaml", tmp_path / "results", tmp_path / "sweep.log"
     cfg.write_text(yaml.safe_dump(GRID))
     cmd = [str(BIN / "unlearn-bench"), "sweep", str(cfg), "--results", str(results), "--address", ray_cluster]
@@ -83,10 +89,10 @@ def test_sweep_on_a_local_ray_cluster(tmp_path, ray_cluster):
     assert "sweep done: 0 finished, 3 skipped, 0 failed" in again.stdout, again.stdout + again.stderr[-3000:]
 
 
-@pytest.mark.slow
-def test_a_killed_ray_worker_is_recorded_and_rerun(tmp_path, ray_cluster):
+def a_killed_worker_is_recorded_and_rerun(tmp_path, ray_cluster):
     """The worker running a run is killed (SIGKILL, as a lost node would be): the driver records the run as
     failed with "worker lost" and ends; the next sweep runs it to the end, once."""
+    tmp_path.mkdir()
     grid = dict(GRID, attributions=["dense"], objectives=["graddiff"], exclude=[])  # a run of several seconds
     cfg, results, log = tmp_path / "grid.yaml", tmp_path / "results", tmp_path / "sweep.log"
     cfg.write_text(yaml.safe_dump(grid))
