@@ -31,6 +31,8 @@ import torch
 
 from harness.fsdp import global_norm, local
 
+HALF = (torch.bfloat16, torch.float16)  # dtypes whose updates master weights keep in fp32
+
 
 def clip_(grads: list[torch.Tensor], max_norm: float, sharded: bool = False,
           norms: list[torch.Tensor] | None = None) -> float:
@@ -140,7 +142,8 @@ class MaskedAdamW(torch.optim.Optimizer):
                     flat.index_put_((index,), selected)
 
     def _mastered(self, p: torch.Tensor) -> bool:
-        return self.master_weights and p.dtype in (torch.bfloat16, torch.float16)
+        """Whether `p`'s update goes through an fp32 master copy: master weights on and `p` is 16-bit."""
+        return self.master_weights and p.dtype in HALF
 
     def state_bytes(self) -> int:
         """Bytes held in optimizer state tensors (the two moments and the step counters)."""

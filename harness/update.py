@@ -22,7 +22,7 @@ import torch
 from harness import distributed, fsdp, masks
 from harness.api import AttributionResult
 from harness.masks import Mask
-from harness.optim import MaskedAdamW
+from harness.optim import HALF, MaskedAdamW
 from harness.settings import TrainConfig
 
 
@@ -136,7 +136,7 @@ class Attached:
 
     def mixed_precision(self, cfg: TrainConfig) -> bool:
         """Whether this run keeps fp32 master weights: asked for, and some trained parameter is 16-bit."""
-        return cfg.master_weights and any(p.dtype in (torch.bfloat16, torch.float16) for p in self.trainable())
+        return cfg.master_weights and any(p.dtype in HALF for p in self.trainable())
 
     def whole(self) -> torch.nn.Module:
         """The whole model with the current weights, on its device, in eval mode (for a check between steps)."""

@@ -135,6 +135,19 @@ class Interrupt(Exception):
     pass
 
 
+def _dies_at_call(n: int):
+    """The test loss, raising Interrupt on its n-th call (a process killed mid-run)."""
+    calls = {"n": 0}
+
+    def loss(m, b):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise Interrupt
+        return _loss(m, b)
+
+    return loss
+
+
 def test_resume_from_checkpoint_equals_uninterrupted(tiny, tmp_path):
     model, tok = tiny
     start = _snapshot(model)
@@ -150,17 +163,9 @@ def test_resume_from_checkpoint_equals_uninterrupted(tiny, tmp_path):
     full = train(model, batches, _loss, cfg, plan=UpdatePlan(mask))
     expected = _snapshot(model)
     reset()
-    calls = {"n": 0}
-
-    def dies_at_step_6(m, b):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise Interrupt
-        return _loss(m, b)
-
     ckpt = tmp_path / "run.pt"
     with pytest.raises(Interrupt):
-        train(model, batches, dies_at_step_6, cfg, plan=UpdatePlan(mask), checkpoint=ckpt)
+        train(model, batches, _dies_at_call(6), cfg, plan=UpdatePlan(mask), checkpoint=ckpt)
     assert ckpt.is_file() and not (tmp_path / "run.pt.tmp").exists()
     reset()  # a fresh process starts from the target weights again
     resumed = train(model, batches, _loss, cfg, plan=UpdatePlan(mask), checkpoint=ckpt)
@@ -184,17 +189,9 @@ def test_checkpoint_holds_plain_data_and_a_tampered_one_is_refused(tiny, tmp_pat
     cfg = TrainConfig(lr=3e-3, epochs=1, batch_size=4, checkpoint_every=1)
     batches = finetune_batches(tok, EXAMPLES, cfg, 64, seed=0)
 
-    calls = {"n": 0}
-
-    def dies_at_step_2(m, b):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise Interrupt
-        return _loss(m, b)
-
     ckpt = tmp_path / "run.pt"
     with pytest.raises(Interrupt):
-        train(model, batches, dies_at_step_2, cfg, checkpoint=ckpt)
+        train(model, batches, _dies_at_call(2), cfg, checkpoint=ckpt)
     state = torch.load(ckpt, weights_only=True)  # an honest checkpoint is tensors and plain data
     assert state["step"] == 1
     state["rng"] = _Payload(tmp_path / "pwned")
