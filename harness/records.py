@@ -188,9 +188,10 @@ def what_changed(old: Record, plugins: dict[str, dict[str, str]]) -> str:
     return "; ".join(changes) or "the harness changed"
 
 
-def supersede(results_dir: Path, spec_key: str, run_id: str) -> None:
-    """Move the records of the same spec under other run ids to results_dir/superseded (kept, not shown)."""
-    for old in same_spec(results_dir, spec_key, run_id):
+def supersede(results_dir: Path, older: list[Record], run_id: str) -> None:
+    """Move `older` records (`same_spec`'s, read when the run started) to results_dir/superseded (kept, not
+    shown)."""
+    for old in older:
         source = Path(results_dir) / "runs" / f"{old.id}.json"
         target = Path(results_dir) / SUPERSEDED / source.name
         target.parent.mkdir(parents=True, exist_ok=True)

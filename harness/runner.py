@@ -101,9 +101,9 @@ def execute(spec: RunSpec, results_dir: Path, save_to: Path | None = None) -> re
         kind="run" if spec.evaluate else "tune", id=run_id, spec=identity.resolved(spec, registry), spec_key=spec_key,
         headline=dict(zip(("forget", "utility"), registry.get("task", spec.task).cls.headline, strict=True)),
         provenance=records.provenance(plugins))
-    if distributed.is_main():
-        for old in records.same_spec(results_dir, spec_key, run_id):
-            log.warning("%s redoes %s (same spec): %s", run_id, old.id, records.what_changed(old, plugins))
+    redone = records.same_spec(results_dir, spec_key, run_id) if distributed.is_main() else []
+    for old in redone:
+        log.warning("%s redoes %s (same spec): %s", run_id, old.id, records.what_changed(old, plugins))
     timings = record.timings
     started = time.perf_counter()
     try:
@@ -205,7 +205,7 @@ def execute(spec: RunSpec, results_dir: Path, save_to: Path | None = None) -> re
         if distributed.is_main():
             records.write(results_dir, run_id, record)
             if record.status == "finished":
-                records.supersede(results_dir, spec_key, run_id)
+                records.supersede(results_dir, redone, run_id)
     return record
 
 

@@ -190,7 +190,7 @@ def test_a_record_of_the_same_spec_under_an_older_run_id_is_moved_aside(tmp_path
     [old] = records.same_spec(tmp_path, "k1", "new-run")
     assert records.what_changed(old, plugins) == "attribution 'wagle' code old -> new"
     with caplog.at_level("WARNING"):
-        records.supersede(tmp_path, "k1", "new-run")
+        records.supersede(tmp_path, [old], "new-run")
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["new-run.json", "other-spec.json"]
     assert (tmp_path / "superseded" / "old-run.json").is_file()  # kept, out of the leaderboard's way
     assert "old-run is superseded by new-run" in caplog.text
