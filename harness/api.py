@@ -7,7 +7,7 @@ A plugin class declares `name` (unique per kind), a `Config` dataclass (fields m
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
@@ -24,6 +24,8 @@ class Example:
     prompt: str
     completion: str
     eos: bool = True
+    topic: int = 0  # the task's topic (e.g. WMDP's forget corpus) it belongs to: `train.order: topics` batches by it
+    max_length: int | None = None  # its own token cap (RMU's code: 768 for cyber, 512 for bio); None: the task's
 
 
 Batch = dict[str, torch.Tensor]  # input_ids, attention_mask, labels (-100 where no loss)
@@ -91,6 +93,7 @@ class UnlearnBatch:
     forget: Batch
     retain: Batch
     forget_refusal: Batch | None = None
+    topic: int = 0  # the forget examples' topic under `train.order: topics` (RMU steers each to its own vector)
 
 
 @dataclass
@@ -268,7 +271,7 @@ class Task:
         from harness.refusals import refusals
 
         answers = refusals(self.config.refusals_file)
-        return [Example(ex.prompt, " " + answers[i % len(answers)]) for i, ex in enumerate(self.forget_examples())]
+        return [replace(ex, completion=" " + answers[i % len(answers)]) for i, ex in enumerate(self.forget_examples())]
 
     def evaluate(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                  ctx: EvalContext) -> Evaluation:

@@ -17,7 +17,7 @@ IGNORE = -100
 
 def encode(tokenizer, example: Example, max_length: int) -> tuple[list[int], list[int]]:
     """Token ids and labels of prompt + completion + EOS (unless `example.eos` is false), cut to `max_length`
-    tokens.
+    tokens (or the example's own `max_length`).
 
     Prompt and completion are tokenized together, as one text, as TOFU's and open-unlearning's code do
     (`convert_raw_data_to_model_format`): the labels are the completion's tokens in context. Tokenized apart,
@@ -33,7 +33,8 @@ def encode(tokenizer, example: Example, max_length: int) -> tuple[list[int], lis
         boundary += 1
     ids = ids + ([tokenizer.eos_token_id] if example.eos else [])
     labels = [IGNORE] * boundary + ids[boundary:]
-    return ids[:max_length], labels[:max_length]
+    cap = max_length if example.max_length is None else example.max_length
+    return ids[:cap], labels[:cap]
 
 
 def collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> Batch:
@@ -71,5 +72,7 @@ def examples_hash(examples: Sequence[Example]) -> str:
     """A content hash of a list of examples (recorded with masks and models built from them)."""
     digest = hashlib.sha256()
     for ex in examples:
-        digest.update(json.dumps([ex.prompt, ex.completion] + ([] if ex.eos else [False])).encode())
+        extra = ([] if ex.eos else [False]) + ([{"topic": ex.topic, "max_length": ex.max_length}]
+                                                if ex.topic or ex.max_length is not None else [])
+        digest.update(json.dumps([ex.prompt, ex.completion, *extra]).encode())
     return digest.hexdigest()[:16]

@@ -36,7 +36,12 @@ def model_key(task: Task, base: str, which: Which, cfg: PrepareConfig) -> str:
     max_length = task.max_length
     return stable_hash({"base": models.versioned(base), "task": task.name, "which": which,
                         "examples": examples_hash(examples),
-                        "max_length": max_length, "prepare": to_dict(cfg), "format": 1})
+                        "max_length": max_length, "prepare": _determining(cfg), "format": 1})
+
+
+def _determining(cfg: PrepareConfig) -> dict:
+    """The settings that determine a fine-tuned model (`order` arranges unlearning batches only)."""
+    return {k: v for k, v in to_dict(cfg).items() if k != "order"}
 
 
 def ensure_model(task: Task, base: str, which: Which, cfg: PrepareConfig, dtype: str = "float32",

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from harness.config import option
 
 SCHEDULES = ("linear", "constant", "hf_linear")
+ORDERS = ("shuffled", "topics")
 
 
 @dataclass
@@ -18,6 +19,10 @@ class TrainConfig:
     max_steps: int | None = option(None, "optimizer steps; overrides epochs when set")
     batch_size: int = option(8, "forget (and retain) examples per micro-batch")
     grad_accum: int = option(1, "micro-batches per optimizer step")
+    order: str = option("shuffled", "unlearning batches: shuffled (each epoch shuffles the forget set; retain "
+                                    "examples drawn at random) or topics (file order, alternating over the "
+                                    "forget examples' topics, each batch paired with the same-numbered batch of "
+                                    "its topic's retain examples: RMU's code)")
     warmup_ratio: float = option(0.1, "fraction of steps with linear warmup (at least one step)")
     schedule: str = option("linear", "after warmup: linear (decay to 0 at the last step) or constant (the rate "
                                      "a run stopped early by matched forgetting has seen does not depend on its "
@@ -46,6 +51,8 @@ class TrainConfig:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule {self.schedule!r}: choose {' or '.join(SCHEDULES)}")
+        if self.order not in ORDERS:
+            raise ValueError(f"order {self.order!r}: choose {' or '.join(ORDERS)}")
         if self.clip_scope not in ("selected", "full"):
             raise ValueError(f"clip_scope {self.clip_scope!r}: choose selected or full")
         if self.adam_eps <= 0:

@@ -28,7 +28,7 @@ from harness.errors import NonFiniteLossError, UnlearnBenchError
 from harness.settings import SCHEDULES, TrainConfig, lr_factor
 from harness.update import Attached, UpdatePlan
 
-__all__ = ["SCHEDULES", "TrainConfig", "TrainLog", "finetune_batches", "train", "unlearn_batches"]
+__all__ = ["SCHEDULES", "TrainConfig", "TrainLog", "finetune_batches", "topic_batches", "train", "unlearn_batches"]
 
 
 def fast_bf16(device: torch.device) -> bool:
@@ -78,24 +78,48 @@ def finetune_batches(tokenizer, examples: Sequence[Example], cfg: TrainConfig, m
 
 def unlearn_batches(tokenizer, forget: Sequence[Example], retain: Sequence[Example], cfg: TrainConfig,
                     max_length: int, seed: int, refusal: Sequence[Example] = ()) -> list[UnlearnBatch]:
-    """Per epoch, the forget set shuffled into micro-batches, each paired with random retain examples (and,
-    when given, the same forget questions with refusal answers)."""
+    """The unlearning micro-batches of `cfg.epochs` epochs, in `cfg.order`: shuffled (per epoch, the forget
+    set shuffled into micro-batches, each paired with random retain examples) or topics (`topic_batches`).
+    Where refusal examples are given, each batch carries the same forget questions with refusal answers."""
     f_rows, r_rows = _encode_all(tokenizer, forget, max_length), _encode_all(tokenizer, retain, max_length)
     x_rows = _encode_all(tokenizer, refusal, max_length)
     if x_rows and len(x_rows) != len(f_rows):
         raise ValueError(f"{len(x_rows)} refusal examples for {len(f_rows)} forget examples")
     pad = tokenizer.pad_token_id
-    rng = random.Random(seed)
-    out = []
-    for _ in range(cfg.epochs):
-        order = list(range(len(f_rows)))
-        rng.shuffle(order)
-        for s in range(0, len(order), cfg.batch_size):
-            chunk = order[s : s + cfg.batch_size]
-            picks = [rng.randrange(len(r_rows)) for _ in chunk]
-            out.append(UnlearnBatch(collate([f_rows[i] for i in chunk], pad), collate([r_rows[i] for i in picks], pad),
-                                    collate([x_rows[i] for i in chunk], pad) if x_rows else None))
-    return out
+    if cfg.order == "topics":
+        plan = topic_batches([ex.topic for ex in forget], [ex.topic for ex in retain], cfg.batch_size) * cfg.epochs
+    else:
+        rng = random.Random(seed)
+        plan = []
+        for _ in range(cfg.epochs):
+            order = list(range(len(f_rows)))
+            rng.shuffle(order)
+            for s in range(0, len(order), cfg.batch_size):
+                chunk = order[s : s + cfg.batch_size]
+                plan.append((0, chunk, [rng.randrange(len(r_rows)) for _ in chunk]))
+    return [UnlearnBatch(collate([f_rows[i] for i in chunk], pad), collate([r_rows[i] for i in picks], pad),
+                         collate([x_rows[i] for i in chunk], pad) if x_rows else None, topic)
+            for topic, chunk, picks in plan]
+
+
+def topic_batches(forget_topics: Sequence[int], retain_topics: Sequence[int],
+                  batch_size: int) -> list[tuple[int, list[int], list[int]]]:
+    """One epoch of (topic, forget indices, retain indices) in RMU's order (WMDP `rmu/unlearn.py`): each topic's
+    examples in file order cut into batches; step k takes batch k // T of topic k % T (T topics) with the
+    same-numbered batch of that topic's retain examples (repeating them if fewer; the whole retain set where no
+    retain example has the topic). The epoch ends when the topic with the fewest batches has used each once."""
+    topics = sorted(set(forget_topics))
+    if not topics:
+        return []
+
+    def batches(indices: list[int]) -> list[list[int]]:
+        return [indices[s : s + batch_size] for s in range(0, len(indices), batch_size)]
+
+    every_retain = list(range(len(retain_topics)))
+    f = {t: batches([i for i, x in enumerate(forget_topics) if x == t]) for t in topics}
+    r = {t: batches([i for i, x in enumerate(retain_topics) if x == t] or every_retain) for t in topics}
+    per_topic = min(len(b) for b in f.values())
+    return [(t, f[t][k], r[t][k % len(r[t])]) for k in range(per_topic) for t in topics]
 
 
 def _checkpointing(model: torch.nn.Module, on: bool) -> None:

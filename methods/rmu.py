@@ -2,7 +2,9 @@
 direction, keep the retain activations where the frozen model has them, and update only chosen modules.
 
 Defaults follow the WMDP recipe for Zephyr-7B: layer 7, updating layers 5-7's mlp.down_proj, steering
-coefficient 6.5, retain weight 1200 (with lr 5e-5 in the train config).
+coefficient 6.5, retain weight 1200 (with lr 5e-5 in the train config). Under `train.order: topics` each
+topic (WMDP: each forget corpus) is steered to a direction of its own, as in RMU's code; the coefficient and
+retain weight are shared (the code takes one per topic; the Zephyr recipe gives both topics the same).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ class RmuConfig:
     retain_weight: float = option(1200.0, "α, weight of the retain activation MSE (WMDP Zephyr recipe: 1200)")
     update: list[str] = option([r"model\.layers\.(5|6|7)\.mlp\.down_proj\.weight"],
                                "regexes of the parameter names RMU may update (intersected with the mask)")
-    seed: int = option(0, "seed of the random direction u")
+    seed: int = option(0, "seed of the random directions u (one per topic under train.order: topics)")
 
     def validate(self) -> None:
         if self.layer < 0:
@@ -51,7 +53,7 @@ def masked_mse(a: torch.Tensor, b: torch.Tensor, attention: torch.Tensor) -> tor
 
 
 class Rmu(Objective):
-    """L = MSE(h_θ(forget), c·u) + α·MSE(h_θ(retain), h_frozen(retain)) at one layer."""
+    """L = MSE(h_θ(forget), c·u_t) + α·MSE(h_θ(retain), h_frozen(retain)) at one layer; u_t is the batch's topic's."""
 
     name = "rmu"
     Config = RmuConfig
@@ -60,24 +62,26 @@ class Rmu(Objective):
     def __init__(self, config: RmuConfig) -> None:
         super().__init__(config)
         self._patterns = [re.compile(p) for p in config.update]
-        self._control: torch.Tensor | None = None
+        self._controls: list[torch.Tensor] = []
 
     def updates(self, parameter_name: str) -> bool:
         return any(p.fullmatch(parameter_name) for p in self._patterns)
 
-    def control(self, hidden_size: int, device: torch.device) -> torch.Tensor:
-        if self._control is None:
+    def control(self, hidden_size: int, device: torch.device, topic: int = 0) -> torch.Tensor:
+        """c·u/‖u‖ for the topic: u ~ U[0, 1)^hidden, the topic-th draw of a generator seeded with `seed` (RMU's
+        code draws one vector per forget corpus in order, `rmu/unlearn.py`)."""
+        if len(self._controls) <= topic:
             g = torch.Generator().manual_seed(self.config.seed)
-            u = torch.rand(hidden_size, generator=g)
-            self._control = self.config.steering_coeff * u / u.norm()
-        return self._control.to(device)
+            self._controls = [torch.rand(hidden_size, generator=g) for _ in range(topic + 1)]
+            self._controls = [self.config.steering_coeff * u / u.norm() for u in self._controls]
+        return self._controls[topic].to(device)
 
     def loss(self, model, batch: UnlearnBatch, reference=None) -> LossOutput:
         if reference is None:
             raise ValueError("rmu needs the frozen reference model")
         layer = self.config.layer
         h_f = activations(model, batch.forget, layer)
-        target = self.control(h_f.shape[-1], h_f.device).expand_as(h_f)
+        target = self.control(h_f.shape[-1], h_f.device, batch.topic).expand_as(h_f)
         forget = masked_mse(h_f, target, batch.forget["attention_mask"])
         h_r = activations(model, batch.retain, layer)
         with torch.no_grad():

@@ -39,7 +39,8 @@ def resolve(source: str) -> Path | None:
 
 def load_corpus(source: str, limit: int | None) -> list[str]:
     """Texts of a corpus: a file (.jsonl with `text`, .json, .txt) or a hub dataset `owner/name:config`, or
-    `name:config:split` for a split other than train (WMDP's RMU retains on `wikitext:wikitext-2-raw-v1:test`)."""
+    `name:config:split` for a split other than train (WMDP's RMU retains on `wikitext:wikitext-2-raw-v1:test`);
+    an empty config means the dataset's only one (`cais/wmdp-bio-forget-corpus::train`)."""
     path = resolve(source)
     if path is not None:
         return text.read_texts(path, limit)
@@ -47,7 +48,7 @@ def load_corpus(source: str, limit: int | None) -> list[str]:
 
     name, config, *rest = source.split(":")
     try:
-        data = datasets.load_dataset(name, config, split=rest[0] if rest else "train")
+        data = datasets.load_dataset(name, config or None, split=rest[0] if rest else "train")
     except Exception as exc:  # offline, gated or misspelled: say which corpus and what to do
         raise DataError(f"corpus {source!r} could not be loaded ({type(exc).__name__}: {exc}). Download it into "
                         "the datasets cache first, or give a local .jsonl path with a 'text' field") from None
@@ -63,8 +64,13 @@ class WmdpConfig(TaskConfig):
     retain_corpora: list[str] = option(["cais/wmdp-corpora:cyber-retain-corpus",
                                         "cais/wmdp-corpora:bio-retain-corpus"], "retain corpora, as above")
     corpus_limit: int | None = option(None, "use only the first N documents of each corpus")
-    chunk_words: int = option(384, "each document is cut into chunks of this many words (~512 tokens)")
+    chunk_words: int | None = option(384, "each document is cut into chunks of this many words (~512 tokens); "
+                                          "null: whole documents as they are, cut at the token cap (RMU's code)")
     chunks_per_text: int | None = option(1, "chunks kept per document (RMU's code keeps the first 512 tokens)")
+    min_chars: int = option(0, "documents of at most this many characters are left out (RMU's code: --min_len, "
+                               "0: empty lines)")
+    forget_max_lengths: list[int] | None = option(None, "token cap of each forget corpus's examples, in order "
+                                                        "(RMU's code: 512 for bio, 768 for cyber); null: max_length")
     questions_dir: str | None = option(None, "folder with bio.jsonl, cyber.jsonl, chem.jsonl in cais/wmdp's "
                                               "format; null: lm-eval's own wmdp tasks (data in the datasets cache)")
     subjects: list[str] = option(["bio", "cyber", "chem"], "WMDP subjects scored")
@@ -86,6 +92,11 @@ class WmdpConfig(TaskConfig):
             raise ValueError(f"subjects {unknown or '[]'}: choose from {', '.join(SUBJECTS)}")
         if not self.forget_corpora or not self.retain_corpora:
             raise ValueError("forget_corpora and retain_corpora need at least one corpus each")
+        if self.forget_max_lengths is not None and len(self.forget_max_lengths) != len(self.forget_corpora):
+            raise ValueError(f"forget_max_lengths has {len(self.forget_max_lengths)} caps for "
+                             f"{len(self.forget_corpora)} forget corpora")
+        if self.chunk_words is not None and self.chunk_words < 1:
+            raise ValueError(f"chunk_words must be >= 1 or null, got {self.chunk_words}")
 
 
 @dataclass
@@ -109,16 +120,24 @@ class Wmdp(Task):
     default_objective = "rmu"
     uses_base_model = True
 
-    def _examples(self, sources: list[str]) -> list[Example]:
+    def _texts(self, source: str) -> list[str]:
         c = self.config
-        texts = [t for s in sources for t in load_corpus(s, c.corpus_limit)]
-        return [Example("", chunk) for chunk in text.chunks(texts, c.chunk_words, c.chunks_per_text)]
+        texts = [t for t in load_corpus(source, c.corpus_limit) if len(t) > c.min_chars]
+        return texts if c.chunk_words is None else text.chunks(texts, c.chunk_words, c.chunks_per_text)
 
     def forget_examples(self) -> list[Example]:
-        return self._examples(self.config.forget_corpora)
+        """Each forget corpus is a topic (its index), with its own token cap where `forget_max_lengths` says."""
+        caps = self.config.forget_max_lengths or [None] * len(self.config.forget_corpora)
+        return [Example("", t, topic=i, max_length=cap)
+                for i, (source, cap) in enumerate(zip(self.config.forget_corpora, caps, strict=True))
+                for t in self._texts(source)]
 
     def retain_examples(self) -> list[Example]:
-        return self._examples(self.config.retain_corpora)
+        """With as many retain corpora as forget corpora, retain corpus i serves topic i (RMU's pairing);
+        otherwise all retain text serves every topic."""
+        paired = len(self.config.retain_corpora) == len(self.config.forget_corpora)
+        return [Example("", t, topic=i if paired else 0)
+                for i, source in enumerate(self.config.retain_corpora) for t in self._texts(source)]
 
     def finetune_examples(self, which: Literal["target", "retain"]) -> list[Example]:
         return []

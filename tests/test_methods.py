@@ -184,6 +184,13 @@ def test_rmu_loss_by_hand_and_its_module_filter(tiny):
     forget = float(((h_f - control) ** 2).mean())
     retain = float(((h_r - h_ref) ** 2).mean())
     assert float(out.loss) == pytest.approx(forget + 10.0 * retain, rel=1e-5)
+    with torch.no_grad():  # a second topic is steered to the generator's second draw (RMU's code: one per corpus)
+        second = rmu.loss(model, UnlearnBatch(batch.forget, batch.retain, topic=1), reference)
+    g = torch.Generator().manual_seed(4)
+    first, v = torch.rand(model.config.hidden_size, generator=g), torch.rand(model.config.hidden_size, generator=g)
+    assert torch.equal(first, u)
+    forget_1 = float(((h_f - 3.0 * v / v.norm()) ** 2).mean())
+    assert float(second.loss) == pytest.approx(forget_1 + 10.0 * retain, rel=1e-5) and forget_1 != forget
     assert rmu.updates("model.layers.0.mlp.down_proj.weight") and not rmu.updates("model.layers.0.mlp.up_proj.weight")
     with pytest.raises(ValueError, match="the model has 2 decoder layers"):
         get_registry().build("objective", "rmu", {"layer": 5}).loss(model, batch, reference)

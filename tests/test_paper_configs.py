@@ -3,6 +3,7 @@ RMU's constant rate without clipping, WAGLE's gradient scale and full-gradient c
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -37,7 +38,10 @@ def test_rmu_config_is_the_wmdp_recipe():
     factor = lr_factor(train_cfg, 150)
     assert [factor(s) for s in range(150)] == [1.0] * 150  # the full rate from the first batch to the last
     cfg = _load("wmdp-zephyr-rmu")
-    assert cfg.train.max_steps == 150 and cfg.task_config["retain_corpora"] == ["wikitext:wikitext-2-raw-v1:test"]
+    assert (cfg.train.max_steps, cfg.train.batch_size, cfg.train.order) == (150, 4, "topics")
+    tc = cfg.task_config
+    assert tc["retain_corpora"] == ["wikitext:wikitext-2-raw-v1:test"] * 2 and len(tc["forget_corpora"]) == 2
+    assert (tc["chunk_words"], tc["min_chars"], tc["forget_max_lengths"]) == (None, 0, [512, 768])
 
 
 def test_a_constant_schedule_trains_at_the_full_rate_every_step(tiny):
@@ -93,3 +97,55 @@ def test_simnpo_paper_config_is_unlearn_simples_forget10_setting():
 @pytest.mark.parametrize("objective", ["graddiff", "npo", "po", "simnpo"])
 def test_tofu_paper_configs_evaluate_tofus_legacy_300_rows(objective):
     assert _load(f"tofu-forget10-llama2-{objective}").task_config["eval_limit"] == 300
+
+
+def test_rmu_batches_alternate_topics_in_file_order_as_rmus_code():
+    from harness.train import topic_batches
+
+    # bio: 5 documents, cyber: 4; retain: 3 wikitext lines for bio, 2 for cyber; batches of 2. RMU's code takes
+    # step k from topic k % 2, batch k // 2, with the same-numbered retain batch of that topic
+    steps = topic_batches([0, 0, 0, 0, 0, 1, 1, 1, 1], [0, 0, 0, 1, 1], batch_size=2)
+    assert steps == [(0, [0, 1], [0, 1]), (1, [5, 6], [3, 4]), (0, [2, 3], [2]), (1, [7, 8], [3, 4])]
+    # a topic without retain text of its own takes the whole retain set
+    assert topic_batches([0, 1], [0, 0, 0], batch_size=1) == [(0, [0], [0]), (1, [1], [0])]
+
+
+def test_wmdp_topics_reach_rmu_as_the_reference_arranges_them(tiny, tmp_path):
+    from harness.api import LossOutput
+    from harness.plugins import get_registry
+    from harness.train import unlearn_batches
+
+    model, tok = tiny
+    bio, cyber, wiki = (tmp_path / f"{n}.jsonl" for n in ("bio", "cyber", "wiki"))
+    write = lambda path, texts: path.write_text("".join(f'{{"text": "{t}"}}\n' for t in texts))  # noqa: E731
+    write(bio, ["short", "protein  folding of a toxin " * 6, "viral vectors and their hosts " * 6])
+    write(cyber, ["buffer overflow in the parser " * 6, "a kernel exploit chain " * 6])
+    write(wiki, ["The river flows north past the old mill . " * 3, ""])
+    task = get_registry().build("task", "wmdp", {
+        "forget_corpora": [str(bio), str(cyber)], "retain_corpora": [str(wiki), str(wiki)], "chunk_words": None,
+        "min_chars": 5, "forget_max_lengths": [6, 9], "max_length": 12}, "test")
+    forget, retain = task.forget_examples(), task.retain_examples()
+    assert [(e.topic, e.max_length) for e in forget] == [(0, 6), (0, 6), (1, 9), (1, 9)]  # "short": 5 chars
+    assert forget[0].completion == "protein  folding of a toxin " * 6  # whole documents, as written
+    assert [e.topic for e in retain] == [0, 1]  # the empty line is left out; corpus i serves topic i
+    cfg = TrainConfig(batch_size=1, epochs=1, order="topics")
+    batches = unlearn_batches(tok, forget, retain, cfg, task.max_length, seed=0)
+    assert [b.topic for b in batches] == [0, 1, 0, 1]
+    assert [b.forget["input_ids"].shape[1] for b in batches] == [6, 9, 6, 9]  # each corpus's own token cap
+    assert all(b.retain["input_ids"].shape[1] == 12 for b in batches)
+    seen = []
+    rmu = get_registry().build("objective", "rmu", {"layer": 1, "update": [r"model\.layers\.1\.mlp.*"]})
+    orig = rmu.control
+    rmu.control = lambda size, device, topic=0: seen.append(topic) or orig(size, device, topic)
+    frozen = copy.deepcopy(model)
+    log = train(model, batches, lambda m, b: LossOutput(rmu.loss(m, b, frozen).loss), cfg)
+    assert len(log.steps) == 4 and seen == [0, 1, 0, 1]
+    size, cpu = model.config.hidden_size, torch.device("cpu")
+    assert not torch.equal(rmu.control(size, cpu, 0), rmu.control(size, cpu, 1))
+
+
+def test_a_hub_corpus_may_leave_its_config_empty(tmp_path):
+    from tasks.wmdp import load_corpus
+
+    (tmp_path / "data.jsonl").write_text('{"text": "a"}\n{"text": "b"}\n')
+    assert load_corpus(f"{tmp_path}::train", None) == ["a", "b"]  # datasets.load_dataset(name, None, split)
