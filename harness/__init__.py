@@ -8,6 +8,7 @@ The names below are the stable plugin API (docs/plugins.md), importable from `ha
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any
 
 __version__ = "0.1.0"
@@ -20,12 +21,18 @@ _EXPORTS = {
     "Task": "harness.api", "TaskConfig": "harness.api", "Example": "harness.api", "Metric": "harness.api",
     "Evaluation": "harness.api", "EvalContext": "harness.api", "ProbeSets": "harness.api", "Batch": "harness.api",
     "GenerationBackend": "harness.api", "Executor": "harness.api",
+    "Probe": "harness.api", "ProbeContext": "harness.api",
     "summed_gradients": "harness.attribution",
     "mean_nll": "harness.scoring", "sum_nll": "harness.scoring", "token_nll": "harness.scoring",
     "completion_nll": "harness.scoring",
     "check_attribution": "harness.conformance", "check_objective": "harness.conformance",
 }
 __all__ = ["__version__", *_EXPORTS]
+
+# transformers imports torchao (the quantization probe's library) when it is installed; torchao's notices about
+# its optional GPU kernels and torch's about its enums are not ours to show on every model load
+for _noisy in ("torchao", "torch.utils._pytree"):
+    logging.getLogger(_noisy).setLevel(logging.ERROR)
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,4 @@
-"""The interfaces a plugin implements: Attribution, Objective, Task, and the small data types they share.
+"""The interfaces a plugin implements: Attribution, Objective, Task, Probe, and the small data types they share.
 
 A plugin class declares `name` (unique per kind), a `Config` dataclass (fields made with
 `harness.config.option`, so each has help text) and a short docstring; it is built as `cls(config)`.
@@ -208,6 +208,42 @@ class Evaluation:
 
 
 @dataclass
+class ProbeContext:
+    """What a probe (an attack or diagnostic run on the unlearned model) may use besides the model: the task
+    and tokenizer, the unlearned model's own metrics, the target's and retain model's evaluations (their
+    `metrics` as plain dicts, `value`/`direction`/`group`), a way to load those models, the task's evaluation
+    with the run's settings, the run's seed, and `cached(name, key, compute)` for results about a reference
+    model (the retain model's relearning, its MIA scores) that every run of a sweep shares."""
+
+    task: Task
+    tokenizer: PreTrainedTokenizerBase
+    evaluate: Callable[[PreTrainedModel], Evaluation]
+    unlearned: dict[str, Metric]
+    target: dict[str, Any]  # {"model": path, "metrics": {...}}
+    retain: dict[str, Any] | None  # the same for the retain model; None where the task has none (WMDP)
+    load: Callable[[str], PreTrainedModel]
+    cached: Callable[[str, dict[str, Any], Callable[[], dict[str, Any]]], dict[str, Any]]
+    seed: int = 0
+    batch_size: int = 16
+
+
+class Probe:
+    """A post-unlearning probe: an attack (quantization, relearning, membership inference) or a diagnostic,
+    run on the unlearned model after its evaluation. It returns metrics with their direction; the harness
+    records them in the run's metrics under the group "probe" and restores nothing: a probe must leave the
+    model it is given as it found it (change a copy, or put the weights back)."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    def run(self, model: PreTrainedModel, ctx: ProbeContext) -> dict[str, Metric]:
+        raise NotImplementedError
+
+
+@dataclass
 class TaskConfig:
     """The fields every task's Config has (derive yours from it): the harness reads them for training,
     attribution, probing and evaluation."""
@@ -265,6 +301,11 @@ class Task:
         """Data of the cheap matched-forgetting probe: by default the forget set, the retain set as the one
         utility part, and the validation examples."""
         return ProbeSets(self.forget_examples(), {"retain": self.retain_examples()}, self.validation_examples())
+
+    def holdout_examples(self) -> list[Example]:
+        """Examples like the forget set's that no model of the task was trained on (membership inference's
+        non-members: TOFU's holdout split). None by default."""
+        return []
 
     def refusal_examples(self) -> list[Example]:
         """The forget prompts, in order, each paired with a refusal answer (PO and WAGLE's PO variant)."""

@@ -94,6 +94,8 @@ def _spec_from_args(args: argparse.Namespace):
         data["train"] = {**(data.get("train") or {}), **{k: v for k, v in train.items() if v is not None}}
     if getattr(args, "match", False):
         data["match"] = {**(data.get("match") or {}), "enabled": True}
+    if getattr(args, "probes", None):
+        data["probes"] = [p.strip() for p in args.probes.split(",") if p.strip()]
     return from_dict(RunSpec, data, args.spec or "command line")
 
 
@@ -223,21 +225,27 @@ def cmd_memory(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_leaderboard(results: Path, out: Path, task: str | None) -> None:
+def _write_leaderboard(results: Path, out: Path, task: str | None, axes: str | None = None) -> None:
     from leaderboard import table
 
     if out.suffix == ".csv":
         n = table.write(results, out, task)
         print(f"{out}: {n} records")
         return
-    for path in table.write_all(results, out, task):
+    pair = None
+    if axes:
+        pair = tuple(a.strip() for a in axes.split(","))
+        if len(pair) != 2 or not all(pair):
+            raise UnlearnBenchError(f"--tradeoff-axes {axes!r}: give two metric names, X,Y")
+    for path in table.write_all(results, out, task, pair):
         print(path)
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     if not (Path(args.results_dir) / "runs").is_dir():
         raise UnlearnBenchError(f"{args.results_dir}: no runs/ folder of records here")
-    _write_leaderboard(Path(args.results_dir), Path(args.out or Path(args.results_dir) / "leaderboard"), args.task)
+    _write_leaderboard(Path(args.results_dir), Path(args.out or Path(args.results_dir) / "leaderboard"), args.task,
+                       args.tradeoff_axes)
     return 0
 
 
@@ -250,6 +258,8 @@ def _add_spec_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--ratio", type=float, help="fraction of weights updated, in (0, 1]")
     s.add_argument("--objective", help="objective name")
     s.add_argument("--seed", type=int)
+    s.add_argument("--probes", help="comma-separated post-unlearning probes run after the evaluation, e.g. "
+                                    "quantization,relearn,mia (the spec's `probes:`)")
     t = s.add_argument_group("unlearning settings (the spec's `train:`; every field: harness/settings.py, "
                              "`unlearn-bench list -v`)")
     t.add_argument("--lr", type=float, help="peak learning rate")
@@ -342,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="folder for runs.csv, methods.csv, leaderboard.md, index.html and plots "
                                  "(default RESULTS_DIR/leaderboard), or a .csv path for the per-run CSV only")
     s.add_argument("--task", help="only records of this task")
+    s.add_argument("--tradeoff-axes", metavar="X,Y", help="a second trade-off plot on these metrics, e.g. "
+                                                          "int4_g128_forget_rouge,model_utility (default: that "
+                                                          "pair where runs were probed with 4-bit quantization)")
     s.set_defaults(func=cmd_leaderboard)
     return p
 

@@ -62,3 +62,13 @@ def register_generation_backends(register: Register) -> None:
     model in memory (`hf`: transformers `generate`; `vllm`: the weights saved and loaded by vLLM). Tasks
     generate through the run's backend; teacher-forced scoring always runs on the model in memory.
     """
+
+
+@hookspec
+def register_probes(register: Register) -> None:
+    """Register post-unlearning probes: subclasses of `harness.api.Probe`.
+
+    Called once when the registry is first built. A probe attacks or inspects the unlearned model after its
+    evaluation (quantization, relearning, membership inference, extraction) and returns metrics with their
+    direction; a run spec lists the probes it runs (`probes: [quantization, relearn, mia]`).
+    """

@@ -83,13 +83,16 @@ def resolved(spec: RunSpec, registry: Registry) -> dict[str, Any]:
     for kind, field_name, config_field in COMPONENTS.values():
         out[config_field] = resolved_config(registry, kind, out[field_name], out[config_field],
                                             f"{config_field} of {out[field_name]!r}")
+    out["probe_config"] = {name: resolved_config(registry, "probe", name, out["probe_config"].get(name),
+                                                 f"probe_config of {name!r}") for name in out["probes"]}
     return out
 
 
 def plugins(spec: RunSpec, registry: Registry) -> dict[str, dict[str, str]]:
     """Fingerprints of the components a (canonical) spec uses, by role."""
-    return {role: fingerprint(registry.get(kind, getattr(spec, field_name)))
-            for role, (kind, field_name, _) in COMPONENTS.items()}
+    out = {role: fingerprint(registry.get(kind, getattr(spec, field_name)))
+           for role, (kind, field_name, _) in COMPONENTS.items()}
+    return out | {f"probe:{name}": fingerprint(registry.get("probe", name)) for name in spec.probes}
 
 
 def _keyed(data: dict[str, Any]) -> dict[str, Any]:

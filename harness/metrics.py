@@ -96,6 +96,43 @@ def min_k_score(logprobs: np.ndarray, k: float = 0.4) -> float:
     return float(-lp[: max(1, int(lp.size * k))].mean())
 
 
+def min_k_plus_plus_score(logprobs: np.ndarray, mu: np.ndarray, var: np.ndarray, k: float = 0.4) -> float:
+    """Min-K%++ (Zhang et al. 2024) of one text: each token's (log p(x_t) - μ_t) / σ_t, with μ_t and σ_t² the
+    mean and variance of log p over the vocabulary under the model's distribution at t (σ_t² floored at 1e-6),
+    then minus the mean of the lowest max(1, int(n·k)). Higher means less member-like."""
+    z = (np.asarray(logprobs, dtype=np.float64) - np.asarray(mu, dtype=np.float64)) / np.sqrt(
+        np.maximum(np.asarray(var, dtype=np.float64), 1e-6))
+    return min_k_score(z, k)
+
+
+def zlib_score(mean_nll: float, text: str) -> float:
+    """zlib-normalised loss (Carlini et al. 2021): the token-mean NLL over the zlib-compressed length in bytes
+    of the text's UTF-8 encoding. Higher means less member-like."""
+    import zlib
+
+    return float(mean_nll) / len(zlib.compress(text.encode("utf-8")))
+
+
+def exact_memorization(hits: np.ndarray) -> float:
+    """Share of the answer's tokens that are the model's greedy (argmax) prediction given the true prefix."""
+    hits = np.asarray(hits, dtype=bool)
+    if hits.size == 0:
+        raise ValueError("exact memorization of an answer with no scored tokens")
+    return float(hits.mean())
+
+
+def extraction_strength(hits: np.ndarray) -> float:
+    """1 - k/n for the smallest k whose suffix of the answer (tokens k..n-1) is all greedy predictions given
+    the true prefix (Carlini et al.'s extraction, as open-unlearning's `extraction_strength` computes it,
+    including its floor: when even the last token is missed, k stays n-1 and the score is 1/n)."""
+    hits = np.asarray(hits, dtype=bool)
+    n = hits.size
+    if n == 0:
+        raise ValueError("extraction strength of an answer with no scored tokens")
+    k = next((i for i in range(n) if hits[i:].all()), n - 1)
+    return 1.0 - k / n
+
+
 def auc(negatives: Sequence[float], positives: Sequence[float]) -> float:
     """Area under the ROC curve of a score separating positives (higher) from negatives: the probability
     that a random positive outscores a random negative, ties counting one half (Mann-Whitney U / n0·n1)."""

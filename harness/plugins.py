@@ -52,11 +52,15 @@ DEFAULT_PLUGINS = (
     "tasks.muse",
     "tasks.books",
     "tasks.wmdp",
+    "harness.probes.quantization",
+    "harness.probes.relearn",
+    "harness.probes.mia",
+    "harness.probes.extraction",
 )
 KINDS = {"attribution": "register_attributions", "objective": "register_objectives", "task": "register_tasks",
-         "backend": "register_generation_backends", "executor": "register_executors"}
+         "backend": "register_generation_backends", "executor": "register_executors", "probe": "register_probes"}
 BASES: dict[str, type] = {"attribution": api.Attribution, "objective": api.Objective, "task": api.Task,
-                          "backend": api.GenerationBackend, "executor": api.Executor}
+                          "backend": api.GenerationBackend, "executor": api.Executor, "probe": api.Probe}
 
 
 @dataclass(frozen=True)

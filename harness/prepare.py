@@ -90,7 +90,7 @@ def reference_eval(task: Task, model_path: str, batch_size: int, against: dict |
         return {"model": model_path, "metrics": {k: vars(m) for k, m in evaluation.metrics.items()},
                 "stats": evaluation.stats, "samples": evaluation.samples}
 
-    return _cached_json(cache_root() / "evals" / f"{task.name}-{key}.json", compute, collective=True)
+    return cached_json(cache_root() / "evals" / f"{task.name}-{key}.json", compute, collective=True)
 
 
 def reference_probe(task: Task, model_path: str, batch_size: int, dtype: str = "float32",
@@ -110,7 +110,7 @@ def reference_probe(task: Task, model_path: str, batch_size: int, dtype: str = "
         parts = ("forget", "utility", "validation") if sets.validation else ("forget", "utility")
         return match.probe(model, tok, sets, parts, batch_size, task.max_length)
 
-    return _cached_json(cache_root() / "evals" / f"probe-{task.name}-{key}.json", compute, collective=True)
+    return cached_json(cache_root() / "evals" / f"probe-{task.name}-{key}.json", compute, collective=True)
 
 
 def reference_utility(model_path: str, tasks: list[str], limit: int | None, batch_size: int,
@@ -129,10 +129,10 @@ def reference_utility(model_path: str, tasks: list[str], limit: int | None, batc
         model, tok = models.load(model_path, dtype, device)
         return lm_eval_bridge.evaluate(model, tok, tasks, limit, batch_size)
 
-    return _cached_json(cache_root() / "evals" / f"utility-{key}.json", compute, collective=False)
+    return cached_json(cache_root() / "evals" / f"utility-{key}.json", compute, collective=False)
 
 
-def _cached_json(path: Path, compute: Callable[[], dict], collective: bool) -> dict:
+def cached_json(path: Path, compute: Callable[[], dict], collective: bool = False) -> dict:
     """The JSON at `path`, computed and written atomically first when absent. `collective`: every process of
     a launch takes part in `compute`, so the main process's view of the cache decides for all."""
     exists = distributed.broadcast(path.is_file()) if collective else path.is_file()

@@ -95,6 +95,7 @@ class Record:
     curves: dict[str, list[dict[str, Any]]] | None = None
     match: dict[str, Any] | None = None
     probe: dict[str, float] | None = None  # reference: its matched-forgetting probe values
+    probes: dict[str, Any] | None = None  # run: each post-unlearning probe's config, seconds and metric names
     lm_eval: dict[str, Any] | None = None
     stats: dict[str, Any] | None = None
     samples: list[dict[str, Any]] | None = None

@@ -28,6 +28,7 @@ from harness.cache import cached_dir, stable_hash
 from harness.config import to_dict
 from harness.data import examples_hash, make_batches
 from harness.plugins import Registry, get_registry
+from harness.probes import run as run_probes
 from harness.spec import RunSpec
 from harness.train import log_step, remove_checkpoint, train, unlearn_batches
 from harness.update import UpdatePlan
@@ -185,6 +186,13 @@ def execute(spec: RunSpec, results_dir: Path, save_to: Path | None = None) -> re
         if matcher is not None:
             evaluation.metrics.update(match_metrics(record.match))
         timings["evaluation_s"] = time.perf_counter() - t
+        if spec.probes:
+            t = time.perf_counter()
+            found, record.probes = run_probes(spec, registry, task, model, tok, evaluation,
+                                              {"target": target, "retain": retain_model, "retain_eval": retain_eval},
+                                              backend)
+            evaluation.metrics.update(found)
+            timings["probes_s"] = time.perf_counter() - t
         record.metrics = {k: vars(m) for k, m in evaluation.metrics.items()}
         record.stats = evaluation.stats  # per-sample numbers and, for lm-eval tasks, lm-eval's results
         record.samples = evaluation.samples

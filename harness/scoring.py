@@ -8,6 +8,7 @@ model's numbers, see tests/test_scoring.py).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -109,4 +110,40 @@ def _text_logprobs(model, tokenizer, texts: Sequence[str], batch_size: int, max_
         nll, _ = token_nll(model, batch)
         for row, i in enumerate(idx):
             out[i] = -nll[row, : len(encoded[i]) - 1].double().cpu().numpy()
+    return out
+
+
+@dataclass
+class TokenStats:
+    """Per labelled token of one example, in order: log p of the label, whether the label is the argmax, and
+    the mean and variance of log p over the vocabulary under the model's own distribution (Min-K%++)."""
+
+    labels: np.ndarray
+    logp: np.ndarray
+    hit: np.ndarray
+    mu: np.ndarray
+    var: np.ndarray
+
+
+@torch.no_grad()
+def token_stats(model, tokenizer, examples: Sequence[Example], batch_size: int = 8,
+                max_length: int = 512) -> list[TokenStats]:
+    """`TokenStats` of every example's labelled tokens (completion and EOS) from one teacher-forced pass per
+    batch, in input order (membership inference and extraction, harness/probes)."""
+    encoded = [encode(tokenizer, ex, max_length) for ex in examples]
+    out: list[TokenStats] = []
+    for start in range(0, len(encoded), batch_size):
+        rows = encoded[start : start + batch_size]
+        batch = {k: v.to(model.device) for k, v in collate(rows, tokenizer.pad_token_id).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        labels = batch["labels"][:, 1:]
+        for row in range(len(rows)):
+            keep = labels[row] != IGNORE
+            logp = F.log_softmax(logits[row][keep].float(), dim=-1)
+            target = labels[row][keep]
+            p = logp.exp()
+            mu = (p * logp).sum(-1)
+            out.append(TokenStats(target.cpu().numpy(), logp.gather(-1, target[:, None])[:, 0].double().cpu().numpy(),
+                                  (logp.argmax(-1) == target).cpu().numpy(), mu.double().cpu().numpy(),
+                                  ((p * logp.square()).sum(-1) - mu.square()).double().cpu().numpy()))
     return out

@@ -50,6 +50,9 @@ class RunSpec:
     device: str = option("auto", "auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ...")
     attribution_buffers: str = option("model", "where attribution keeps its fp32 gradient sums: model (the "
                                                "model's device) or cpu (a 7B model on one 80 GB GPU)")
+    probes: list[str] = option([], "post-unlearning probes run after the evaluation (unlearn-bench list): "
+                                   "quantization, relearn, mia, extraction, or a plugin's")
+    probe_config: dict[str, dict[str, Any]] = option({}, "each probe's config, by probe name")
     task_config: dict[str, Any] = option({}, "the task's config")
     attribution_config: dict[str, Any] = option({}, "the attribution's config")
     objective_config: dict[str, Any] = option({}, "the objective's config")
@@ -63,6 +66,13 @@ class RunSpec:
             raise ValueError(f"ratio must be in (0, 1], got {self.ratio}")
         if self.attribution_buffers not in ("model", "cpu"):
             raise ValueError(f"attribution_buffers {self.attribution_buffers!r}: choose model or cpu")
+        stray = sorted(set(self.probe_config) - set(self.probes))
+        if stray:
+            raise ValueError(f"probe_config names {stray}, which are not in probes {self.probes}")
+        if len(set(self.probes)) != len(self.probes):
+            raise ValueError(f"probes {self.probes} names a probe twice")
+        if self.probes and not self.evaluate:
+            raise ValueError("probes run after the test evaluation: a tuning run (evaluate: false) has none")
         if not self.evaluate and not self.match.enabled:
             raise ValueError("evaluate: false (a tuning run) needs match.enabled: it records only the probes")
 

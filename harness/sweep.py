@@ -64,6 +64,10 @@ class SweepConfig:
     attribution_buffers: str = option("model", "where attribution keeps its fp32 gradient sums: model or cpu "
                                                "(a 7B model on one 80 GB GPU)")
     eval_every: int | None = option(None, "also evaluate every N unlearning steps (a curve in each record)")
+    probes: list[str] = option([], "post-unlearning probes on each test run: quantization, relearn, mia, "
+                                   "extraction, or a plugin's (docs/metrics.md)")
+    probe_config: dict[str, Any] = option({}, "per probe name: its config")
+    probe_seeds: list[int] | None = option(None, "the seeds whose test runs are probed; null: every seed")
     task_config: dict[str, Any] = option({}, "the task's config")
     attribution_config: dict[str, Any] = option({}, "per attribution name: its config")
     objective_config: dict[str, Any] = option({}, "per objective name: its config")
@@ -97,7 +101,10 @@ def _check(cfg: SweepConfig, where: str) -> None:
     for name in cfg.objectives:
         registry.get("objective", name)
     registry.get("task", cfg.task)
+    for name in cfg.probes:
+        registry.get("probe", name)
     for field, names in (("attribution_config", cfg.attributions), ("objective_config", cfg.objectives),
+                         ("probe_config", cfg.probes),
                          ("train_by_attribution", cfg.attributions), ("train_by_objective", cfg.objectives)):
         stray = sorted(set(getattr(cfg, field)) - set(names))
         if stray:
@@ -127,12 +134,14 @@ def _spec(cfg: SweepConfig, method: tuple[str, float, str], seed: int, train: Tr
     attribution, ratio, objective = method
     if not 0.0 < ratio <= 1.0:
         raise ConfigError(f"{where}: ratio must be in (0, 1], got {ratio}")
+    probed = extra.get("evaluate", True) and (cfg.probe_seeds is None or seed in cfg.probe_seeds)
     spec = runner.canonical(RunSpec(
         task=cfg.task, model=cfg.model, attribution=attribution, ratio=ratio, objective=objective, seed=seed,
         dtype=cfg.dtype, device=cfg.device, attribution_buffers=cfg.attribution_buffers,
         eval_every=cfg.eval_every, match=cfg.match, task_config=cfg.task_config,
         attribution_config=cfg.attribution_config.get(attribution, {}),
-        objective_config=cfg.objective_config.get(objective, {}), train=train, prepare=cfg.prepare, **extra))
+        objective_config=cfg.objective_config.get(objective, {}), train=train, prepare=cfg.prepare,
+        probes=cfg.probes if probed else [], probe_config=cfg.probe_config if probed else {}, **extra))
     try:
         spec.validate()
     except ValueError as exc:

@@ -14,7 +14,8 @@ ARROW = {"higher": "↑", "lower": "↓", "zero": "→0"}
 HINT = {"higher": "higher is better", "lower": "lower is better", "zero": "closer to 0 is better",
         "info": "for reading, not ranking"}
 GROUPS = [("forget", "Forgetting at the stopping point"), ("utility", "Utility at the stopping point"),
-          ("match", "Matched forgetting"), ("info", "Run details"), ("timing", "Timing (seconds)")]
+          ("match", "Matched forgetting"), ("probe", "Robustness and privacy probes (after unlearning)"),
+          ("info", "Run details"), ("timing", "Timing (seconds)")]
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; max-width: 1400px; }
@@ -172,6 +173,7 @@ def task_section(task: str, rows: list[dict[str, Any]], references: list[dict[st
                   "<details><summary>Paired differences against dense and WAGLE</summary>",
                   _paired_table(paired), "</details>"]
     parts.append(_img(tradeoff, "tradeoff", f"{task}: forgetting vs utility"))
+    parts.append(_img(plots.get("axes"), "tradeoff", f"{task}: probed forgetting vs utility"))
     by_group: dict[str, list[str]] = {}
     for m in sorted(directions):
         group = next((r["metrics"][m].get("group") for r in rows if m in r["metrics"]), None) or next(

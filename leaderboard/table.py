@@ -116,9 +116,10 @@ def _md_table(head: list[str], body: list[list[str]]) -> list[str]:
 
 
 def markdown(tasks: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, str]]],
-             paired: list[dict[str, Any]] | None = None) -> str:
+             paired: list[dict[str, Any]] | None = None, probed: set[str] | frozenset[str] = frozenset()) -> str:
     """Per task: the matched-forgetting headline and paired differences (when runs have them), then every
-    metric as mean [95% CI] when there are several seeds."""
+    metric as mean [95% CI] when there are several seeds; the `probed` metrics (group probe) in a table of
+    their own."""
     paired = paired or []
     out = ["# Leaderboard", "", "Mean over seeds; [95% bootstrap interval of the mean] with two or more seeds.", ""]
     for task, (rows, refs, directions) in sorted(tasks.items()):
@@ -135,20 +136,32 @@ def markdown(tasks: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]], 
                      str(d["n"]), diff_label(d)] for d in task_paired]
             out += [*_md_table(["method", "vs", "metric", "pairs", "difference"], body), "", *findings(task_paired),
                     "", "### All metrics", ""]
-        metrics = sorted(directions)
-        out += ["| method | ratio | objective | lr | seeds | "
-                + " | ".join(f"{m} {ARROW.get(directions[m], '')}".strip() for m in metrics) + " |",
-                "| --- " * (5 + len(metrics)) + "|"]
-        for ref in refs:
-            vals = [((ref.get("metrics") or {}).get(m) or {}).get("value") for m in metrics]
-            out.append(f"| {ref.get('role')} | | | | | " + " | ".join("" if v is None else f"{v:.4g}" for v in vals)
-                       + " |")
-        for r in rows:
-            cells = [_ci(r["metrics"].get(m), r["n"]) for m in metrics]
-            out.append(f"| {r['attribution']} | {r['ratio']:g} | {r['objective']} | {lr_label(r)} | {r['n']} | "
-                       + " | ".join(cells) + " |")
-        out.append("")
+        here = set(directions) & set(probed)
+        out += _metric_table(rows, refs, directions, sorted(set(directions) - here))
+        if here:
+            out += ["### Robustness and privacy probes", "",
+                    "Attacks run on each unlearned model after its evaluation (docs/metrics.md, Probes).", ""]
+            out += _metric_table(rows, [], directions, sorted(here))
     return "\n".join(out)
+
+
+def _metric_table(rows: list[dict[str, Any]], refs: list[dict[str, Any]], directions: dict[str, str],
+                   metrics: list[str]) -> list[str]:
+    """One Markdown table: reference rows, then method rows, one column per metric (mean [95% CI])."""
+    head = ["| method | ratio | objective | lr | seeds | "
+            + " | ".join(f"{m} {ARROW.get(directions[m], '')}".strip() for m in metrics) + " |",
+            "| --- " * (5 + len(metrics)) + "|"]
+    out = list(head)
+    for ref in refs:
+        vals = [((ref.get("metrics") or {}).get(m) or {}).get("value") for m in metrics]
+        out.append(f"| {ref.get('role')} | | | | | " + " | ".join("" if v is None else f"{v:.4g}" for v in vals)
+                   + " |")
+    for r in rows:
+        cells = [_ci(r["metrics"].get(m), r["n"]) for m in metrics]
+        out.append(f"| {r['attribution']} | {r['ratio']:g} | {r['objective']} | {lr_label(r)} | {r['n']} | "
+                   + " | ".join(cells) + " |")
+    out.append("")
+    return out
 
 
 def paired_csv(paired: list[dict[str, Any]]) -> str:
@@ -171,9 +184,20 @@ def write(results_dir: Path, out: Path, task: str | None = None) -> int:
     return len(records)
 
 
-def write_all(results_dir: Path, out_dir: Path, task: str | None = None) -> list[Path]:
+def probed_axes(headline: dict[str, str], directions: dict[str, str],
+                axes: tuple[str, str] | None) -> tuple[str, str] | None:
+    """The second trade-off plot's (x, y): `axes` where the task has both metrics; by default, where runs were
+    probed with 4-bit quantization, the headline forget metric after it against the headline utility."""
+    if axes is None:
+        axes = (f"int4_g128_{headline['forget']}", headline["utility"])
+    return axes if all(a in directions for a in axes) else None
+
+
+def write_all(results_dir: Path, out_dir: Path, task: str | None = None,
+              axes: tuple[str, str] | None = None) -> list[Path]:
     """Every leaderboard file into `out_dir`: runs.csv, methods.csv, leaderboard.md, index.html and the
-    per-task plots. A pure function of the records: the same records give byte-identical files."""
+    per-task plots (a second trade-off plot on `axes`, e.g. a probed forget metric against utility). A pure
+    function of the records: the same records give byte-identical files."""
     from harness.io import atomic_write_bytes, atomic_write_text
 
     records = [r for r in read_records(results_dir) if task is None or r["spec"].get("task") == task]
@@ -192,13 +216,14 @@ def write_all(results_dir: Path, out_dir: Path, task: str | None = None) -> list
                out_dir / "paired.csv"]
     atomic_write_text(written[0], runs_csv(records))
     atomic_write_text(written[1], methods_csv(rows))
-    atomic_write_text(written[2], markdown(per_task, pairs))
+    probed = {m for r in records for m, v in (r.get("metrics") or {}).items() if v.get("group") == "probe"}
+    atomic_write_text(written[2], markdown(per_task, pairs, probed))
     atomic_write_text(written[4], paired_csv(pairs))
     sections = []
     for name, (task_rows, refs, directions) in per_task.items():
         headline = next((r["headline"] for r in records if r["spec"].get("task") == name and r.get("headline")),
                         None)
-        tradeoff = None
+        tradeoff, second = None, None
         if headline and headline["forget"] in directions and headline["utility"] in directions:
             points = plots.tradeoff_points(task_rows, refs, headline)
             if points:
@@ -206,6 +231,14 @@ def write_all(results_dir: Path, out_dir: Path, task: str | None = None) -> list
                                               (directions[headline["forget"]], directions[headline["utility"]]))
                 written.append(out_dir / f"tradeoff-{name}.png")
                 atomic_write_bytes(written[-1], tradeoff)
+        pair = probed_axes(headline, directions, axes) if headline else None
+        if pair:
+            chosen = {"forget": pair[0], "utility": pair[1]}
+            points = plots.tradeoff_points(task_rows, refs, chosen)
+            if points:
+                second = plots.tradeoff_png(name, points, chosen, (directions[pair[0]], directions[pair[1]]))
+                written.append(out_dir / f"tradeoff-{name}-{pair[0]}-{pair[1]}.png")
+                atomic_write_bytes(written[-1], second)
         runs = [r for r in records if r["spec"].get("task") == name and r.get("kind") == "run"
                 and r.get("status") == "finished"]
         density = plots.density_png(runs)
@@ -218,6 +251,7 @@ def write_all(results_dir: Path, out_dir: Path, task: str | None = None) -> list
                 written.append(out_dir / f"{kind}-{name}.png")
                 atomic_write_bytes(written[-1], png)
         task_pairs = [d for d in pairs if d["task"] == name]
-        sections.append(html.task_section(name, task_rows, refs, directions, tradeoff, density, task_pairs, extra))
+        sections.append(html.task_section(name, task_rows, refs, directions, tradeoff, density, task_pairs,
+                                          dict(extra, axes=second)))
     atomic_write_text(written[3], html.page(sections, len(records)))
     return written

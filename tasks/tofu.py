@@ -113,6 +113,11 @@ class Tofu(Task):
         return [self._example({"question": r["question"], "answer": answers[i % len(answers)]})
                 for i, r in enumerate(self._rows(self.config.forget_split))]
 
+    def holdout_examples(self) -> list[Example]:
+        """TOFU's holdout split of the forget split's size (forget01 -> holdout01): questions about fictitious
+        authors outside the 200, which no target or retain model saw (membership inference's non-members)."""
+        return [self._example(r) for r in self._rows(self.config.forget_split.replace("forget", "holdout"))]
+
     def validation_examples(self) -> list[Example]:
         return [self._example(r) for r in self._retain_split()[1]]
 
