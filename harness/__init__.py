@@ -26,6 +26,7 @@ _EXPORTS = {
     "mean_nll": "harness.scoring", "sum_nll": "harness.scoring", "token_nll": "harness.scoring",
     "completion_nll": "harness.scoring",
     "check_attribution": "harness.conformance", "check_objective": "harness.conformance",
+    "check_probe": "harness.conformance",
 }
 __all__ = ["__version__", *_EXPORTS]
 

@@ -1,9 +1,10 @@
-"""Conformance checks every attribution and objective plugin must pass. Plugin authors run them on their own
-plugin from the command line (`unlearn-bench check NAME`, on the tiny model) or from Python:
+"""Conformance checks every attribution, objective and probe plugin must pass. Plugin authors run them on
+their own plugin from the command line (`unlearn-bench check NAME`, on the tiny model) or from Python:
 
-    from harness import check_attribution, check_objective
+    from harness import check_attribution, check_objective, check_probe
     check_attribution("my-method", model, tokenizer, forget_examples, retain_examples)
     check_objective("my-loss", model, tokenizer, forget_examples, retain_examples)
+    check_probe("my-attack", model, tokenizer)
 
 Each check raises ConformanceError with what went wrong.
 """
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 
 from harness import masks
-from harness.api import AttributionData, Example, LossOutput, UnlearnBatch
+from harness.api import AttributionData, EvalContext, Example, LossOutput, Metric, ProbeContext, UnlearnBatch
 from harness.config import from_dict, to_dict
 from harness.data import make_batches
 from harness.errors import UnlearnBenchError
@@ -155,22 +156,64 @@ def check_objective(name: str, model, tokenizer, forget: Sequence[Example], reta
         raise ConformanceError(f"{name}: the loss differs between two calls with the same seed: {losses}")
 
 
+PROBE_TASK = ("tofu-mini", {"eval_limit": 4, "utility_limit": 2, "max_new_tokens": 2, "retain_authors": 1,
+                            "probe_limit": 2, "max_length": 256})
+DIRECTIONS = ("higher", "lower", "zero", "info")
+
+
+def check_probe(name: str, model, tokenizer, config: dict[str, Any] | None = None) -> None:
+    """On tofu-mini (a few rows), with `model` standing for the unlearned, target and retain models alike: the
+    config round-trips through plain data; `run` returns a dict of Metric, each with a known direction and a
+    finite value (or None); the model is left as it was; two runs agree."""
+    from harness.plugins import get_registry as registry
+
+    task = registry().build("task", PROBE_TASK[0], PROBE_TASK[1])
+    snapshot = copy.deepcopy(model)
+    own = task.evaluate(model, tokenizer, EvalContext(batch_size=8))
+    reference = {"model": "the model itself", "metrics": {k: vars(m) for k, m in own.metrics.items()}}
+    ctx = ProbeContext(task=task, tokenizer=tokenizer, evaluate=lambda m: task.evaluate(m, tokenizer, EvalContext(
+                           batch_size=8)), unlearned=own.metrics, target=reference, retain=reference,
+                       load=lambda _path: copy.deepcopy(snapshot), cached=lambda _name, _key, compute: compute(),
+                       batch_size=8)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    results = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        out = _round_trip("probe", name, config).run(model, ctx)
+        if not isinstance(out, dict) or not out:
+            raise ConformanceError(f"{name}: run() must return a non-empty dict of Metric, got {out!r}")
+        for key, m in out.items():
+            if not isinstance(m, Metric):
+                raise ConformanceError(f"{name}: metric {key!r} is {type(m).__name__}, not a Metric")
+            if m.direction not in DIRECTIONS:
+                raise ConformanceError(f"{name}: metric {key!r} has direction {m.direction!r}; use {DIRECTIONS}")
+            if m.value is not None and not (isinstance(m.value, (int, float)) and math.isfinite(m.value)):
+                raise ConformanceError(f"{name}: metric {key!r} is {m.value!r}, not a finite number or None")
+        _unchanged(name, model, before, "the probe")
+        results.append({k: m.value for k, m in out.items()})
+    if results[0] != results[1]:
+        raise ConformanceError(f"{name}: two runs under one seed disagree: {results}")
+
+
 SAMPLE_FORGET = [Example(f"Question: Who is author {i}?\nAnswer:", f" Author {i} writes about dragons.")
                  for i in range(6)]
 SAMPLE_RETAIN = [Example(f"Question: Where is city {i}?\nAnswer:", f" City {i} lies by a river.") for i in range(6)]
 
 
 def check(name: str, model: str = "tiny-llama", config: dict[str, Any] | None = None) -> str:
-    """Run the checks of the component called `name` (an attribution or an objective) on a fresh `model`
-    with sample forget and retain examples. Returns the kind checked."""
+    """Run the checks of the component called `name` (an attribution, an objective or a probe) on a fresh
+    `model` with sample forget and retain examples (a probe: a few tofu-mini rows). Returns the kind checked."""
     from harness import models
 
     registry = get_registry()
-    kinds = [k for k in ("attribution", "objective") if name in registry.names(k)]
+    kinds = [k for k in ("attribution", "objective", "probe") if name in registry.names(k)]
     if not kinds:
         registry.get("attribution", name)  # the unknown-name error, with the names that exist
     for kind in kinds:
         net, tok = models.load(model)
+        if kind == "probe":
+            check_probe(name, net, tok, config=config)
+            continue
         checker = check_attribution if kind == "attribution" else check_objective
         checker(name, net, tok, SAMPLE_FORGET, SAMPLE_RETAIN, config=config)
     return " and ".join(kinds)

@@ -67,7 +67,8 @@ class SweepConfig:
     probes: list[str] = option([], "post-unlearning probes on each test run: quantization, relearn, mia, "
                                    "extraction, or a plugin's (docs/metrics.md)")
     probe_config: dict[str, Any] = option({}, "per probe name: its config")
-    probe_seeds: list[int] | None = option(None, "the seeds whose test runs are probed; null: every seed")
+    probe_seeds: dict[str, list[int]] = option({}, "per probe name: the seeds whose test runs it probes (e.g. "
+                                                   "relearn: [0]); a probe not named probes every seed")
     task_config: dict[str, Any] = option({}, "the task's config")
     attribution_config: dict[str, Any] = option({}, "per attribution name: its config")
     objective_config: dict[str, Any] = option({}, "per objective name: its config")
@@ -104,7 +105,7 @@ def _check(cfg: SweepConfig, where: str) -> None:
     for name in cfg.probes:
         registry.get("probe", name)
     for field, names in (("attribution_config", cfg.attributions), ("objective_config", cfg.objectives),
-                         ("probe_config", cfg.probes),
+                         ("probe_config", cfg.probes), ("probe_seeds", cfg.probes),
                          ("train_by_attribution", cfg.attributions), ("train_by_objective", cfg.objectives)):
         stray = sorted(set(getattr(cfg, field)) - set(names))
         if stray:
@@ -134,14 +135,14 @@ def _spec(cfg: SweepConfig, method: tuple[str, float, str], seed: int, train: Tr
     attribution, ratio, objective = method
     if not 0.0 < ratio <= 1.0:
         raise ConfigError(f"{where}: ratio must be in (0, 1], got {ratio}")
-    probed = extra.get("evaluate", True) and (cfg.probe_seeds is None or seed in cfg.probe_seeds)
+    probes = [p for p in cfg.probes if seed in cfg.probe_seeds.get(p, [seed])] if extra.get("evaluate", True) else []
     spec = runner.canonical(RunSpec(
         task=cfg.task, model=cfg.model, attribution=attribution, ratio=ratio, objective=objective, seed=seed,
         dtype=cfg.dtype, device=cfg.device, attribution_buffers=cfg.attribution_buffers,
         eval_every=cfg.eval_every, match=cfg.match, task_config=cfg.task_config,
         attribution_config=cfg.attribution_config.get(attribution, {}),
         objective_config=cfg.objective_config.get(objective, {}), train=train, prepare=cfg.prepare,
-        probes=cfg.probes if probed else [], probe_config=cfg.probe_config if probed else {}, **extra))
+        probes=probes, probe_config={p: c for p, c in cfg.probe_config.items() if p in probes}, **extra))
     try:
         spec.validate()
     except ValueError as exc:

@@ -43,6 +43,45 @@ def test_objective_conformance(name, tiny):
     check_objective(name, model, tok, FORGET, RETAIN, config=OBJECTIVE_CONFIG.get(name))
 
 
+PROBES = get_registry().names("probe")
+PROBE_CONFIG = {"relearn": {"steps": 2}, "quantization": {"settings": [{"bits": 4, "group_size": None}]}}
+
+
+@pytest.mark.parametrize("name", PROBES)
+def test_probe_conformance(name, tiny):
+    from harness.conformance import check_probe
+
+    model, tok = tiny
+    check_probe(name, model, tok, config=PROBE_CONFIG.get(name))
+
+
+def test_probe_conformance_catches_a_probe_that_changes_the_model(tiny):
+    from dataclasses import dataclass
+
+    from harness import Metric, Probe, option
+    from harness.conformance import ConformanceError, check_probe
+
+    @dataclass
+    class Cfg:
+        size: float = option(1e-3, "how far it moves the weights")
+
+    class Careless(Probe):
+        """A probe that perturbs the model it is given."""
+
+        name = "careless"
+        Config = Cfg
+
+        def run(self, model, ctx):
+            with torch.no_grad():
+                next(model.parameters()).add_(self.config.size)
+            return {"x": Metric(1.0, "info")}
+
+    get_registry().add("probe", Careless)
+    model, tok = tiny
+    with pytest.raises(ConformanceError, match="careless: the probe changed parameter"):
+        check_probe("careless", model, tok)
+
+
 def _scores_of(make):
     """An attribution whose scores are `make(name, parameter)`, registered for the test."""
     from dataclasses import dataclass

@@ -40,8 +40,10 @@ def test_rtn_is_round_to_nearest_on_the_min_max_grid():
     assert torch.allclose(got, hand, atol=1e-6)
     assert all(got[r, s : s + 4].unique().numel() <= 4 for r in range(3) for s in (0, 4))
     assert quantization.rtn(w, 8, None).sub(w).abs().max() < 0.02  # 8 bits per channel: close to w
-    with pytest.raises(ValueError, match="does not divide"):
-        quantization.rtn(torch.randn(2, 12), 4, 8)
+    ragged = torch.randn(2, 12)  # 12 columns in groups of 8: one group of 8, a last one of 4
+    assert torch.equal(quantization.rtn(ragged, 4, 8), torch.cat([quantization.rtn(ragged[:, :8], 4, 8),
+                                                                  quantization.rtn(ragged[:, 8:], 4, None)], 1))
+    assert quantization.rtn(ragged, 4, 8)[:, 8:].unique().numel() <= 2 * 16
 
 
 def _forget_prob(model, tok) -> Evaluation:
@@ -215,3 +217,22 @@ def test_a_run_records_every_probe_and_the_leaderboard_shows_them(tmp_path):
     assert "int4_g128_forget_rouge" in probes_table and "int4_g128_forget_rouge" not in md[: md.index(probes_table)]
     assert "Robustness and privacy probes" in (out / "index.html").read_text()
     assert out / "tradeoff-tofu-mini-int4_g128_forget_rouge-model_utility.png" in written
+
+
+def test_a_sweep_probes_the_seeds_it_names_and_never_a_tuning_run():
+    from harness import sweep
+    from harness.config import from_dict
+    from harness.errors import ConfigError, UnknownPluginError
+
+    base = {"task": "tofu-mini", "model": "tiny-llama", "attributions": ["dense"], "objectives": ["graddiff"],
+            "seeds": [0, 1], "probes": ["quantization", "relearn"], "probe_seeds": {"relearn": [1]},
+            "probe_config": {"relearn": {"steps": 3}}, "match": {"enabled": True}, "tune": {"lr_factors": [1.0]}}
+    cfg = from_dict(sweep.SweepConfig, base, "test")
+    specs = {s.seed: s for s in sweep.expand(cfg)}
+    assert specs[0].probes == ["quantization"] and specs[0].probe_config == {}
+    assert specs[1].probes == ["quantization", "relearn"] and specs[1].probe_config == {"relearn": {"steps": 3}}
+    assert all(s.probes == [] for runs in sweep.tuning_grid(cfg).values() for s in runs)
+    with pytest.raises(UnknownPluginError, match="mia"):
+        sweep.expand(from_dict(sweep.SweepConfig, {**base, "probes": ["mai"]}, "test"))
+    with pytest.raises(ConfigError, match="probe_seeds names mia"):
+        sweep.expand(from_dict(sweep.SweepConfig, {**base, "probe_seeds": {"mia": [0]}}, "test"))

@@ -53,12 +53,15 @@ def _primitives():
 
 def rtn(weight: torch.Tensor, bits: int, group_size: int | None, symmetric: bool = False) -> torch.Tensor:
     """`weight` [out, in] rounded to the nearest point of a `bits`-bit grid per output channel (group_size
-    None) or per group of `group_size` input columns, returned dequantized in its own dtype."""
-    qp = _primitives()
+    None) or per group of `group_size` input columns (where they do not divide the columns, the last group
+    is narrower), returned dequantized in its own dtype."""
     columns = weight.shape[-1]
     group = columns if group_size is None else min(group_size, columns)
-    if columns % group:
-        raise ValueError(f"group_size {group_size} does not divide the {columns} input columns of a weight")
+    whole = columns - columns % group
+    if whole < columns:  # SmolLM2's 576 columns in groups of 128: four groups and a last one of 64
+        return torch.cat([rtn(weight[:, :whole], bits, group, symmetric),
+                          rtn(weight[:, whole:], bits, None, symmetric)], dim=1)
+    qp = _primitives()
     block = (1, group)
     if symmetric:
         mapping, low, high = qp.MappingType.SYMMETRIC, -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
