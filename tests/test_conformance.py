@@ -44,7 +44,8 @@ def test_objective_conformance(name, tiny):
 
 
 PROBES = get_registry().names("probe")
-PROBE_CONFIG = {"relearn": {"steps": 2}, "quantization": {"settings": [{"bits": 4, "group_size": None}]}}
+PROBE_CONFIG = {"relearn": {"steps": 2}, "quantization": {"settings": [{"bits": 4, "group_size": None}]},
+                "mia": {"limit": 8}, "extraction": {"limit": 8}}
 
 
 @pytest.mark.parametrize("name", PROBES)

@@ -34,6 +34,7 @@ class MiaConfig:
     attacks: list[str] = option(list(ATTACKS), "scores: loss, zlib, min_k, min_k++")
     k: float = option(0.4, "Min-K%'s share of lowest-probability tokens (open-unlearning's TOFU setting: 0.4)")
     privleak_attack: str = option("min_k", "the attack whose PrivLeak is `mia_privleak`")
+    limit: int | None = option(None, "score only the first N forget and N holdout examples; null: all")
 
     def validate(self) -> None:
         unknown = sorted(set(self.attacks) - set(ATTACKS))
@@ -43,6 +44,8 @@ class MiaConfig:
             raise ValueError(f"privleak_attack {self.privleak_attack!r} is not among attacks {self.attacks}")
         if not 0 < self.k <= 1:
             raise ValueError(f"k must be in (0, 1], got {self.k}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1 or null, got {self.limit}")
 
 
 def scores(stats: list[TokenStats], texts: list[str], attack: str, k: float) -> list[float]:
@@ -79,7 +82,8 @@ class Mia(Probe):
 
     def run(self, model, ctx: ProbeContext) -> dict[str, Metric]:
         task = ctx.task
-        forget, holdout = task.forget_examples(), task.holdout_examples()
+        n = self.config.limit
+        forget, holdout = task.forget_examples()[:n], task.holdout_examples()[:n]
         if not holdout:
             raise ValueError(f"task {task.name!r} has no holdout examples (Task.holdout_examples): the mia probe "
                              "needs data no model was trained on")
