@@ -13,14 +13,18 @@ from harness.scoring import mean_nll
 
 
 def summed_gradients(model: torch.nn.Module, batches: Sequence[Batch],
-                     buffer_device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
-    """G = Σ_samples ∇ CE(sample), CE the token-mean next-token loss of one sample, in fp32.
+                     buffer_device: torch.device | str | None = None, per: str = "sample") -> dict[str, torch.Tensor]:
+    """G = Σ_samples ∇ CE(sample), CE the token-mean next-token loss of one sample, in fp32; with
+    `per="batch"`, G = Σ_batches ∇ mean_{samples of the batch} CE (SalUn's `generate_mask.py`, which
+    accumulates each batch's mean loss gradient).
 
-    Batching does not change G: each sample's mean is taken before summing over the batch. Under a
+    With per="sample" batching does not change G: each sample's mean is taken before summing. Under a
     multi-process launch each process sums every world-th batch and the sums are added across processes.
     `buffer_device` keeps G elsewhere than the model (the CPU, for a 7B model on one GPU); default: with
     each parameter.
     """
+    if per not in ("sample", "batch"):
+        raise ValueError(f"per {per!r}: choose sample or batch")
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     grads = {n: torch.zeros(p.shape, dtype=torch.float32, device=buffer_device or p.device)
              for n, p in params.items()}
@@ -30,7 +34,8 @@ def summed_gradients(model: torch.nn.Module, batches: Sequence[Batch],
         for batch in distributed.shard(batches):
             model.zero_grad(set_to_none=True)
             batch = to_device(batch, model.device)
-            mean_nll(model, batch).sum().backward()
+            losses = mean_nll(model, batch)
+            (losses.sum() if per == "sample" else losses.mean()).backward()
             for n, p in params.items():
                 if p.grad is not None:
                     grads[n] += p.grad.to(grads[n].device, torch.float32)

@@ -40,6 +40,8 @@ DEFAULT_PLUGINS = (
     "methods.wanda",
     "methods.lora",
     "methods.wagle",
+    "methods.salun",
+    "methods.grin",
     "methods.ascent",
     "methods.graddiff",
     "methods.npo",

@@ -271,3 +271,24 @@ def test_gradient_snip_and_magnitude_scores_match_autograd(tiny):
         assert torch.allclose(gradient[name], g_f[name].abs(), rtol=1e-4, atol=1e-8), name
         assert torch.allclose(snip[name], (p.detach() * g_f[name]).abs(), rtol=1e-4, atol=1e-8), name
         assert torch.equal(magnitude[name], p.detach().abs()), name
+
+
+def test_salun_sums_batch_mean_gradients_as_its_generate_mask_does(tiny):
+    model, tok = tiny
+    data = AttributionData(model, tok, make_batches(tok, FORGET, 4, 64), make_batches(tok, RETAIN, 4, 64))
+    got = get_registry().build("attribution", "salun").scores(data).scores
+    first, last = _per_sample_grad_sum(model, tok, FORGET[:4]), _per_sample_grad_sum(model, tok, FORGET[4:])
+    assert len(FORGET) == 5
+    for name in got:  # batches of 4 and 1: Σ_b ∇ mean-loss(b) = G(first 4)/4 + G(last 1)
+        assert torch.allclose(got[name], (first[name] / 4 + last[name]).abs(), rtol=1e-4, atol=1e-8), name
+
+
+def test_grin_is_the_gradient_ratio_of_sample_means(tiny):
+    model, tok = tiny
+    eps = 1e-3
+    data = AttributionData(model, tok, make_batches(tok, FORGET, 4, 64), make_batches(tok, RETAIN[:4], 4, 64))
+    got = get_registry().build("attribution", "grin", {"eps": eps}).scores(data).scores
+    g_f, g_r = _per_sample_grad_sum(model, tok, FORGET), _per_sample_grad_sum(model, tok, RETAIN[:4])
+    for name in got:  # 5 forget samples, 4 retain samples
+        want = (g_f[name] / 5).abs() / ((g_r[name] / 4).abs() + eps)
+        assert torch.allclose(got[name], want, rtol=1e-4, atol=1e-6), name
