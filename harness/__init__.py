@@ -26,7 +26,8 @@ _EXPORTS = {
     "mean_nll": "harness.scoring", "sum_nll": "harness.scoring", "token_nll": "harness.scoring",
     "completion_nll": "harness.scoring",
     "check_attribution": "harness.conformance", "check_objective": "harness.conformance",
-    "check_probe": "harness.conformance",
+    "check_probe": "harness.conformance", "check_optimizer": "harness.conformance",
+    "Optimizer": "harness.api",
 }
 __all__ = ["__version__", *_EXPORTS]
 

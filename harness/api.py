@@ -1,4 +1,5 @@
-"""The interfaces a plugin implements: Attribution, Objective, Task, Probe, and the small data types they share.
+"""The interfaces a plugin implements: Attribution, Objective, Task, Probe, Optimizer, and the small data types
+they share.
 
 A plugin class declares `name` (unique per kind), a `Config` dataclass (fields made with
 `harness.config.option`, so each has help text) and a short docstring; it is built as `cls(config)`.
@@ -135,6 +136,28 @@ class GenerationBackend:
 
     def generate(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
                  max_new_tokens: int, batch_size: int, stop: Sequence[str] = ()) -> list[str]:
+        raise NotImplementedError
+
+
+class Optimizer:
+    """An update rule for unlearning: how a parameter's gradient becomes a step. The harness owns the rest
+    (harness/optim.py): it gathers each parameter's selected entries (masks), clips, applies decoupled weight
+    decay, keeps fp32 master copies where asked and writes the entries back, so masked-out weights stay
+    bit-identical and state exists for the selected entries only. A rule keeps its state in `init_state`'s
+    tensors (shaped like the gathered gradient) and updates `data` in place; `group` holds the train
+    settings: lr (after the schedule), weight_decay, eps."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    def init_state(self, grad: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def update(self, data: torch.Tensor, grad: torch.Tensor, state: dict[str, torch.Tensor], step: int,
+               group: dict[str, Any]) -> None:
         raise NotImplementedError
 
 

@@ -1,10 +1,11 @@
-"""Conformance checks every attribution, objective and probe plugin must pass. Plugin authors run them on
+"""Conformance checks every attribution, objective, probe and optimizer plugin must pass. Plugin authors run them on
 their own plugin from the command line (`unlearn-bench check NAME`, on the tiny model) or from Python:
 
-    from harness import check_attribution, check_objective, check_probe
+    from harness import check_attribution, check_objective, check_optimizer, check_probe
     check_attribution("my-method", model, tokenizer, forget_examples, retain_examples)
     check_objective("my-loss", model, tokenizer, forget_examples, retain_examples)
     check_probe("my-attack", model, tokenizer)
+    check_optimizer("my-rule")
 
 Each check raises ConformanceError with what went wrong.
 """
@@ -23,6 +24,7 @@ from harness.api import AttributionData, EvalContext, Example, LossOutput, Metri
 from harness.config import from_dict, to_dict
 from harness.data import make_batches
 from harness.errors import UnlearnBenchError
+from harness.optim import MaskedOptimizer
 from harness.plugins import get_registry
 
 
@@ -156,6 +158,38 @@ def check_objective(name: str, model, tokenizer, forget: Sequence[Example], reta
         raise ConformanceError(f"{name}: the loss differs between two calls with the same seed: {losses}")
 
 
+def check_optimizer(name: str, config: dict[str, Any] | None = None) -> None:
+    """The config round-trips; on a half-masked parameter and an unmasked one, three steps under the masked
+    optimizer leave the masked-out entries bit-identical, keep state only for the selected entries (each
+    state tensor has their count), move the selected entries, stay finite, and agree between two runs."""
+    results = []
+    for _ in range(2):
+        rule = _round_trip("optimizer", name, config)
+        g = torch.Generator().manual_seed(0)
+        a, b = torch.randn(6, 8, generator=g), torch.randn(8, generator=g)
+        mask = torch.rand(6, 8, generator=g) < 0.5
+        start = a.clone()
+        pa, pb = torch.nn.Parameter(a), torch.nn.Parameter(b)
+        opt = MaskedOptimizer([{"params": [pa, pb], "weight_decay": 0.1}], {id(pa): mask}, lr=1e-2, rule=rule,
+                              max_grad_norm=1.0)
+        for _step in range(3):
+            pa.grad, pb.grad = torch.randn(6, 8, generator=g), torch.randn(8, generator=g)
+            opt.step()
+        if not torch.equal(pa.detach()[~mask], start[~mask]):
+            raise ConformanceError(f"{name}: a masked-out weight changed")
+        if torch.equal(pa.detach()[mask], start[mask]):
+            raise ConformanceError(f"{name}: three steps did not move the selected weights")
+        if not (torch.isfinite(pa).all() and torch.isfinite(pb).all()):
+            raise ConformanceError(f"{name}: the weights are not finite after three steps")
+        sized = {k: v.numel() for k, v in opt.state[pa].items() if isinstance(v, torch.Tensor) and v.dim() > 0}
+        wrong = {k: n for k, n in sized.items() if n != int(mask.sum())}
+        if wrong:
+            raise ConformanceError(f"{name}: state {wrong} is not sized to the {int(mask.sum())} selected entries")
+        results.append((pa.detach().clone(), pb.detach().clone()))
+    if not all(torch.equal(x, y) for x, y in zip(results[0], results[1], strict=True)):
+        raise ConformanceError(f"{name}: two runs of the same steps disagree")
+
+
 PROBE_TASK = ("tofu-mini", {"eval_limit": 4, "utility_limit": 2, "max_new_tokens": 2, "retain_authors": 1,
                             "probe_limit": 2, "max_length": 256})
 DIRECTIONS = ("higher", "lower", "zero", "info")
@@ -206,10 +240,13 @@ def check(name: str, model: str = "tiny-llama", config: dict[str, Any] | None = 
     from harness import models
 
     registry = get_registry()
-    kinds = [k for k in ("attribution", "objective", "probe") if name in registry.names(k)]
+    kinds = [k for k in ("attribution", "objective", "probe", "optimizer") if name in registry.names(k)]
     if not kinds:
         registry.get("attribution", name)  # the unknown-name error, with the names that exist
     for kind in kinds:
+        if kind == "optimizer":
+            check_optimizer(name, config)
+            continue
         net, tok = models.load(model)
         if kind == "probe":
             check_probe(name, net, tok, config=config)

@@ -72,3 +72,13 @@ def register_probes(register: Register) -> None:
     evaluation (quantization, relearning, membership inference, extraction) and returns metrics with their
     direction; a run spec lists the probes it runs (`probes: [quantization, relearn, mia]`).
     """
+
+
+@hookspec
+def register_optimizers(register: Register) -> None:
+    """Register unlearning update rules: subclasses of `harness.api.Optimizer`.
+
+    Called once when the registry is first built. A rule turns a parameter's gradient (its selected entries)
+    into a step; the harness keeps masks, clipping, weight decay and master weights (`adamw`, the default;
+    `soul`, SOUL's Sophia). A run spec names one (`optimizer: soul`).
+    """

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 # spec field -> (plugin kind, field naming the component, field holding its config)
 COMPONENTS = {"task": ("task", "task", "task_config"), "attribution": ("attribution", "attribution",
               "attribution_config"), "objective": ("objective", "objective", "objective_config"),
-              "backend": ("backend", "generation", "generation_config")}
+              "backend": ("backend", "generation", "generation_config"),
+              "optimizer": ("optimizer", "optimizer", "optimizer_config")}
 UNKEYED = ("device", "attribution_buffers", "save_model", "keep_weights")  # where it runs and what it keeps
 
 

@@ -49,6 +49,8 @@ DEFAULT_PLUGINS = (
     "methods.po",
     "methods.rmu",
     "harness.backends",
+    "harness.optim",
+    "methods.soul",
     "harness.executors",
     "tasks.tofu",
     "tasks.muse",
@@ -60,9 +62,11 @@ DEFAULT_PLUGINS = (
     "harness.probes.extraction",
 )
 KINDS = {"attribution": "register_attributions", "objective": "register_objectives", "task": "register_tasks",
-         "backend": "register_generation_backends", "executor": "register_executors", "probe": "register_probes"}
+         "backend": "register_generation_backends", "executor": "register_executors", "probe": "register_probes",
+         "optimizer": "register_optimizers"}
 BASES: dict[str, type] = {"attribution": api.Attribution, "objective": api.Objective, "task": api.Task,
-                          "backend": api.GenerationBackend, "executor": api.Executor, "probe": api.Probe}
+                          "backend": api.GenerationBackend, "executor": api.Executor, "probe": api.Probe,
+                          "optimizer": api.Optimizer}
 
 
 @dataclass(frozen=True)

@@ -115,6 +115,7 @@ def execute(spec: RunSpec, results_dir: Path, save_to: Path | None = None) -> re
                                    f"run {run_id}: objective_config")
         backend = registry.build("backend", spec.generation, spec.generation_config,
                                  f"run {run_id}: generation_config")
+        rule = registry.build("optimizer", spec.optimizer, spec.optimizer_config, f"run {run_id}: optimizer_config")
         t = time.perf_counter()
         target, retain_model, retain_eval = references(task, spec)
         timings["prepare_s"] = time.perf_counter() - t
@@ -158,7 +159,7 @@ def execute(spec: RunSpec, results_dir: Path, save_to: Path | None = None) -> re
 
         checkpoint = Path(results_dir) / "checkpoints" / f"{run_id}.pt"
         train_log = train(model, batches, lambda m, b: objective.loss(m, b, reference), spec.train, plan,
-                          spec.seed, progress=log_step, checkpoint=checkpoint, on_step=during)
+                          spec.seed, progress=log_step, checkpoint=checkpoint, on_step=during, optimizer=rule)
         reference = None  # free the frozen copy before evaluation
         model = plan.merge(model)
         timings["unlearning_s"] = time.perf_counter() - t

@@ -62,8 +62,11 @@ class TrainConfig:
 def lr_factor(cfg: TrainConfig, n_steps: int) -> Callable[[int], float]:
     """The factor on cfg.lr at each step (0-based): linear warmup over max(1, warmup_ratio·n_steps) steps
     reaching the full rate on the last warmup step, then constant or linear decay to zero at the last step;
-    `hf_linear` is transformers' formula, whose warmup starts from 0 (so its first step does not move)."""
+    `hf_linear` is transformers' formula, whose warmup starts from 0 (so its first step does not move), and
+    with warmup_ratio 0 has no warmup (HF Trainer's default schedule: (n - step) / n)."""
     warmup = max(1, int(n_steps * cfg.warmup_ratio))
+    if cfg.schedule == "hf_linear" and cfg.warmup_ratio == 0:
+        warmup = 0  # HF Trainer without warmup: the full rate at the first step, linear decay to 0
 
     def factor(step: int) -> float:
         if cfg.schedule == "hf_linear":  # transformers.get_linear_schedule_with_warmup's lr_lambda

@@ -50,6 +50,9 @@ class RunSpec:
     device: str = option("auto", "auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ...")
     attribution_buffers: str = option("model", "where attribution keeps its fp32 gradient sums: model (the "
                                                "model's device) or cpu (a 7B model on one 80 GB GPU)")
+    optimizer: str = option("adamw", "update rule of unlearning (unlearn-bench list): adamw, soul (SOUL's "
+                                     "Sophia), or a plugin's")
+    optimizer_config: dict[str, Any] = option({}, "the optimizer's config")
     probes: list[str] = option([], "post-unlearning probes run after the evaluation (unlearn-bench list): "
                                    "quantization, relearn, mia, extraction, or a plugin's")
     probe_config: dict[str, dict[str, Any]] = option({}, "each probe's config, by probe name")

@@ -57,6 +57,8 @@ class SweepConfig:
     attributions: list[str] = option(["dense", "wagle"], "attribution names")
     ratios: list[float] = option([0.5], "fractions of weights updated (ignored by dense)")
     objectives: list[str] = option(["graddiff", "npo"], "objective names")
+    optimizers: list[str] = option(["adamw"], "update rules (adamw, soul, or a plugin's): each method runs with each")
+    optimizer_config: dict[str, Any] = option({}, "per optimizer name: its config")
     seeds: list[int] = option([0], "seeds")
     exclude: list[str] = option([], "attribution/objective pairs to leave out of the grid, e.g. random/npo")
     dtype: str = option("float32", "weights dtype: float32, bfloat16 or float16")
@@ -104,8 +106,11 @@ def _check(cfg: SweepConfig, where: str) -> None:
     registry.get("task", cfg.task)
     for name in cfg.probes:
         registry.get("probe", name)
+    for name in cfg.optimizers:
+        registry.get("optimizer", name)
     for field, names in (("attribution_config", cfg.attributions), ("objective_config", cfg.objectives),
                          ("probe_config", cfg.probes), ("probe_seeds", cfg.probes),
+                         ("optimizer_config", cfg.optimizers),
                          ("train_by_attribution", cfg.attributions), ("train_by_objective", cfg.objectives)):
         stray = sorted(set(getattr(cfg, field)) - set(names))
         if stray:
@@ -125,14 +130,16 @@ def method_train(cfg: SweepConfig, attribution: str, objective: str, where: str 
     return from_dict(TrainConfig, data, f"{where}: train for {attribution}/{objective}")
 
 
-def _methods(cfg: SweepConfig) -> list[tuple[str, float, str]]:
-    return [(a, r, o) for a, r, o in itertools.product(cfg.attributions, cfg.ratios, cfg.objectives)
+def _methods(cfg: SweepConfig) -> list[tuple[str, float, str, str]]:
+    """(attribution, ratio, objective, optimizer) over the grid, less the excluded attribution/objective pairs."""
+    return [(a, r, o, u) for a, r, o, u in itertools.product(cfg.attributions, cfg.ratios, cfg.objectives,
+                                                            cfg.optimizers)
             if f"{a}/{o}" not in cfg.exclude]
 
 
-def _spec(cfg: SweepConfig, method: tuple[str, float, str], seed: int, train: TrainConfig, where: str,
+def _spec(cfg: SweepConfig, method: tuple[str, float, str, str], seed: int, train: TrainConfig, where: str,
           **extra: Any) -> RunSpec:
-    attribution, ratio, objective = method
+    attribution, ratio, objective, optimizer = method
     if not 0.0 < ratio <= 1.0:
         raise ConfigError(f"{where}: ratio must be in (0, 1], got {ratio}")
     probes = [p for p in cfg.probes if seed in cfg.probe_seeds.get(p, [seed])] if extra.get("evaluate", True) else []
@@ -142,6 +149,7 @@ def _spec(cfg: SweepConfig, method: tuple[str, float, str], seed: int, train: Tr
         eval_every=cfg.eval_every, match=cfg.match, task_config=cfg.task_config,
         attribution_config=cfg.attribution_config.get(attribution, {}),
         objective_config=cfg.objective_config.get(objective, {}), train=train, prepare=cfg.prepare,
+        optimizer=optimizer, optimizer_config=cfg.optimizer_config.get(optimizer, {}),
         probes=probes, probe_config={p: c for p, c in cfg.probe_config.items() if p in probes}, **extra))
     try:
         spec.validate()
@@ -169,7 +177,7 @@ def tune_seed(cfg: SweepConfig) -> int:
     return cfg.tune.seed if cfg.tune.seed is not None else max(cfg.seeds) + 1
 
 
-def tuning_grid(cfg: SweepConfig, where: str = "sweep") -> dict[tuple[str, float, str], list[RunSpec]]:
+def tuning_grid(cfg: SweepConfig, where: str = "sweep") -> dict[tuple[str, float, str, str], list[RunSpec]]:
     """Per method, its tuning runs: the tuning seed at each lr factor, probes only (evaluate false)."""
     _check(cfg, where)
     grid = {}
@@ -177,7 +185,7 @@ def tuning_grid(cfg: SweepConfig, where: str = "sweep") -> dict[tuple[str, float
         base = method_train(cfg, m[0], m[2], where)
         specs = [_spec(cfg, m, tune_seed(cfg), replace(base, lr=base.lr * f), where, evaluate=False)
                  for f in cfg.tune.lr_factors]
-        grid[(specs[0].attribution, specs[0].ratio, m[2])] = specs  # keyed as canonical (dense: ratio 1)
+        grid[(specs[0].attribution, specs[0].ratio, m[2], m[3])] = specs  # keyed as canonical (dense: ratio 1)
     return grid
 
 
@@ -199,7 +207,7 @@ def select(tuning: list[records.Record]) -> dict[str, Any] | None:
     return {"lr": best.spec["train"]["lr"], "reached": bool(best.match["reached"]), "run": best.id}
 
 
-def tuned_specs(cfg: SweepConfig, results_dir: Path, grid: dict[tuple[str, float, str], list[RunSpec]],
+def tuned_specs(cfg: SweepConfig, results_dir: Path, grid: dict[tuple[str, float, str, str], list[RunSpec]],
                 where: str = "sweep") -> tuple[list[RunSpec], list[str]]:
     """The test runs at each method's selected rate, and the methods left out because none of their tuning
     runs finished."""
@@ -208,10 +216,10 @@ def tuned_specs(cfg: SweepConfig, results_dir: Path, grid: dict[tuple[str, float
         found = [records.find(results_dir, s.run_id()) for s in tuning]
         choice = select([r for r in found if r is not None])
         if choice is None:
-            missing.append(f"{m[0]}/{m[2]}")
+            missing.append(f"{m[0]}/{m[2]}" + ("" if m[3] == "adamw" else f"/{m[3]}"))
             continue
         chosen[m] = (replace(tuning[0].train, lr=choice["lr"]), [s.train.lr for s in tuning])
-        log.info("%s@%g/%s: lr %g chosen from %s (%s)", m[0], m[1], m[2], choice["lr"], chosen[m][1],
+        log.info("%s@%g/%s/%s: lr %g chosen from %s (%s)", m[0], m[1], m[2], m[3], choice["lr"], chosen[m][1],
                  "reached the level" if choice["reached"] else "no rate reached the level")
     specs = [_spec(cfg, m, seed, train, where, tuned_from=lrs)  # seed by seed: a cut sweep still pairs
              for seed in cfg.seeds for m, (train, lrs) in chosen.items()]

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from harness import distributed, fsdp
-from harness.api import Batch, Example, LossOutput, UnlearnBatch
+from harness.api import Batch, Example, LossOutput, Optimizer, UnlearnBatch
 from harness.data import collate, encode, to_device
 from harness.errors import NonFiniteLossError, UnlearnBenchError
 from harness.settings import SCHEDULES, TrainConfig, lr_factor
@@ -196,7 +196,8 @@ def train(model: torch.nn.Module, micro_batches: Sequence[Any],
           loss_fn: Callable[[torch.nn.Module, Any], LossOutput], cfg: TrainConfig, plan: UpdatePlan | None = None,
           seed: int = 0, progress: Callable[[int, int, dict[str, float]], None] | None = None,
           checkpoint: Path | None = None,
-          on_step: Callable[[int, torch.nn.Module], dict[str, Any] | None] | None = None) -> TrainLog:
+          on_step: Callable[[int, torch.nn.Module], dict[str, Any] | None] | None = None,
+          optimizer: Optimizer | None = None) -> TrainLog:
     """Minimise `loss_fn` over `micro_batches` (cfg.grad_accum per optimizer step), updating what `plan`
     selects (None: every weight).
 
@@ -204,7 +205,7 @@ def train(model: torch.nn.Module, micro_batches: Sequence[Any],
     at the start, training continues from it and ends exactly as an uninterrupted run would. `on_step(step,
     model)` runs after each optimizer step, in eval mode; a dict it returns is kept in that step's row under
     "eval" (evaluation curves survive a resume with the rest of the log); when it holds `"stop": True`,
-    training ends after that step (`TrainLog.stopped_at`).
+    training ends after that step (`TrainLog.stopped_at`). `optimizer`: the update rule (default AdamW).
     """
     torch.manual_seed(seed)
     n_steps = math.ceil(len(micro_batches) / cfg.grad_accum)
@@ -215,10 +216,10 @@ def train(model: torch.nn.Module, micro_batches: Sequence[Any],
     if cfg.gradient_checkpointing:
         _checkpointing(model, True)
     update = (plan or UpdatePlan()).attach(model, freeze=cfg.clip_scope == "selected")
-    optimizer = update.optimizer(cfg)
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, n_steps))
+    stepper = update.optimizer(cfg, optimizer)
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(stepper, lr_factor(cfg, n_steps))
     log = TrainLog()
-    first = _resume(checkpoint, update, optimizer, lr_sched, log)
+    first = _resume(checkpoint, update, stepper, lr_sched, log)
     log.bf16_autocast = bf16 = autocast_on(cfg, update.device)
     log.master_weights = update.mixed_precision(cfg)
     start = time.perf_counter()
@@ -241,13 +242,13 @@ def train(model: torch.nn.Module, micro_batches: Sequence[Any],
                 total += value / cfg.grad_accum
                 for k, v in zip(names, part_values, strict=True):
                     parts[k] = parts.get(k, 0.0) + v / cfg.grad_accum
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
+            lr = stepper.param_groups[0]["lr"]
+            stepper.step()
             lr_sched.step()
-            optimizer.zero_grad(set_to_none=True)
+            stepper.zero_grad(set_to_none=True)
             row: dict[str, Any] = {"step": step + 1, "loss": total, "lr": lr, **parts}
-            if optimizer.last_grad_norm is not None:
-                row["grad_norm"] = optimizer.last_grad_norm
+            if stepper.last_grad_norm is not None:
+                row["grad_norm"] = stepper.last_grad_norm
             extra = None
             if on_step is not None:
                 extra = on_step(step + 1, update.whole())
@@ -262,7 +263,7 @@ def train(model: torch.nn.Module, micro_batches: Sequence[Any],
                 break
             if checkpoint is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
                 if _writes_checkpoint():  # under DDP every process holds the same state
-                    _save_checkpoint(checkpoint, step + 1, update, optimizer, lr_sched, log)
+                    _save_checkpoint(checkpoint, step + 1, update, stepper, lr_sched, log)
                 distributed.barrier()
         update.finish()
     finally:

@@ -19,10 +19,10 @@ from typing import Any
 import peft
 import torch
 
-from harness import distributed, fsdp, masks
+from harness import api, distributed, fsdp, masks
 from harness.api import AttributionResult
 from harness.masks import Mask
-from harness.optim import HALF, MaskedAdamW
+from harness.optim import HALF, MaskedOptimizer
 from harness.settings import TrainConfig
 
 
@@ -124,13 +124,13 @@ class Attached:
     def trainable(self) -> list[torch.nn.Parameter]:
         return [p for p in self.params.values() if p.requires_grad]
 
-    def optimizer(self, cfg: TrainConfig) -> MaskedAdamW:
-        """AdamW over the selected entries only; no weight decay on vectors (norms, biases)."""
+    def optimizer(self, cfg: TrainConfig, rule: api.Optimizer | None = None) -> MaskedOptimizer:
+        """`rule` (default AdamW) over the selected entries only; no weight decay on vectors (norms, biases)."""
         decay = [p for p in self.trainable() if p.ndim >= 2]
         no_decay = [p for p in self.trainable() if p.ndim < 2]
-        return MaskedAdamW(
+        return MaskedOptimizer(
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            {id(self.params[n]): m for n, m in self.partial.items()}, lr=cfg.lr, betas=(0.9, 0.999),
+            {id(self.params[n]): m for n, m in self.partial.items()}, lr=cfg.lr, rule=rule,
             eps=cfg.adam_eps, max_grad_norm=cfg.max_grad_norm, sharded=self.sharded, clip_scope=cfg.clip_scope,
             master_weights=cfg.master_weights)
 

@@ -30,6 +30,13 @@ def bootstrap_ci(values: list[float], level: float = 0.95, resamples: int = RESA
     return float(low), float(high)
 
 
+def objective_label(spec: dict[str, Any]) -> str | None:
+    """The objective as tables show it: with its update rule when that is not AdamW (`graddiff [soul]`)."""
+    optimizer = spec.get("optimizer") or "adamw"
+    objective = spec.get("objective")
+    return objective if optimizer == "adamw" or objective is None else f"{objective} [{optimizer}]"
+
+
 def config_key(spec: dict[str, Any]) -> str:
     """A short hash of the spec without its seed (and device): runs that differ only by seed share it."""
     return stable_hash({k: v for k, v in spec.items() if k not in ("seed", "device")}, 8)
@@ -42,7 +49,7 @@ def method_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if r.get("kind") != "run" or r.get("status") != "finished":
             continue
         s = r["spec"]
-        key = (s.get("task"), s.get("model"), s.get("attribution"), s.get("ratio"), s.get("objective"),
+        key = (s.get("task"), s.get("model"), s.get("attribution"), s.get("ratio"), objective_label(s),
                config_key(s))
         groups.setdefault(key, []).append(r)
     rows = []

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from leaderboard.aggregate import bootstrap_ci, config_key
+from leaderboard.aggregate import bootstrap_ci, config_key, objective_label
 
 METRICS = ("match_utility", "tradeoff_score")
 BASELINES = ("dense", "wagle")
@@ -23,7 +23,7 @@ MIN_PAIRS = 3
 
 
 def _method(spec: dict[str, Any]) -> tuple:
-    return (spec.get("task"), spec.get("model"), spec.get("attribution"), spec.get("ratio"), spec.get("objective"),
+    return (spec.get("task"), spec.get("model"), spec.get("attribution"), spec.get("ratio"), objective_label(spec),
             config_key(spec))
 
 

@@ -31,7 +31,8 @@ def _row(record: dict[str, Any]) -> dict[str, Any]:
         "id": record.get("id"), "kind": record.get("role") if reference else record.get("kind", "run"),
         "task": spec.get("task"),
         "model": spec.get("model"), "attribution": "" if reference else spec.get("attribution"),
-        "ratio": "" if reference else spec.get("ratio"), "objective": "" if reference else spec.get("objective"),
+        "ratio": "" if reference else spec.get("ratio"),
+        "objective": "" if reference else aggregate.objective_label(spec),
         "seed": "" if reference else spec.get("seed"), "status": record.get("status"),
     }
     for name, metric in (record.get("metrics") or {}).items():

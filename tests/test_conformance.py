@@ -83,6 +83,13 @@ def test_probe_conformance_catches_a_probe_that_changes_the_model(tiny):
         check_probe("careless", model, tok)
 
 
+@pytest.mark.parametrize("name", get_registry().names("optimizer"))
+def test_optimizer_conformance(name):
+    from harness.conformance import check_optimizer
+
+    check_optimizer(name)
+
+
 def _scores_of(make):
     """An attribution whose scores are `make(name, parameter)`, registered for the test."""
     from dataclasses import dataclass

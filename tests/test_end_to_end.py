@@ -129,6 +129,7 @@ def test_per_method_train_overrides_and_tune_block_checks():
                                           "objectives": ["graddiff"], "seeds": [0, 4], "match": {"enabled": True},
                                           "tune": {"lr_factors": [0.5, 2.0]}}, "grid")
     grid = sweep.tuning_grid(tuned)
-    assert sorted(grid) == [("dense", 1.0, "graddiff"), ("wagle", 0.5, "graddiff"), ("wagle", 0.8, "graddiff")]
+    assert sorted(grid) == [("dense", 1.0, "graddiff", "adamw"), ("wagle", 0.5, "graddiff", "adamw"),
+                            ("wagle", 0.8, "graddiff", "adamw")]
     assert all(not s.evaluate and s.seed == 5 for g in grid.values() for s in g)  # one past the test seeds
-    assert [s.train.lr for s in grid[("dense", 1.0, "graddiff")]] == pytest.approx([1e-5, 4e-5])  # of 2e-5
+    assert [s.train.lr for s in grid[("dense", 1.0, "graddiff", "adamw")]] == pytest.approx([1e-5, 4e-5])  # of 2e-5

@@ -149,3 +149,16 @@ def test_a_hub_corpus_may_leave_its_config_empty(tmp_path):
 
     (tmp_path / "data.jsonl").write_text('{"text": "a"}\n{"text": "b"}\n')
     assert load_corpus(f"{tmp_path}::train", None) == ["a", "b"]  # datasets.load_dataset(name, None, split)
+
+
+def test_soul_paper_config_is_souls_tofu_setting():
+    cfg = _load("tofu-forget10-llama2-soul")
+    assert cfg.optimizers == ["adamw", "soul"] and cfg.optimizer_config["soul"] == {"betas": [0.9, 0.95], "rho": 0.04}
+    assert (cfg.train.lr, cfg.train_by_objective["po"]["lr"], cfg.train.weight_decay) == (5e-6, 1e-5, 0.1)
+    assert cfg.objective_config == {"graddiff": {"retain_weight": 2.0}, "po": {"retain_weight": 5.0}}
+    assert (cfg.train.schedule, cfg.train.warmup_ratio, cfg.train.grad_accum) == ("hf_linear", 0.1, 4)
+
+
+def test_hf_linear_without_warmup_is_the_trainers_default_schedule():
+    factor = lr_factor(TrainConfig(schedule="hf_linear", warmup_ratio=0.0), 4)
+    assert [factor(s) for s in range(4)] == [1.0, 0.75, 0.5, 0.25]  # (n - step) / n from the first step
