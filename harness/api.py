@@ -325,6 +325,11 @@ class Task:
         utility part, and the validation examples."""
         return ProbeSets(self.forget_examples(), {"retain": self.retain_examples()}, self.validation_examples())
 
+    def forget_splits(self) -> dict[str, list[int]]:
+        """The forget set's parts by its natural attribute (indices into `forget_examples()`), for SPUNGE's
+        split-unlearn-merge (harness/spunge.py). None by default."""
+        return {}
+
     def holdout_examples(self) -> list[Example]:
         """Examples like the forget set's that no model of the task was trained on (membership inference's
         non-members: TOFU's holdout split). None by default."""

@@ -96,6 +96,7 @@ class Record:
     match: dict[str, Any] | None = None
     probe: dict[str, float] | None = None  # reference: its matched-forgetting probe values
     probes: dict[str, Any] | None = None  # run: each post-unlearning probe's config, seconds and metric names
+    spunge: dict[str, Any] | None = None  # run: SPUNGE's split, merge and its parts (forget size, steps, loss)
     lm_eval: dict[str, Any] | None = None
     stats: dict[str, Any] | None = None
     samples: list[dict[str, Any]] | None = None

@@ -22,6 +22,7 @@ from harness import (
     models,
     prepare,
     records,
+    spunge,
 )
 from harness.api import AttributionData, EvalContext, Evaluation, Metric, Task
 from harness.cache import cached_dir, stable_hash
@@ -158,8 +159,15 @@ def execute(spec: RunSpec, results_dir: Path, save_to: Path | None = None) -> re
             return row or None
 
         checkpoint = Path(results_dir) / "checkpoints" / f"{run_id}.pt"
-        train_log = train(model, batches, lambda m, b: objective.loss(m, b, reference), spec.train, plan,
-                          spec.seed, progress=log_step, checkpoint=checkpoint, on_step=during, optimizer=rule)
+        if spec.spunge.enabled:
+            if plan.lora is not None:
+                raise ValueError("spunge merges weight task vectors: it does not combine with LoRA adapters")
+            train_log, record.spunge = spunge.unlearn(
+                model, task, tok, (forget, retain, refusal), lambda m, b: objective.loss(m, b, reference),
+                spec.train, plan, spec.seed, spec.spunge, rule)
+        else:
+            train_log = train(model, batches, lambda m, b: objective.loss(m, b, reference), spec.train, plan,
+                              spec.seed, progress=log_step, checkpoint=checkpoint, on_step=during, optimizer=rule)
         reference = None  # free the frozen copy before evaluation
         model = plan.merge(model)
         timings["unlearning_s"] = time.perf_counter() - t

@@ -8,6 +8,7 @@ from typing import Any
 from harness.config import option
 from harness.match import MatchConfig
 from harness.settings import TrainConfig
+from harness.spunge import SpungeConfig
 
 
 @dataclass
@@ -53,6 +54,8 @@ class RunSpec:
     optimizer: str = option("adamw", "update rule of unlearning (unlearn-bench list): adamw, soul (SOUL's "
                                      "Sophia), or a plugin's")
     optimizer_config: dict[str, Any] = option({}, "the optimizer's config")
+    spunge: SpungeConfig = option(SpungeConfig(), "SPUNGE: unlearn parts of the forget set separately and merge "
+                                                   "them (harness/spunge.py)")
     probes: list[str] = option([], "post-unlearning probes run after the evaluation (unlearn-bench list): "
                                    "quantization, relearn, mia, extraction, or a plugin's")
     probe_config: dict[str, dict[str, Any]] = option({}, "each probe's config, by probe name")
@@ -74,6 +77,9 @@ class RunSpec:
             raise ValueError(f"probe_config names {stray}, which are not in probes {self.probes}")
         if len(set(self.probes)) != len(self.probes):
             raise ValueError(f"probes {self.probes} names a probe twice")
+        if self.spunge.enabled and (self.match.enabled or self.eval_every):
+            raise ValueError("spunge with matched forgetting or eval_every is not supported: the parts train "
+                             "apart and only their merge is the unlearned model (run spunge at a fixed budget)")
         if self.probes and not self.evaluate:
             raise ValueError("probes run after the test evaluation: a tuning run (evaluate: false) has none")
         if not self.evaluate and not self.match.enabled:

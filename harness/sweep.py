@@ -25,6 +25,7 @@ from harness.match import MatchConfig
 from harness.plugins import get_registry
 from harness.settings import TrainConfig
 from harness.spec import PrepareConfig, RunSpec
+from harness.spunge import SpungeConfig
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ class SweepConfig:
     train_by_attribution: dict[str, Any] = option({}, "per attribution name: train settings replacing the "
                                                       "sweep's and the objective's (LoRA needs a larger lr)")
     match: MatchConfig = option(MatchConfig(), "matched forgetting (docs/metrics.md)")
+    spunge: SpungeConfig = option(SpungeConfig(), "SPUNGE for every run of the grid (harness/spunge.py)")
     tune: TuneConfig = option(TuneConfig(), f"learning-rate tuning per method; the rule: {TUNE_RULE}")
     prepare: PrepareConfig = option(PrepareConfig(), "fine-tuning settings for target and retain models")
     executor: str = option("local", "where runs execute: local (this process, in order) or ray (Ray tasks)")
@@ -146,7 +148,7 @@ def _spec(cfg: SweepConfig, method: tuple[str, float, str, str], seed: int, trai
     spec = runner.canonical(RunSpec(
         task=cfg.task, model=cfg.model, attribution=attribution, ratio=ratio, objective=objective, seed=seed,
         dtype=cfg.dtype, device=cfg.device, attribution_buffers=cfg.attribution_buffers,
-        eval_every=cfg.eval_every, match=cfg.match, task_config=cfg.task_config,
+        eval_every=cfg.eval_every, match=cfg.match, spunge=cfg.spunge, task_config=cfg.task_config,
         attribution_config=cfg.attribution_config.get(attribution, {}),
         objective_config=cfg.objective_config.get(objective, {}), train=train, prepare=cfg.prepare,
         optimizer=optimizer, optimizer_config=cfg.optimizer_config.get(optimizer, {}),

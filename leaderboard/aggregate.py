@@ -31,10 +31,13 @@ def bootstrap_ci(values: list[float], level: float = 0.95, resamples: int = RESA
 
 
 def objective_label(spec: dict[str, Any]) -> str | None:
-    """The objective as tables show it: with its update rule when that is not AdamW (`graddiff [soul]`)."""
-    optimizer = spec.get("optimizer") or "adamw"
+    """The objective as tables show it, with its update rule when that is not AdamW and SPUNGE's merge when
+    it split the forget set (`graddiff [soul]`, `npo [spunge-ties]`)."""
     objective = spec.get("objective")
-    return objective if optimizer == "adamw" or objective is None else f"{objective} [{optimizer}]"
+    tags = [] if (spec.get("optimizer") or "adamw") == "adamw" else [spec["optimizer"]]
+    if (spec.get("spunge") or {}).get("enabled"):
+        tags.append(f"spunge-{spec['spunge'].get('merge', 'ties')}")
+    return objective if not tags or objective is None else f"{objective} [{', '.join(tags)}]"
 
 
 def config_key(spec: dict[str, Any]) -> str:

@@ -113,6 +113,12 @@ class Tofu(Task):
         return [self._example({"question": r["question"], "answer": answers[i % len(answers)]})
                 for i, r in enumerate(self._rows(self.config.forget_split))]
 
+    def forget_splits(self) -> dict[str, list[int]]:
+        """Per author: TOFU's forget splits hold 20 questions per author, in order (SPUNGE's attribute)."""
+        n = len(self._rows(self.config.forget_split))
+        return {f"author{k // QA_PER_AUTHOR + 1}": list(range(k, min(k + QA_PER_AUTHOR, n)))
+                for k in range(0, n, QA_PER_AUTHOR)}
+
     def holdout_examples(self) -> list[Example]:
         """TOFU's holdout split of the forget split's size (forget01 -> holdout01): questions about fictitious
         authors outside the 200, which no target or retain model saw (membership inference's non-members)."""

@@ -1,0 +1,114 @@
+"""SPUNGE (Kadhe et al. 2024, "Split, Unlearn, Merge: Leveraging Data Attributes for More Effective
+Unlearning in LLMs", arXiv 2406.11780): split the forget set by a data attribute, unlearn each part from the
+same starting model with the run's objective, mask and update rule, and merge the unlearned models' task
+vectors τ_k = θ_k − θ_0 into θ = θ_0 + λ·merge(τ_1..τ_K).
+
+Merges are PEFT's (`peft.utils.merge_utils`): `ties` (TIES-merging: keep each τ_k's largest `density` share
+by magnitude, elect a sign per weight by the summed values, average the values that agree) and `average`
+(task arithmetic with weights 1/K: the mean task vector). The split is the task's (`Task.forget_splits`: TOFU
+per author) or `chunks` (`parts` contiguous equal parts of the forget set). No code was published with the
+paper: docs/metrics.md says what is the paper's and what is ours.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from harness.api import Example, Optimizer, Task
+from harness.config import option
+from harness.settings import TrainConfig
+
+if TYPE_CHECKING:  # the spec reads SpungeConfig without importing the training loop
+    from harness.train import TrainLog
+    from harness.update import UpdatePlan
+
+log = logging.getLogger(__name__)
+MERGES = ("ties", "average")
+
+
+@dataclass
+class SpungeConfig:
+    enabled: bool = option(False, "split the forget set, unlearn each part from the same model, merge them")
+    by: str = option("task", "task (the task's own split: TOFU per author) or chunks (`parts` equal parts)")
+    parts: int = option(2, "number of parts when by is chunks")
+    merge: str = option("ties", "ties (TIES-merging) or average (the mean task vector)")
+    density: float = option(1.0, "TIES: share of each task vector's largest-magnitude entries kept")
+    scale: float = option(1.0, "λ on the merged task vector")
+
+    def validate(self) -> None:
+        if self.by not in ("task", "chunks"):
+            raise ValueError(f"spunge.by {self.by!r}: choose task or chunks")
+        if self.merge not in MERGES:
+            raise ValueError(f"spunge.merge {self.merge!r}: choose {' or '.join(MERGES)}")
+        if not 0 < self.density <= 1 or self.parts < 2:
+            raise ValueError("spunge.density must be in (0, 1] and spunge.parts >= 2")
+
+
+def split(task: Task, n_forget: int, cfg: SpungeConfig) -> dict[str, list[int]]:
+    """Named parts of the forget set (indices into task.forget_examples())."""
+    if cfg.by == "chunks":
+        size = -(-n_forget // cfg.parts)
+        return {f"part{k + 1}": list(range(k * size, min((k + 1) * size, n_forget))) for k in range(cfg.parts)
+                if k * size < n_forget}
+    parts = task.forget_splits()
+    if len(parts) < 2:
+        raise ValueError(f"task {task.name!r} declares no split of its forget set (Task.forget_splits): use "
+                         "spunge.by: chunks")
+    return parts
+
+
+def merge(deltas: Sequence[torch.Tensor], cfg: SpungeConfig) -> torch.Tensor:
+    """The merged task vector of one parameter (PEFT's ties or task_arithmetic), times λ."""
+    from peft.utils import merge_utils
+
+    k = len(deltas)
+    if cfg.merge == "ties":
+        with warnings.catch_warnings():  # density 1: PEFT notes that nothing is pruned
+            warnings.filterwarnings("ignore", message="The density")
+            merged = merge_utils.ties(list(deltas), torch.ones(k), cfg.density, "total")
+    else:
+        merged = merge_utils.task_arithmetic(list(deltas), torch.full((k,), 1.0 / k))
+    return merged * cfg.scale
+
+
+def unlearn(model: torch.nn.Module, task: Task, tok, examples: tuple[list[Example], list[Example], list[Example]],
+            loss_fn: Callable[[Any, Any], Any], train_cfg: TrainConfig, plan: UpdatePlan, seed: int,
+            cfg: SpungeConfig, rule: Optimizer | None) -> tuple[TrainLog, dict[str, Any]]:
+    """Unlearn each part from the model's current weights and merge; the model ends with the merged weights.
+    Returns the parts' logs joined (each row tagged with its part) and what the record keeps per part."""
+    from harness.train import TrainLog, train, unlearn_batches
+
+    forget, retain, refusal = examples
+    parts = split(task, len(forget), cfg)
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    start = {n: p.detach().clone() for n, p in params.items()}
+    deltas: dict[str, list[torch.Tensor]] = {n: [] for n in params}
+    joined, info = TrainLog(), []
+    for name, indices in parts.items():
+        t = time.perf_counter()
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(start[n])
+        batches = unlearn_batches(tok, [forget[i] for i in indices], retain, train_cfg, task.max_length, seed,
+                                  [refusal[i] for i in indices] if refusal else ())
+        part_log = train(model, batches, loss_fn, train_cfg, plan, seed, optimizer=rule)
+        for n, p in params.items():
+            deltas[n].append((p.detach() - start[n]).float())
+        joined.steps += [dict(row, part=name) for row in part_log.steps]
+        joined.bf16_autocast, joined.master_weights = part_log.bf16_autocast, part_log.master_weights
+        info.append({"name": name, "forget": len(indices), "steps": len(part_log.steps),
+                     "final_loss": part_log.steps[-1]["loss"] if part_log.steps else None,
+                     "seconds": time.perf_counter() - t})
+        log.info("spunge: part %s (%d forget examples) unlearned in %d steps", name, len(indices),
+                 len(part_log.steps))
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_((start[n].float() + merge(deltas[n], cfg)).to(p.dtype))
+    return joined, {"by": cfg.by, "merge": cfg.merge, "density": cfg.density, "scale": cfg.scale, "parts": info}
