@@ -269,7 +269,7 @@ def test_registry_add_checks_the_contract():
 
 def test_unknown_names_list_the_known_ones():
     registry = get_registry()
-    known = r"Known attributions: dense, gradient, lora, magnitude, random, snip, wagle, wanda"
+    known = r"Known attributions: dense, gradient, grin, lora, magnitude, random, salun, snip, wagle, wanda"
     with pytest.raises(UnknownPluginError, match=r"unknown attribution 'wagel'. Did you mean 'wagle'\? " + known):
         registry.get("attribution", "wagel")
     with pytest.raises(UnknownPluginError, match=r"Known objectives: ga, graddiff, npo, po, rmu, simnpo"):
@@ -277,6 +277,10 @@ def test_unknown_names_list_the_known_ones():
     tasks = r"Known tasks: copyright-books, muse-news, muse-news-mini, tofu, tofu-mini, wmdp, wmdp-mini"
     with pytest.raises(UnknownPluginError, match=tasks):
         registry.get("task", "muse")
+    with pytest.raises(UnknownPluginError, match=r"Known optimizers: adamw, soul"):
+        registry.get("optimizer", "sophia")
+    with pytest.raises(UnknownPluginError, match=r"Known probes: extraction, mia, quantization, relearn"):
+        registry.get("probe", "quant")
 
 
 def test_cli_reports_unknown_names_without_a_traceback(tmp_path):
