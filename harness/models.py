@@ -6,6 +6,8 @@ Aliases:
   (its __init__ needs packages we do not install): the file is found through importlib's spec.
 - `tiny-llama`: a Llama of about 15K parameters built from a config, with SmolLM2's tokenizer cut to 1020
   tokens (`tiny_tokenizer`), for tests.
+- `smollm2-offset`: a Llama of about 3.2M parameters built from a config with SmolLM2's whole tokenizer: the
+  small model of offset unlearning (harness/offset.py) beside SmolLM2-135M as the black box.
 """
 
 from __future__ import annotations
@@ -90,9 +92,24 @@ def _build_tiny_llama(out: Path) -> None:
     tok.save_pretrained(out)
 
 
+def _build_smollm2_offset(out: Path) -> None:
+    tok = AutoTokenizer.from_pretrained(_smollm2_gguf_dir(), gguf_file=SMOLLM2_GGUF)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
 ALIASES: dict[str, tuple[str, Callable[[Path], None]]] = {
     "smollm2-135m": ("smollm2-135m-instruct-v1", _build_smollm2),
     "tiny-llama": ("tiny-llama-v2", _build_tiny_llama),
+    "smollm2-offset": ("smollm2-offset-v1", _build_smollm2_offset),
 }
 
 

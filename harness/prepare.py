@@ -45,9 +45,11 @@ def _determining(cfg: PrepareConfig) -> dict:
 
 
 def ensure_model(task: Task, base: str, which: Which, cfg: PrepareConfig, dtype: str = "float32",
-                 device: str = "auto") -> tuple[str, bool]:
-    """Path (or hub id) of the task's `which` model, fine-tuning `base` on first use. Returns (path, hit)."""
-    provided = task.provided_model(which)
+                 device: str = "auto", provided: bool = True) -> tuple[str, bool]:
+    """Path (or hub id) of the task's `which` model, fine-tuning `base` on first use; `provided` false ignores
+    a model the task config names (offset unlearning's small model is built from its own base). Returns
+    (path, hit)."""
+    provided = task.provided_model(which) if provided else None
     if provided:
         return provided, True
     key = f"{task.name}-{which}-{model_key(task, base, which, cfg)}"

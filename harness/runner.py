@@ -20,6 +20,7 @@ from harness import (
     masks,
     match,
     models,
+    offset,
     prepare,
     records,
     spunge,
@@ -119,12 +120,21 @@ def execute(spec: RunSpec, results_dir: Path, save_to: Path | None = None) -> re
         rule = registry.build("optimizer", spec.optimizer, spec.optimizer_config, f"run {run_id}: optimizer_config")
         t = time.perf_counter()
         target, retain_model, retain_eval = references(task, spec)
+        start_from, composer = target, None  # the model unlearning trains; offset: the small one
+        if spec.offset.enabled:
+            if distributed.active():
+                raise ValueError("offset unlearning runs in a single process")
+            start_from = prepare.ensure_model(task, spec.offset.small_model, "target", spec.prepare, spec.dtype,
+                                              spec.device, provided=False)[0]
         timings["prepare_s"] = time.perf_counter() - t
         record.models = {"target": target, "retain": retain_model}
 
-        model, tok = models.load(target, spec.dtype, spec.device)
+        model, tok = models.load(start_from, spec.dtype, spec.device)
+        if spec.offset.enabled:
+            record.models["offset_small"] = start_from
+            composer = offset.Composer(spec.offset, target, start_from, tok, spec.dtype, spec.device)
         t = time.perf_counter()
-        plan, mask_meta = build_plan(spec, task, attribution, target, model, tok)
+        plan, mask_meta = build_plan(spec, task, attribution, start_from, model, tok)
         timings["attribution_s"] = time.perf_counter() - t
         record.mask = {k: v for k, v in mask_meta.items() if k not in ("config",)}
         if plan.mask is not None:  # for the leaderboard's density heatmaps, which read records only
@@ -148,6 +158,7 @@ def execute(spec: RunSpec, results_dir: Path, save_to: Path | None = None) -> re
 
         def during(step: int, net) -> dict[str, Any] | None:
             row: dict[str, Any] = {}
+            net = net if composer is None else composer.around(net)
             if spec.eval_every and step % spec.eval_every == 0:
                 ev = task.evaluate(net, tok, EvalContext(retain_eval["stats"], task.eval_batch_size, backend))
                 row["metrics"] = {k: m.value for k, m in ev.metrics.items()}
@@ -187,7 +198,9 @@ def execute(spec: RunSpec, results_dir: Path, save_to: Path | None = None) -> re
         evaluation = Evaluation({})
         if spec.evaluate:
             log.info("%s: evaluating the unlearned model on %s", run_id, spec.task)
-            evaluation = task.evaluate(model, tok, EvalContext(retain_eval["stats"], task.eval_batch_size, backend))
+            evaluated = model if composer is None else composer.around(model)
+            evaluation = task.evaluate(evaluated, tok, EvalContext(retain_eval["stats"], task.eval_batch_size,
+                                                                   backend))
         if spec.evaluate and spec.utility and distributed.is_main():  # only the main process writes the record
             record.lm_eval = lm_eval_bridge.evaluate(model, tok, spec.utility, spec.utility_limit,
                                                         task.eval_batch_size)

@@ -7,6 +7,7 @@ from typing import Any
 
 from harness.config import option
 from harness.match import MatchConfig
+from harness.offset import OffsetConfig
 from harness.settings import TrainConfig
 from harness.spunge import SpungeConfig
 
@@ -54,6 +55,8 @@ class RunSpec:
     optimizer: str = option("adamw", "update rule of unlearning (unlearn-bench list): adamw, soul (SOUL's "
                                      "Sophia), or a plugin's")
     optimizer_config: dict[str, Any] = option({}, "the optimizer's config")
+    offset: OffsetConfig = option(OffsetConfig(), "δ-unlearning: unlearn a small model, evaluate the large one "
+                                                   "shifted by it (harness/offset.py)")
     spunge: SpungeConfig = option(SpungeConfig(), "SPUNGE: unlearn parts of the forget set separately and merge "
                                                    "them (harness/spunge.py)")
     probes: list[str] = option([], "post-unlearning probes run after the evaluation (unlearn-bench list): "
@@ -80,6 +83,9 @@ class RunSpec:
         if self.spunge.enabled and (self.match.enabled or self.eval_every):
             raise ValueError("spunge with matched forgetting or eval_every is not supported: the parts train "
                              "apart and only their merge is the unlearned model (run spunge at a fixed budget)")
+        if self.offset.enabled and (self.probes or self.save_model or self.keep_weights or self.utility):
+            raise ValueError("offset unlearning evaluates a composition of three models: probes, saved models "
+                             "and lm-eval utility (which load one model) do not apply to it")
         if self.probes and not self.evaluate:
             raise ValueError("probes run after the test evaluation: a tuning run (evaluate: false) has none")
         if not self.evaluate and not self.match.enabled:

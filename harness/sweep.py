@@ -22,6 +22,7 @@ from harness import distributed, records, runner
 from harness.config import from_dict, option, to_dict
 from harness.errors import ConfigError, UnlearnBenchError
 from harness.match import MatchConfig
+from harness.offset import OffsetConfig
 from harness.plugins import get_registry
 from harness.settings import TrainConfig
 from harness.spec import PrepareConfig, RunSpec
@@ -81,6 +82,8 @@ class SweepConfig:
                                                       "sweep's and the objective's (LoRA needs a larger lr)")
     match: MatchConfig = option(MatchConfig(), "matched forgetting (docs/metrics.md)")
     spunge: SpungeConfig = option(SpungeConfig(), "SPUNGE for every run of the grid (harness/spunge.py)")
+    offset: OffsetConfig = option(OffsetConfig(), "offset (δ-) unlearning for every run of the grid "
+                                                   "(harness/offset.py)")
     tune: TuneConfig = option(TuneConfig(), f"learning-rate tuning per method; the rule: {TUNE_RULE}")
     prepare: PrepareConfig = option(PrepareConfig(), "fine-tuning settings for target and retain models")
     executor: str = option("local", "where runs execute: local (this process, in order) or ray (Ray tasks)")
@@ -148,7 +151,8 @@ def _spec(cfg: SweepConfig, method: tuple[str, float, str, str], seed: int, trai
     spec = runner.canonical(RunSpec(
         task=cfg.task, model=cfg.model, attribution=attribution, ratio=ratio, objective=objective, seed=seed,
         dtype=cfg.dtype, device=cfg.device, attribution_buffers=cfg.attribution_buffers,
-        eval_every=cfg.eval_every, match=cfg.match, spunge=cfg.spunge, task_config=cfg.task_config,
+        eval_every=cfg.eval_every, match=cfg.match, spunge=cfg.spunge, offset=cfg.offset,
+        task_config=cfg.task_config,
         attribution_config=cfg.attribution_config.get(attribution, {}),
         objective_config=cfg.objective_config.get(objective, {}), train=train, prepare=cfg.prepare,
         optimizer=optimizer, optimizer_config=cfg.optimizer_config.get(optimizer, {}),

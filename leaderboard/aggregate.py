@@ -37,6 +37,8 @@ def objective_label(spec: dict[str, Any]) -> str | None:
     tags = [] if (spec.get("optimizer") or "adamw") == "adamw" else [spec["optimizer"]]
     if (spec.get("spunge") or {}).get("enabled"):
         tags.append(f"spunge-{spec['spunge'].get('merge', 'ties')}")
+    if (spec.get("offset") or {}).get("enabled"):
+        tags.append(f"offset via {spec['offset'].get('small_model')}")
     return objective if not tags or objective is None else f"{objective} [{', '.join(tags)}]"
 
 

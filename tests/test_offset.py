@@ -1,0 +1,79 @@
+"""Offset (δ-) unlearning: the composed logits by the formula, greedy generation on them, and a real run."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from harness.generation import greedy
+from harness.offset import OffsetModel
+
+PROMPTS = ["Question: Who wrote the saga?\nAnswer:", "Hi", "A longer prompt that needs left padding here:"]
+
+
+def _three(tiny):
+    model, tok = tiny
+    small, original = copy.deepcopy(model), copy.deepcopy(model)
+    with torch.no_grad():
+        for i, m in enumerate((small, original)):
+            g = torch.Generator().manual_seed(i)
+            for p in m.parameters():
+                p.add_(0.3 * torch.randn(p.shape, generator=g))
+    return model, small, original, tok
+
+
+def test_offset_logits_are_large_plus_alpha_times_the_small_difference(tiny):
+    large, small, original, tok = _three(tiny)
+    batch = tok(PROMPTS, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        got = OffsetModel(large, small, original, 0.7)(**batch).logits
+        want = large(**batch).logits + 0.7 * (small(**batch).logits - original(**batch).logits)
+    assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_offset_generation_is_greedy_on_the_composed_logits(tiny):
+    large, small, original, tok = _three(tiny)
+    # α → 0: the composition is the large model, and so is its generation (HF generate's, left-padded)
+    assert greedy(OffsetModel(large, small, original, 1e-12), tok, PROMPTS, 8, 3) == greedy(large, tok, PROMPTS, 8, 3)
+    composed = OffsetModel(large, small, original, 2.0)
+    tok.padding_side = "left"
+    enc = tok(PROMPTS, return_tensors="pt", padding=True)
+    out = composed.generate(**enc, max_new_tokens=8, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    width = enc["input_ids"].shape[1]
+    for row in range(len(PROMPTS)):  # each new token is the argmax of the composed logits of the text before it
+        start = int((enc["attention_mask"][row] == 0).sum())  # left padding
+        for k in range(width, out.shape[1]):
+            if out[row, k - 1] == tok.eos_token_id and k > width:
+                break
+            prefix = out[row, start:k][None]
+            with torch.no_grad():
+                logits = composed(input_ids=prefix, attention_mask=torch.ones_like(prefix)).logits[0, -1]
+            assert int(out[row, k]) == int(logits.argmax()), (row, k)
+    assert greedy(composed, tok, PROMPTS, 8, 3) != greedy(large, tok, PROMPTS, 8, 3)  # the offset changes text
+
+
+def test_an_offset_run_unlearns_the_small_model_and_evaluates_the_composition(tmp_path):
+    from harness import prepare, runner
+    from harness.config import from_dict
+    from harness.errors import ConfigError
+    from harness.plugins import get_registry
+    from harness.spec import RunSpec
+    from leaderboard import aggregate
+
+    data = {"task": "tofu-mini", "model": "tiny-llama", "attribution": "dense", "objective": "graddiff",
+            "offset": {"enabled": True, "small_model": "tiny-llama", "alpha": 1.0},
+            "task_config": {"utility_limit": 4, "eval_limit": 8, "max_new_tokens": 4, "retain_authors": 1},
+            "train": {"epochs": 1, "batch_size": 8, "lr": 1e-2}, "prepare": {"epochs": 1}}
+    spec = from_dict(RunSpec, data, "test")
+    record = runner.execute(spec, tmp_path)
+    assert record.status == "finished" and record.models["offset_small"] == record.models["target"]
+    # the small pair starts as the large target here (same alias), so the composition starts as the target:
+    # unlearning the small model moved the composition's forget probability away from the target's
+    task = get_registry().build("task", "tofu-mini", data["task_config"])
+    target_eval = prepare.reference_eval(task, record.models["target"], task.eval_batch_size)
+    assert record.metrics["forget_prob"]["value"] < target_eval["metrics"]["forget_prob"]["value"]
+    assert aggregate.method_rows([record.to_json()])[0]["objective"] == "graddiff [offset via tiny-llama]"
+    with pytest.raises(ConfigError, match="offset unlearning evaluates a composition"):
+        from_dict(RunSpec, dict(data, probes=["mia"]), "test")
