@@ -132,6 +132,13 @@ class Wmdp(Task):
                 for i, (source, cap) in enumerate(zip(self.config.forget_corpora, caps, strict=True))
                 for t in self._texts(source)]
 
+    def forget_splits(self) -> dict[str, list[int]]:
+        """Per forget corpus (topic: bio, cyber), the attribute SPUNGE splits WMDP's forget set by."""
+        parts: dict[str, list[int]] = {}
+        for i, ex in enumerate(self.forget_examples()):
+            parts.setdefault(f"topic{ex.topic + 1}", []).append(i)
+        return parts
+
     def retain_examples(self) -> list[Example]:
         """With as many retain corpora as forget corpora, retain corpus i serves topic i (RMU's pairing);
         otherwise all retain text serves every topic."""

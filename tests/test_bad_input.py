@@ -49,7 +49,7 @@ def test_missing_and_malformed_data_files_name_file_and_line(tmp_path, capsys):
 
 def test_missing_model_path(capsys):
     _fails(capsys, ["eval", "./no/such/model", "--task", "tofu-mini"], "model folder not found: ./no/such/model",
-           "aliases: smollm2-135m, tiny-llama")
+           "aliases: smollm2-135m, smollm2-offset, tiny-llama")
 
 
 def test_records_dir_with_corrupt_and_foreign_files_still_builds(tmp_path, capsys, caplog):

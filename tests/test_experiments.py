@@ -21,3 +21,6 @@ def test_experiment_file_is_valid(path):
         registry.build("task", spec.task, spec.task_config, f"{path}: task_config")
         registry.build("attribution", spec.attribution, spec.attribution_config, f"{path}: attribution_config")
         registry.build("objective", spec.objective, spec.objective_config, f"{path}: objective_config")
+        registry.build("optimizer", spec.optimizer, spec.optimizer_config, f"{path}: optimizer_config")
+        for name in spec.probes:
+            registry.build("probe", name, spec.probe_config.get(name), f"{path}: probe_config")

@@ -24,7 +24,7 @@ def test_tiny_llama_is_well_under_a_million_parameters(tiny):
 
 
 def test_missing_model_names_the_argument_and_the_aliases(tmp_path):
-    missing = r"model folder not found: .*nowhere \(aliases: smollm2-135m, tiny-llama\)"
+    missing = r"model folder not found: .*nowhere \(aliases: smollm2-135m, smollm2-offset, tiny-llama\)"
     with pytest.raises(ModelNotFoundError, match=missing):
         models.load(str(tmp_path / "nowhere"))
     with pytest.raises(ModelNotFoundError, match=r"cannot load model 'no-such-org/no-such-model'.*not a local folder"):

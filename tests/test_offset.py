@@ -77,3 +77,13 @@ def test_an_offset_run_unlearns_the_small_model_and_evaluates_the_composition(tm
     assert aggregate.method_rows([record.to_json()])[0]["objective"] == "graddiff [offset via tiny-llama]"
     with pytest.raises(ConfigError, match="offset unlearning evaluates a composition"):
         from_dict(RunSpec, dict(data, probes=["mia"]), "test")
+
+
+def test_the_offset_alias_is_a_small_model_with_smollm2s_tokenizer():
+    from transformers import AutoTokenizer
+
+    from harness import models
+
+    small, tok = models.load("smollm2-offset")
+    assert 3.0e6 < sum(p.numel() for p in small.parameters()) < 3.5e6
+    assert tok.get_vocab() == AutoTokenizer.from_pretrained(models.resolve("smollm2-135m")).get_vocab()

@@ -128,6 +128,7 @@ def test_wmdp_topics_reach_rmu_as_the_reference_arranges_them(tiny, tmp_path):
     assert [(e.topic, e.max_length) for e in forget] == [(0, 6), (0, 6), (1, 9), (1, 9)]  # "short": 5 chars
     assert forget[0].completion == "protein  folding of a toxin " * 6  # whole documents, as written
     assert [e.topic for e in retain] == [0, 1]  # the empty line is left out; corpus i serves topic i
+    assert task.forget_splits() == {"topic1": [0, 1], "topic2": [2, 3]}  # SPUNGE's attribute on WMDP
     cfg = TrainConfig(batch_size=1, epochs=1, order="topics")
     batches = unlearn_batches(tok, forget, retain, cfg, task.max_length, seed=0)
     assert [b.topic for b in batches] == [0, 1, 0, 1]
