@@ -79,13 +79,19 @@ class Relearn(Probe):
         train(learner, finetune_batches(ctx.tokenizer, data, cfg, ctx.task.max_length, ctx.seed), _nll, cfg,
               seed=ctx.seed)
 
+    def relearned_copy(self, model, ctx: ProbeContext, data: list[Example]):
+        """A copy of `model` relearned on `data`; every weight relearns, whatever unlearning left frozen (LoRA's
+        merge leaves the base weights without gradients). The model itself stays as it is."""
+        learner = copy.deepcopy(model).requires_grad_(True)
+        self.relearn(learner, ctx, data)
+        return learner
+
     def run(self, model, ctx: ProbeContext) -> dict[str, Metric]:
         forget = ctx.task.forget_examples()
         data = [forget[i] for i in spread(len(forget), self.config.fraction)]
         held = held_out(ctx.task.probe_sets(), data)
         before = self.forget_probe(model, ctx, held)
-        learner = copy.deepcopy(model)  # the run's model stays as it is
-        self.relearn(learner, ctx, data)
+        learner = self.relearned_copy(model, ctx, data)
         after = self.forget_probe(learner, ctx, held)
         del learner
         key = {"config": to_dict(self.config), "seed": ctx.seed, "task_config": to_dict(ctx.task.config)}
