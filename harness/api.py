@@ -60,7 +60,7 @@ class AttributionResult:
     """What an attribution decided. Usually per-parameter `scores` (higher = more worth updating), which
     the harness ranks globally to keep the top `ratio` fraction. A method with its own selection rule
     (Wanda's per-row rule) returns a ready boolean `mask` instead; a method that trains adapters returns a
-    peft `lora` config. All None: update every weight.
+    peft `lora` config, or `adapters` for EUL's unlearning layers. All None: update every weight.
 
     `info` holds numbers worth recording with the mask (for WAGLE: the norms of both score terms).
     """
@@ -69,6 +69,7 @@ class AttributionResult:
     info: dict[str, float] = field(default_factory=dict)
     mask: dict[str, torch.Tensor] | None = None
     lora: dict[str, Any] | None = None
+    adapters: dict[str, Any] | None = None  # unlearning layers (harness/adapters.py): {"reduction": r}
 
 
 class Attribution:

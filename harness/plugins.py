@@ -42,6 +42,7 @@ DEFAULT_PLUGINS = (
     "methods.wagle",
     "methods.salun",
     "methods.grin",
+    "methods.eul",
     "methods.ascent",
     "methods.graddiff",
     "methods.npo",

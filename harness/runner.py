@@ -58,7 +58,8 @@ def build_plan(spec: RunSpec, task: Task, attribution: Any, target: str, model, 
     if not attribution.needs_data:
         result = attribution.scores(AttributionData(model, tok, [], [], seed=spec.seed, ratio=spec.ratio))
         plan = UpdatePlan.from_result(result, spec.ratio, model)
-        meta = {"method": spec.attribution, "lora": result.lora, "info": result.info, "cache_hit": False}
+        meta = {"method": spec.attribution, "lora": result.lora, "adapters": result.adapters, "info": result.info,
+                "cache_hit": False}
         if plan.mask is not None:
             meta.update(density=masks.density(plan.mask), digest=masks.mask_digest(plan.mask))
         return plan, meta
@@ -146,8 +147,11 @@ def execute(spec: RunSpec, results_dir: Path, save_to: Path | None = None) -> re
         if objective.needs_reference:
             reference = fsdp.frozen_copy(model)  # sharded too under FSDP
         model = plan.wrap(model, objective)
-        if plan.lora is not None:
+        if plan.lora is not None or plan.adapters is not None:
             record.mask["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        if plan.adapters is not None and (spec.save_model or spec.keep_weights or save_to is not None):
+            raise ValueError("unlearning layers stay in the model as modules of their own: saving it as a Hugging "
+                             "Face folder is not supported")
         record.mask["trained_fraction"] = plan.trained_fraction()
         forget, retain, refusal = task.forget_examples(), task.retain_examples(), task.refusal_examples()
         record.data = {"forget": examples_hash(forget), "retain": examples_hash(retain),

@@ -19,7 +19,7 @@ from typing import Any
 import peft
 import torch
 
-from harness import api, distributed, fsdp, masks
+from harness import adapters, api, distributed, fsdp, masks
 from harness.api import AttributionResult
 from harness.masks import Mask
 from harness.optim import HALF, MaskedOptimizer
@@ -46,11 +46,13 @@ def restrict(mask: Mask | None, objective: Any, model: torch.nn.Module) -> Mask 
 
 
 class UpdatePlan:
-    """The weights a run updates: `mask` (None: every weight) over the trained model's parameters, or LoRA
-    adapters (`lora`, a peft LoraConfig dict) trained in place of the weights."""
+    """The weights a run updates: `mask` (None: every weight) over the trained model's parameters, LoRA
+    adapters (`lora`, a peft LoraConfig dict) trained in place of the weights, or EUL's unlearning layers
+    (`adapters`, {"reduction": r}: harness/adapters.py), which stay in the model."""
 
-    def __init__(self, mask: Mask | None = None, lora: dict[str, Any] | None = None) -> None:
-        self.mask, self.lora = mask, lora
+    def __init__(self, mask: Mask | None = None, lora: dict[str, Any] | None = None,
+                 adapters: dict[str, Any] | None = None) -> None:
+        self.mask, self.lora, self.adapters = mask, lora, adapters
         self.touched: set[str] = set()  # after `wrap`: base-model parameters unlearning may change
 
     @classmethod
@@ -62,13 +64,15 @@ class UpdatePlan:
             mask = masks.top_fraction(result.scores, ratio)
         if mask is not None:
             masks.check_covers(mask, model)
-        return cls(mask, result.lora)
+        return cls(mask, result.lora, result.adapters)
 
     def wrap(self, model: torch.nn.Module, objective: Any | None = None) -> torch.nn.Module:
         """The model that trains: with LoRA adapters added for a LoRA plan; the mask restricted to what the
         objective may update."""
         if self.lora is not None:
             model = peft.get_peft_model(model, peft.LoraConfig(task_type="CAUSAL_LM", **self.lora))
+        if self.adapters is not None:
+            adapters.insert(model, int(self.adapters["reduction"]))
         if objective is not None:
             self.mask = restrict(self.mask, objective, model)
         self.touched = {base_name(n) for n, p in model.named_parameters()
@@ -76,7 +80,7 @@ class UpdatePlan:
         return model
 
     def merge(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The plain model for evaluation (LoRA adapters merged into their weights)."""
+        """The model for evaluation: LoRA adapters merged into their weights; unlearning layers stay."""
         return model.merge_and_unload() if self.lora is not None else model
 
     def trained_fraction(self) -> float:
