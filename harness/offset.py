@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import SimpleNamespace
+from typing import Any
 
 import torch
 
@@ -32,6 +33,8 @@ class OffsetConfig:
     small_model: str = option("smollm2-offset", "the small model (alias, folder or hub id) sharing the large "
                                                 "model's tokenizer; fine-tuned on the task as the target is")
     alpha: float = option(1.0, "α, the weight of the offset S_unlearned − S_original")
+    prepare: dict[str, Any] = option({}, "fine-tuning settings of the small model replacing the run's `prepare` "
+                                         "(a model built from a config needs a larger rate and more epochs)")
 
     def validate(self) -> None:
         if self.alpha <= 0:

@@ -27,11 +27,11 @@ from harness import (
 )
 from harness.api import AttributionData, EvalContext, Evaluation, Metric, Task
 from harness.cache import cached_dir, stable_hash
-from harness.config import to_dict
+from harness.config import from_dict, to_dict
 from harness.data import examples_hash, make_batches
 from harness.plugins import Registry, get_registry
 from harness.probes import run as run_probes
-from harness.spec import RunSpec
+from harness.spec import PrepareConfig, RunSpec
 from harness.train import log_step, remove_checkpoint, train, unlearn_batches
 from harness.update import UpdatePlan
 
@@ -125,7 +125,9 @@ def execute(spec: RunSpec, results_dir: Path, save_to: Path | None = None) -> re
         if spec.offset.enabled:
             if distributed.active():
                 raise ValueError("offset unlearning runs in a single process")
-            start_from = prepare.ensure_model(task, spec.offset.small_model, "target", spec.prepare, spec.dtype,
+            small_prepare = from_dict(PrepareConfig, {**to_dict(spec.prepare), **spec.offset.prepare},
+                                      f"run {run_id}: offset.prepare")
+            start_from = prepare.ensure_model(task, spec.offset.small_model, "target", small_prepare, spec.dtype,
                                               spec.device, provided=False)[0]
         timings["prepare_s"] = time.perf_counter() - t
         record.models = {"target": target, "retain": retain_model}

@@ -63,14 +63,14 @@ def test_an_offset_run_unlearns_the_small_model_and_evaluates_the_composition(tm
     from leaderboard import aggregate
 
     data = {"task": "tofu-mini", "model": "tiny-llama", "attribution": "dense", "objective": "graddiff",
-            "offset": {"enabled": True, "small_model": "tiny-llama", "alpha": 1.0},
+            "offset": {"enabled": True, "small_model": "tiny-llama", "alpha": 1.0, "prepare": {"epochs": 2}},
             "task_config": {"utility_limit": 4, "eval_limit": 8, "max_new_tokens": 4, "retain_authors": 1},
             "train": {"epochs": 1, "batch_size": 8, "lr": 1e-2}, "prepare": {"epochs": 1}}
     spec = from_dict(RunSpec, data, "test")
     record = runner.execute(spec, tmp_path)
-    assert record.status == "finished" and record.models["offset_small"] == record.models["target"]
-    # the small pair starts as the large target here (same alias), so the composition starts as the target:
-    # unlearning the small model moved the composition's forget probability away from the target's
+    # the small model is the same alias fine-tuned with its own settings (2 epochs, the target 1)
+    assert record.status == "finished" and record.models["offset_small"] != record.models["target"]
+    # the composition starts as the target (S_u = S_o); unlearning the small model lowered its forget probability
     task = get_registry().build("task", "tofu-mini", data["task_config"])
     target_eval = prepare.reference_eval(task, record.models["target"], task.eval_batch_size)
     assert record.metrics["forget_prob"]["value"] < target_eval["metrics"]["forget_prob"]["value"]
