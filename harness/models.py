@@ -78,32 +78,27 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return cut
 
 
-def _build_tiny_llama(out: Path) -> None:
-    tok = tiny_tokenizer()
+def _build_llama(out: Path, tok, **dims: int) -> None:
+    """A Llama of the given dimensions with `tok`'s vocabulary, initialised from seed 0, saved with `tok`."""
     config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=12, intermediate_size=24, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
-        tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
+        vocab_size=len(tok), **dims, tie_word_embeddings=True, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
     )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.save_pretrained(out)
     tok.save_pretrained(out)
+
+
+def _build_tiny_llama(out: Path) -> None:
+    _build_llama(out, tiny_tokenizer(), hidden_size=12, intermediate_size=24, num_hidden_layers=2,
+                 num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512)
 
 
 def _build_smollm2_offset(out: Path) -> None:
-    tok = AutoTokenizer.from_pretrained(_smollm2_gguf_dir(), gguf_file=SMOLLM2_GGUF)
-    config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-        tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    _build_llama(out, AutoTokenizer.from_pretrained(_smollm2_gguf_dir(), gguf_file=SMOLLM2_GGUF), hidden_size=64,
+                 intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                 max_position_embeddings=2048)
 
 
 ALIASES: dict[str, tuple[str, Callable[[Path], None]]] = {

@@ -158,8 +158,6 @@ def execute(spec: RunSpec, results_dir: Path, save_to: Path | None = None) -> re
         forget, retain, refusal = task.forget_examples(), task.retain_examples(), task.refusal_examples()
         record.data = {"forget": examples_hash(forget), "retain": examples_hash(retain),
                        "refusal": examples_hash(refusal), "refusals_file": task.config.refusals_file}
-        batches = unlearn_batches(tok, forget, retain, spec.train, task.max_length, spec.seed, refusal)
-
         matcher = Matcher(task, spec, target, retain_model, tok) if spec.match.enabled else None
 
         def during(step: int, net) -> dict[str, Any] | None:
@@ -183,6 +181,7 @@ def execute(spec: RunSpec, results_dir: Path, save_to: Path | None = None) -> re
                 model, task, tok, (forget, retain, refusal), lambda m, b: objective.loss(m, b, reference),
                 spec.train, plan, spec.seed, spec.spunge, rule)
         else:
+            batches = unlearn_batches(tok, forget, retain, spec.train, task.max_length, spec.seed, refusal)
             train_log = train(model, batches, lambda m, b: objective.loss(m, b, reference), spec.train, plan,
                               spec.seed, progress=log_step, checkpoint=checkpoint, on_step=during, optimizer=rule)
         reference = None  # free the frozen copy before evaluation

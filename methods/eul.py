@@ -21,7 +21,7 @@ from harness.api import Attribution, AttributionData, AttributionResult, LossOut
 from harness.config import option
 from harness.hookspecs import hookimpl
 from harness.scoring import mean_nll
-from methods.losses import token_kl
+from methods.graddiff import retain_kl
 
 
 @dataclass
@@ -52,13 +52,6 @@ class EulConfig:
     forget_ce: float = option(1.0, "γ, weight of the NLL ascended on forget answers")
 
 
-def _kl(model, reference, batch) -> object:
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    student = model(**inputs).logits[:, :-1]
-    teacher = reference(**inputs).logits[:, :-1].detach()
-    return token_kl(student, teacher, batch["labels"][:, 1:] != -100)
-
-
 class Eul(Objective):
     """α·KL_retain − KL_forget + λ·CE_retain − γ·CE_forget against the frozen teacher (EUL's objective)."""
 
@@ -70,7 +63,7 @@ class Eul(Objective):
         if reference is None:
             raise ValueError("eul needs the frozen teacher (the target model)")
         c = self.config
-        kl_r, kl_f = _kl(model, reference, batch.retain), _kl(model, reference, batch.forget)
+        kl_r, kl_f = retain_kl(model, reference, batch.retain), retain_kl(model, reference, batch.forget)
         ce_r, ce_f = mean_nll(model, batch.retain).mean(), mean_nll(model, batch.forget).mean()
         loss = c.retain_kl * kl_r - kl_f + c.retain_ce * ce_r - c.forget_ce * ce_f
         return LossOutput(loss, {"kl_retain": float(kl_r.detach()), "kl_forget": float(kl_f.detach()),

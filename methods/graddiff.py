@@ -26,7 +26,7 @@ class GradDiffConfig:
 
 
 def retain_kl(model, reference, batch) -> torch.Tensor:
-    """KL(p_target || p_θ) over the retain batch's labelled next-token positions."""
+    """KL(p_target || p_θ) over a batch's labelled next-token positions (GradDiff: the retain batch; EUL: both)."""
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     policy = model(**inputs).logits[:, :-1]
     with torch.no_grad():
