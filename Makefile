@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 RESULTS ?= results/demo
 LEADERBOARD ?= leaderboard/tofu-mini
 
-.PHONY: venv browser demo test test-vllm lint clean
+.PHONY: venv browser demo neighbours test test-vllm lint clean
 
 venv: $(STAMP)
 
@@ -33,6 +33,12 @@ browser:
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/unlearn-bench sweep experiments/demo-tofu-mini.yaml \
 		--results $(RESULTS) --leaderboard $(LEADERBOARD)
+
+# WAGLE's neighbours (SalUn, GRIN, SOUL, EUL, offset unlearning, SPUNGE) against dense and WAGLE, one sweep
+# file of five grids: about 75 minutes on 2 cores (experiments/neighbours-tofu-mini.yaml).
+neighbours: $(STAMP)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/unlearn-bench sweep experiments/neighbours-tofu-mini.yaml \
+		--results results/neighbours --leaderboard leaderboard/neighbours-tofu-mini
 
 # Two pytest workers (pytest-xdist): much of the suite is process start-up and small tensors, which two
 # cores run side by side (docs/performance.md: the suite's timings).

@@ -88,6 +88,9 @@ class SweepConfig:
     prepare: PrepareConfig = option(PrepareConfig(), "fine-tuning settings for target and retain models")
     executor: str = option("local", "where runs execute: local (this process, in order) or ray (Ray tasks)")
     executor_config: dict[str, Any] = option({}, "the executor's config (ray: address, gpus_per_run, ...)")
+    grids: list[dict[str, Any]] = option([], "further grids run after this one into the same results folder (e.g. "
+                                             "methods that need their own offset or spunge block): each a mapping "
+                                             "of this file's fields, merged over them (see `grids`)")
 
 
 def load(path: Path) -> SweepConfig:
@@ -100,6 +103,46 @@ def load(path: Path) -> SweepConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return from_dict(SweepConfig, data, str(path))
+
+
+# Per-name settings and the grid field whose names they key.
+PER_NAME = {"attribution_config": "attributions", "objective_config": "objectives", "probe_config": "probes",
+            "probe_seeds": "probes", "optimizer_config": "optimizers", "train_by_attribution": "attributions",
+            "train_by_objective": "objectives"}
+
+
+def grids(cfg: SweepConfig, where: str = "sweep") -> list[SweepConfig]:
+    """The file's own grid, then one per entry of its `grids`: the file's fields with the entry's merged over
+    them (a mapping field such as train, match or attribution_config takes the entry's keys over the file's;
+    any other field is replaced). Per-name settings are shared: each grid keeps those of the names it runs,
+    and a name no grid runs is an error."""
+    if not cfg.grids:
+        return [cfg]
+    base = to_dict(cfg)
+    base.pop("grids")
+    merged = [base]
+    for i, entry in enumerate(cfg.grids):
+        here = f"{where}: grids[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{here}: expected a mapping of sweep fields, got {entry!r}")
+        if "grids" in entry:
+            raise ConfigError(f"{here}: a grid cannot hold grids of its own")
+        merged.append({**base, **{k: {**base[k], **v} if isinstance(base.get(k), dict) and isinstance(v, dict)
+                                  else v for k, v in entry.items()}})
+    for i, m in enumerate(merged[1:]):  # the entry's unknown keys and wrong types, before what they would name
+        from_dict(SweepConfig, m, f"{where}: grids[{i}]")
+    for field, kind in PER_NAME.items():
+        names = set().union(*(m[kind] for m in merged))
+        stray = sorted(set().union(*(m[field] for m in merged)) - names)
+        if stray:
+            raise ConfigError(f"{where}: {field} names {', '.join(stray)}, which no grid runs "
+                              f"(they run {', '.join(sorted(names))})")
+    out = []
+    for i, m in enumerate(merged):
+        for field, kind in PER_NAME.items():
+            m[field] = {k: v for k, v in m[field].items() if k in m[kind]}
+        out.append(from_dict(SweepConfig, m, where if i == 0 else f"{where}: grids[{i - 1}]"))
+    return out
 
 
 def _check(cfg: SweepConfig, where: str) -> None:
@@ -351,13 +394,25 @@ def write_references(spec: RunSpec, results_dir: Path) -> str:
 
 def run(cfg: SweepConfig, results_dir: Path, retry_failed: bool = False) -> dict[str, int]:
     """Run every spec without a finished record (and, with `retry_failed`, those whose record says failed),
-    on the sweep's executor. With a tune block, each method's tuning runs come first and its test runs use
-    the rate the tune rule selects. Each run holds its lock while it runs, so several sweeps can share a
-    results directory and never run the same spec twice; a failed run is recorded and the sweep goes on."""
+    on the sweep's executor, grid after grid (`grids`). With a tune block, each method's tuning runs come
+    first and its test runs use the rate the tune rule selects. Each run holds its lock while it runs, so
+    several sweeps can share a results directory and never run the same spec twice; a failed run is
+    recorded and the sweep goes on."""
+    counts = {"finished": 0, "skipped": 0, "failed": 0, "busy": 0}
+    every = grids(cfg)
+    for i, one in enumerate(every):
+        if len(every) > 1:
+            log.info("grid %d of %d: %s x %s", i + 1, len(every), ", ".join(one.attributions),
+                     ", ".join(one.objectives))
+        for outcome, n in _run_grid(one, Path(results_dir), retry_failed).items():
+            counts[outcome] += n
+    return counts
+
+
+def _run_grid(cfg: SweepConfig, results_dir: Path, retry_failed: bool) -> dict[str, int]:
     grid = tuning_grid(cfg) if cfg.tune.lr_factors else None
     specs = expand(cfg) if grid is None else [s for g in grid.values() for s in g]
     executor = get_registry().build("executor", cfg.executor, cfg.executor_config, "sweep: executor_config")
-    results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / "runs").mkdir(exist_ok=True)
     if distributed.is_main() and remove_stale_temporaries(results_dir):

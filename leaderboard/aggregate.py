@@ -42,9 +42,14 @@ def objective_label(spec: dict[str, Any]) -> str | None:
     return objective if not tags or objective is None else f"{objective} [{', '.join(tags)}]"
 
 
+# Not part of a method's identity: the seed, the device, and the probes (they attack the model after its
+# evaluation and change nothing in it; a sweep may probe some seeds only, e.g. relearning on seed 0).
+NOT_METHOD = ("seed", "device", "probes", "probe_config")
+
+
 def config_key(spec: dict[str, Any]) -> str:
-    """A short hash of the spec without its seed (and device): runs that differ only by seed share it."""
-    return stable_hash({k: v for k, v in spec.items() if k not in ("seed", "device")}, 8)
+    """A short hash of the spec without its seed, device and probes: the runs of one method share it."""
+    return stable_hash({k: v for k, v in spec.items() if k not in NOT_METHOD}, 8)
 
 
 def method_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -85,7 +85,9 @@ def _diff_cell(d: dict[str, Any] | None) -> str:
 def _stat_cell(s: dict[str, Any] | None, n: int) -> str:
     if s is None:
         return _cell(None, "")
-    ci = "" if n < 2 else f' <span class="ci">[{_fmt(s["ci_low"])}, {_fmt(s["ci_high"])}]</span>'
+    k = s.get("n", n)  # the seeds that have this metric
+    ci = "" if k < 2 else f' <span class="ci">[{_fmt(s["ci_low"])}, {_fmt(s["ci_high"])}]</span>'
+    ci += "" if k >= n else f' <span class="ci">({k} of {n} seeds)</span>'
     return f'<td data-value="{s["mean"]!r}">{_fmt(s["mean"])}{ci}</td>'
 
 

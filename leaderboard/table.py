@@ -82,9 +82,13 @@ def methods_csv(rows: list[dict[str, Any]]) -> str:
 
 
 def _ci(s: dict[str, Any] | None, n: int) -> str:
+    """Mean [95% CI]; the interval over the seeds that have the metric, and how many when not all of the row's
+    n do (a probe run on seed 0 only, a seed that never reached the level)."""
     if s is None or s.get("mean") is None:
         return ""
-    return f"{s['mean']:.4g}" + (f" [{s['ci_low']:.4g}, {s['ci_high']:.4g}]" if n > 1 else "")
+    k = s.get("n", n)
+    return (f"{s['mean']:.4g}" + (f" [{s['ci_low']:.4g}, {s['ci_high']:.4g}]" if k > 1 else "")
+            + (f" ({k} of {n} seeds)" if k < n else ""))
 
 
 def headline_rows(rows: list[dict[str, Any]], refs: list[dict[str, Any]],
@@ -117,11 +121,12 @@ def _md_table(head: list[str], body: list[list[str]]) -> list[str]:
 
 
 def markdown(tasks: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, str]]],
-             paired: list[dict[str, Any]] | None = None, probed: set[str] | frozenset[str] = frozenset()) -> str:
+             paired: list[dict[str, Any]] | None = None, probed: set[str] | frozenset[str] = frozenset(),
+             headlines: dict[str, dict[str, str]] | None = None) -> str:
     """Per task: the matched-forgetting headline and paired differences (when runs have them), then every
-    metric as mean [95% CI] when there are several seeds; the `probed` metrics (group probe) in a table of
-    their own."""
-    paired = paired or []
+    metric as mean [95% CI] when there are several seeds; the `probed` metrics (group probe) in tables of
+    their own: the headline forget metric next to its probed values, then every probe metric."""
+    paired, headlines = paired or [], headlines or {}
     out = ["# Leaderboard", "", "Mean over seeds; [95% bootstrap interval of the mean] with two or more seeds.", ""]
     for task, (rows, refs, directions) in sorted(tasks.items()):
         out += [f"## {task}", ""]
@@ -142,8 +147,30 @@ def markdown(tasks: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]], 
         if here:
             out += ["### Robustness and privacy probes", "",
                     "Attacks run on each unlearned model after its evaluation (docs/metrics.md, Probes).", ""]
+            summary = probe_summary(headlines.get(task), here)
+            if summary:
+                out += ["Does it stay forgotten? The headline forget metric unlearned, then after each probe "
+                        "(`_undone`: the share of the forgetting undone; relearning: the held-out forget probe "
+                        "before and after, and the retain model's after the same steps); every probe metric "
+                        "follows.", ""]
+                out += _metric_table(rows, refs, directions, summary)
             out += _metric_table(rows, [], directions, sorted(here))
     return "\n".join(out)
+
+
+# The probe metrics of the summary table besides those named after the headline forget metric.
+SUMMARY_PROBES = ("relearn_forget_before", "relearn_forget", "relearn_forget_retain_model", "mia_privleak")
+
+
+def probe_summary(headline: dict[str, str] | None, probed: set[str]) -> list[str]:
+    """The summary's columns: the headline forget metric, its probed values (e.g. int4_g128_forget_prob and
+    its _undone share), relearning's forget probes, PrivLeak; empty when nothing of it was probed."""
+    if not headline:
+        return []
+    forget = headline["forget"]
+    named = sorted(m for m in probed if m.endswith((f"_{forget}", f"_{forget}_undone")))
+    columns = named + [m for m in SUMMARY_PROBES if m in probed]
+    return [forget, *columns] if columns else []
 
 
 def _metric_table(rows: list[dict[str, Any]], refs: list[dict[str, Any]], directions: dict[str, str],
@@ -218,12 +245,13 @@ def write_all(results_dir: Path, out_dir: Path, task: str | None = None,
     atomic_write_text(written[0], runs_csv(records))
     atomic_write_text(written[1], methods_csv(rows))
     probed = {m for r in records for m, v in (r.get("metrics") or {}).items() if v.get("group") == "probe"}
-    atomic_write_text(written[2], markdown(per_task, pairs, probed))
+    headlines = {name: next((r["headline"] for r in records if r["spec"].get("task") == name and r.get("headline")),
+                            None) for name in per_task}
+    atomic_write_text(written[2], markdown(per_task, pairs, probed, headlines))
     atomic_write_text(written[4], paired_csv(pairs))
     sections = []
     for name, (task_rows, refs, directions) in per_task.items():
-        headline = next((r["headline"] for r in records if r["spec"].get("task") == name and r.get("headline")),
-                        None)
+        headline = headlines[name]
         tradeoff, second = None, None
         if headline and headline["forget"] in directions and headline["utility"] in directions:
             points = plots.tradeoff_points(task_rows, refs, headline)

@@ -7,13 +7,13 @@ import shutil
 import pytest
 
 from harness import sweep
-from harness.config import from_dict
+from harness.config import from_dict, to_dict
 from harness.errors import ConfigError
 from leaderboard import table
 
-SWEEP = {
+SWEEP = {  # NPO as a second grid of the same sweep: the same six runs as both objectives in one grid
     "task": "tofu-mini", "model": "tiny-llama", "attributions": ["dense", "wagle"], "ratios": [0.5, 0.8],
-    "objectives": ["graddiff", "npo"], "seeds": [0],
+    "objectives": ["graddiff"], "grids": [{"objectives": ["npo"]}], "seeds": [0],
     "task_config": {"utility_limit": 4, "eval_limit": 8, "max_new_tokens": 4, "retain_authors": 1},
     "train": {"epochs": 1, "batch_size": 8, "lr": 1e-3}, "prepare": {"epochs": 1},
 }
@@ -106,6 +106,29 @@ def test_grid_expansion_dedupes_and_excludes():
     bad = from_dict(sweep.SweepConfig, {"exclude": ["random-npo"]}, "grid")
     with pytest.raises(ConfigError, match="exclude entry 'random-npo' is not attribution/objective"):
         sweep.expand(bad)
+
+
+def test_grids_merge_over_the_file_and_share_per_name_settings():
+    cfg = from_dict(sweep.SweepConfig, {
+        "task": "tofu-mini", "model": "tiny-llama", "attributions": ["dense", "wagle"], "objectives": ["graddiff"],
+        "attribution_config": {"wagle": {"gamma": 1e-6}, "unlearning-layers": {"reduction": 8}},
+        "train": {"lr": 1e-4, "batch_size": 4}, "match": {"enabled": True, "check_every": 2},
+        "grids": [{"attributions": ["unlearning-layers"], "objectives": ["eul"], "train": {"lr": 1e-3}},
+                  {"attributions": ["dense"], "match": {"enabled": False}, "spunge": {"enabled": True}}]}, "f.yaml")
+    first, eul, spunge = sweep.grids(cfg, "f.yaml")
+    assert first.attribution_config == {"wagle": {"gamma": 1e-6}} and first.grids == []  # each keeps its own names
+    assert eul.attribution_config == {"unlearning-layers": {"reduction": 8}}
+    assert eul.attributions == ["unlearning-layers"]
+    assert (eul.train.lr, eul.train.batch_size) == (1e-3, 4) and eul.match.check_every == 2  # merged one level
+    assert spunge.match.enabled is False and spunge.match.check_every == 2 and spunge.spunge.enabled
+    assert [(s.attribution, s.objective) for s in sweep.expand(eul)] == [("unlearning-layers", "eul")]
+    for grids, message in (([{"attributions": ["dense"], "grids": []}], r"f.yaml: grids\[0\]: a grid cannot hold"),
+                           ([{"atributions": ["dense"]}], r"f.yaml: grids\[0\]: unknown key\(s\) atributions"),
+                           ([{"attributions": ["salun"]}], "attribution_config names unlearning-layers, which no "
+                                                           "grid runs")):
+        bad = from_dict(sweep.SweepConfig, {**to_dict(cfg), "grids": grids}, "f.yaml")
+        with pytest.raises(ConfigError, match=message):
+            sweep.grids(bad, "f.yaml")
 
 
 def test_per_method_train_overrides_and_tune_block_checks():

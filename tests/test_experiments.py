@@ -14,7 +14,7 @@ EXPERIMENTS = sorted((Path(__file__).resolve().parent.parent / "experiments").gl
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
 def test_experiment_file_is_valid(path):
-    specs = sweep.expand(sweep.load(path), str(path))
+    specs = [s for grid in sweep.grids(sweep.load(path), str(path)) for s in sweep.expand(grid, str(path))]
     assert specs
     registry = get_registry()
     for spec in specs:

@@ -215,6 +215,11 @@ def test_a_run_records_every_probe_and_the_leaderboard_shows_them(tmp_path):
     md = (out / "leaderboard.md").read_text()
     probes_table = md[md.index("### Robustness and privacy probes"):]
     assert "int4_g128_forget_rouge" in probes_table and "int4_g128_forget_rouge" not in md[: md.index(probes_table)]
+    summary = next(line for line in probes_table.splitlines() if line.startswith("| method"))  # the headline first
+    assert summary.split(" | ")[5:9] == ["forget_rouge ↓", "int4_g128_forget_rouge ↓",
+                                         "int4_g128_forget_rouge_undone ↓", "relearn_forget_before"]
+    # a metric fewer seeds have than the row (relearning on seed 0 only) says so
+    assert table._ci({"mean": 0.5, "ci_low": 0.5, "ci_high": 0.5, "n": 1}, 3) == "0.5 (1 of 3 seeds)"
     assert "Robustness and privacy probes" in (out / "index.html").read_text()
     assert out / "tradeoff-tofu-mini-int4_g128_forget_rouge-model_utility.png" in written
 
@@ -232,6 +237,10 @@ def test_a_sweep_probes_the_seeds_it_names_and_never_a_tuning_run():
     assert specs[0].probes == ["quantization"] and specs[0].probe_config == {}
     assert specs[1].probes == ["quantization", "relearn"] and specs[1].probe_config == {"relearn": {"steps": 3}}
     assert all(s.probes == [] for runs in sweep.tuning_grid(cfg).values() for s in runs)
+    # probing some seeds only leaves them one method on the leaderboard (one row, paired seed by seed)
+    from harness.config import to_dict
+    from leaderboard import aggregate
+    assert aggregate.config_key(to_dict(specs[0])) == aggregate.config_key(to_dict(specs[1]))
     with pytest.raises(UnknownPluginError, match="mia"):
         sweep.expand(from_dict(sweep.SweepConfig, {**base, "probes": ["mai"]}, "test"))
     with pytest.raises(ConfigError, match="probe_seeds names mia"):
