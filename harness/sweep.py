@@ -156,10 +156,8 @@ def _check(cfg: SweepConfig, where: str) -> None:
         registry.get("probe", name)
     for name in cfg.optimizers:
         registry.get("optimizer", name)
-    for field, names in (("attribution_config", cfg.attributions), ("objective_config", cfg.objectives),
-                         ("probe_config", cfg.probes), ("probe_seeds", cfg.probes),
-                         ("optimizer_config", cfg.optimizers),
-                         ("train_by_attribution", cfg.attributions), ("train_by_objective", cfg.objectives)):
+    for field, kind in PER_NAME.items():
+        names = getattr(cfg, kind)
         stray = sorted(set(getattr(cfg, field)) - set(names))
         if stray:
             raise ConfigError(f"{where}: {field} names {', '.join(stray)}, which the grid does not run "
