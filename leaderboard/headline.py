@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from leaderboard.paired import MIN_PAIRS
+
 
 def method_label(row: dict[str, Any]) -> str:
     return f"{row['attribution']} ({row['ratio']:g}) + {row['objective']}"
@@ -22,6 +24,8 @@ def diff_label(d: dict[str, Any] | None) -> str:
     """A paired difference as `mean [low, high] verdict` (n pairs when fewer than all)."""
     if d is None or d["mean"] is None:
         return "" if d is None else "no pairs"
+    if d["n"] < 2:
+        return f"{d['mean']:+.3g} (one pair: no interval)"
     mark = "**resolved**" if d["resolved"] else "not resolved"
     return f"{d['mean']:+.3g} [{d['ci_low']:+.3g}, {d['ci_high']:+.3g}] {mark}"
 
@@ -57,5 +61,8 @@ def findings(paired: list[dict[str, Any]]) -> list[str]:
             label = f"{d['attribution']} ({d['ratio']:g}) + {d['objective']}"
             lines.append(f"- {label} has a {d['verdict']} {d['metric']} than {d['baseline']}: "
                          f"{d['mean']:+.3g} [{d['ci_low']:+.3g}, {d['ci_high']:+.3g}] over {d['n']} seeds")
+    if not lines and paired and all(d["n"] < MIN_PAIRS for d in paired):
+        return [f"- No paired difference can be resolved: fewer than {MIN_PAIRS} seeds pair each method with its "
+                "baseline, so no method is ranked above another."]
     return lines or ["- No paired difference is resolved: every 95% interval includes 0, so no method is "
                      "ranked above another."]

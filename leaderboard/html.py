@@ -77,7 +77,8 @@ def _diff_cell(d: dict[str, Any] | None) -> str:
     if d["mean"] is None:
         return _cell(None, "no pairs", "unresolved")
     css = {"higher": "better", "lower": "worse"}.get(d["verdict"], "unresolved")
-    text = (f'{d["mean"]:+.3g} <span class="ci">[{d["ci_low"]:+.3g}, {d["ci_high"]:+.3g}]</span> '
+    text = (f'{d["mean"]:+.3g} <span class="ci">(one pair: no interval)</span>' if d["n"] < 2 else
+            f'{d["mean"]:+.3g} <span class="ci">[{d["ci_low"]:+.3g}, {d["ci_high"]:+.3g}]</span> '
             + ("resolved" if d["resolved"] else "not resolved"))
     return f'<td class="{css}" data-value="{d["mean"]!r}" title="{d["n"]} seed pairs">{text}</td>'
 

@@ -221,6 +221,19 @@ def probed_axes(headline: dict[str, str], directions: dict[str, str],
     return axes if all(a in directions for a in axes) else None
 
 
+def references(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The reference records, target first, one per role and model evaluation: where one grid ran matched
+    forgetting and another did not (a SPUNGE grid), the same model has a record with the probe values and one
+    without, and the one with them stands for both."""
+    best: dict[tuple, dict[str, Any]] = {}
+    for r in sorted((r for r in records if r.get("kind") == "reference"), key=lambda r: r.get("id") or ""):
+        spec = {k: v for k, v in r["spec"].items() if k != "match"}
+        key = (r.get("role"), r.get("model"), aggregate.stable_hash(spec, 8))
+        if key not in best or (r.get("probe") and not best[key].get("probe")):
+            best[key] = r
+    return sorted(best.values(), key=lambda r: ({"target": 0, "retain": 1}.get(r.get("role"), 2), r.get("id") or ""))
+
+
 def write_all(results_dir: Path, out_dir: Path, task: str | None = None,
               axes: tuple[str, str] | None = None) -> list[Path]:
     """Every leaderboard file into `out_dir`: runs.csv, methods.csv, leaderboard.md, index.html and the
@@ -234,8 +247,7 @@ def write_all(results_dir: Path, out_dir: Path, task: str | None = None,
     per_task: dict[str, tuple[list, list, dict[str, str]]] = {}
     for name in sorted({r["spec"].get("task") or "" for r in records}):
         task_records = [r for r in records if r["spec"].get("task") == name]
-        refs = sorted((r for r in task_records if r.get("kind") == "reference"),
-                      key=lambda r: ({"target": 0, "retain": 1}.get(r.get("role"), 2), r.get("id") or ""))
+        refs = references(task_records)
         directions = {m: v.get("direction", "") for r in task_records if r.get("kind") != "tune"
                       for m, v in aggregate.run_metrics(r).items()}
         per_task[name] = ([r for r in rows if r["task"] == name], refs, dict(sorted(directions.items())))

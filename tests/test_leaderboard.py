@@ -252,3 +252,23 @@ def test_headline_names_the_level_it_matched():
                              {"role": "retain", "probe": {"forget": 0.176}}]) == "the retain model's (0.176)"
     assert level_text(rows, [{"role": "target", "probe": {"forget": 0.7}}]) == (
         "the level the task declares, 0.3 (it has no retain model)")
+    # a grid without matched forgetting (SPUNGE) wrote the same models' records without the probe: they give way
+    spec = {"task": "t", "model": "m", "task_config": {"eval_limit": 20}}
+
+    def ref(rid, role, probe=None):
+        return {"kind": "reference", "id": rid, "role": role, "model": f"/cache/{role}",
+                "spec": dict(spec, match={"enabled": True}) if probe else spec, "probe": probe}
+
+    refs = table.references([ref("a", "retain"), ref("b", "retain", {"forget": 0.176}), ref("c", "target"),
+                             ref("d", "target", {"forget": 0.9}), dict(ref("e", "target"), model="/cache/other")])
+    assert [r["id"] for r in refs] == ["d", "e", "b"]  # target first; another model's record stays
+    assert level_text(rows, refs) == "the retain model's (0.176)"
+
+
+def test_one_seed_pair_has_no_interval_and_ranks_nothing():
+    from leaderboard.headline import diff_label, findings
+
+    one = {"n": 1, "mean": 0.0644, "ci_low": 0.0644, "ci_high": 0.0644, "resolved": False, "verdict": "not resolved"}
+    assert diff_label(one) == "+0.0644 (one pair: no interval)"
+    assert findings([one]) == ["- No paired difference can be resolved: fewer than 3 seeds pair each method with "
+                               "its baseline, so no method is ranked above another."]
