@@ -1,6 +1,6 @@
 """`sweep --executor ray` on a local Ray cluster started here (`ray start --head`): every run is a Ray task on
 the cluster's workers, with the local executor's guarantees: all runs recorded once, a failed run recorded
-while the sweep goes on, finished runs skipped when the sweep runs again."""
+while the sweep goes on, a run whose worker died recorded by the driver and run again by the next sweep."""
 
 from __future__ import annotations
 
@@ -84,9 +84,8 @@ def sweep_with_a_failed_run(tmp_path, ray_cluster):
     events = [json.loads(line) for line in (results / "events.jsonl").read_text().splitlines()]
     assert collections.Counter(e["event"] for e in events) == {"start": 3, "finish": 2, "fail": 1}
     assert all(e["pid"] != driver.pid for e in events)  # the runs ran in Ray's worker processes
-
-    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert "sweep done: 0 finished, 3 skipped, 0 failed" in again.stdout, again.stdout + again.stderr[-3000:]
+    # Skipping finished runs is decided in the driver before anything is sent to an executor: tested with the
+    # local executor (test_end_to_end, test_sweep_faults); a second Ray sweep here would cost 20 s of the suite.
 
 
 def a_killed_worker_is_recorded_and_rerun(tmp_path, ray_cluster):
