@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import records
+from harness.cache import stable_hash
 from leaderboard import aggregate, html, paired, plots
 from leaderboard.headline import diff_label, findings, level_text, lr_label, matched, method_label, paired_lookup
 
@@ -228,7 +229,7 @@ def references(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     best: dict[tuple, dict[str, Any]] = {}
     for r in sorted((r for r in records if r.get("kind") == "reference"), key=lambda r: r.get("id") or ""):
         spec = {k: v for k, v in r["spec"].items() if k != "match"}
-        key = (r.get("role"), r.get("model"), aggregate.stable_hash(spec, 8))
+        key = (r.get("role"), r.get("model"), stable_hash(spec, 8))
         if key not in best or (r.get("probe") and not best[key].get("probe")):
             best[key] = r
     return sorted(best.values(), key=lambda r: ({"target": 0, "retain": 1}.get(r.get("role"), 2), r.get("id") or ""))
