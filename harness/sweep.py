@@ -21,12 +21,14 @@ import yaml
 from harness import distributed, records, runner
 from harness.config import from_dict, option, to_dict
 from harness.errors import ConfigError, UnlearnBenchError
+from harness.io import atomic_write_text
 from harness.match import MatchConfig
 from harness.offset import OffsetConfig
 from harness.plugins import get_registry
 from harness.settings import TrainConfig
 from harness.spec import PrepareConfig, RunSpec
 from harness.spunge import SpungeConfig
+from leaderboard.verdicts import PROTOCOL_FILE, CompareConfig
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,9 @@ class SweepConfig:
     offset: OffsetConfig = option(OffsetConfig(), "offset (δ-) unlearning for every run of the grid "
                                                    "(harness/offset.py)")
     tune: TuneConfig = option(TuneConfig(), f"learning-rate tuning per method; the rule: {TUNE_RULE}")
+    compare: CompareConfig = option(CompareConfig(), "the comparisons declared before the runs: primary metric, "
+                                                     "baselines, equivalence margin, α (docs/metrics.md, Verdicts); "
+                                                     "written to the results folder as comparisons.json")
     prepare: PrepareConfig = option(PrepareConfig(), "fine-tuning settings for target and retain models")
     executor: str = option("local", "where runs execute: local (this process, in order) or ray (Ray tasks)")
     executor_config: dict[str, Any] = option({}, "the executor's config (ray: address, gpus_per_run, ...)")
@@ -398,6 +403,7 @@ def run(cfg: SweepConfig, results_dir: Path, retry_failed: bool = False) -> dict
     recorded and the sweep goes on."""
     counts = {"finished": 0, "skipped": 0, "failed": 0, "busy": 0}
     every = grids(cfg)
+    declare(cfg.compare, Path(results_dir))
     for i, one in enumerate(every):
         if len(every) > 1:
             log.info("grid %d of %d: %s x %s", i + 1, len(every), ", ".join(one.attributions),
@@ -405,6 +411,19 @@ def run(cfg: SweepConfig, results_dir: Path, retry_failed: bool = False) -> dict
         for outcome, n in _run_grid(one, Path(results_dir), retry_failed).items():
             counts[outcome] += n
     return counts
+
+
+def declare(compare: CompareConfig, results_dir: Path) -> None:
+    """Write the declared comparisons into the results folder before any run; a folder that declared other
+    comparisons is refused (a family chosen after seeing results is not a declared family)."""
+    path = results_dir / PROTOCOL_FILE
+    text = json.dumps(to_dict(compare), indent=1, sort_keys=True) + "\n"
+    if path.is_file() and path.read_text() != text:
+        raise SweepError(f"{path} declares other comparisons than this sweep's compare block ({path.read_text()!r} "
+                         f"vs {text!r}): declare them before the runs, in a new results folder")
+    if distributed.is_main() and not path.is_file():
+        results_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, text)
 
 
 def _run_grid(cfg: SweepConfig, results_dir: Path, retry_failed: bool) -> dict[str, int]:

@@ -1,6 +1,5 @@
-"""Per-method rows: finished runs grouped by everything but the seed, each metric's mean over seeds and a
-95% percentile-bootstrap confidence interval of that mean (fixed resampling seed: same records, same
-numbers)."""
+"""Per-method rows: finished runs grouped by everything but the seed, each metric's mean over seeds and the
+95% Student t interval of that mean."""
 
 from __future__ import annotations
 
@@ -9,25 +8,19 @@ from typing import Any
 import numpy as np
 
 from harness.cache import stable_hash
+from leaderboard.verdicts import t_interval
 
 GROUP_COLUMNS = ["task", "model", "attribution", "ratio", "objective", "config"]
-RESAMPLES = 10_000
 TIMINGS = ("attribution_s", "unlearning_s", "evaluation_s")
 
 
-def bootstrap_ci(values: list[float], level: float = 0.95, resamples: int = RESAMPLES,
-                 seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean: resample the values with replacement `resamples` times,
-    take the (1-level)/2 and (1+level)/2 quantiles of the resampled means."""
-    v = np.asarray(values, dtype=np.float64)
-    if v.size == 0:
-        raise ValueError("bootstrap of no values")
-    if v.size == 1 or np.all(v == v[0]):
-        return float(v[0]), float(v[0])
-    rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, v.size, size=(resamples, v.size))].mean(axis=1)
-    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return float(low), float(high)
+def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float]:
+    """Student t interval of the mean over seeds (leaderboard.verdicts.t_interval); one value: the point. A
+    percentile bootstrap over 3 seeds is not used: its interval is the range of the values."""
+    if not values:
+        raise ValueError("an interval of no values")
+    ci = t_interval(values, level)
+    return (float(values[0]), float(values[0])) if ci is None else ci
 
 
 def objective_label(spec: dict[str, Any]) -> str | None:
@@ -81,7 +74,7 @@ def method_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row["metrics"] = {}
         for name in sorted(metrics):
             direction, group, values = metrics[name]
-            low, high = bootstrap_ci(values)
+            low, high = mean_ci(values)
             row["metrics"][name] = {"direction": direction, "group": group, "mean": float(np.mean(values)),
                                     "ci_low": low, "ci_high": high, "n": len(values)}
         rows.append(row)

@@ -3,9 +3,10 @@ rate, paired differences and the findings they allow."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from leaderboard.paired import MIN_PAIRS
+from leaderboard.verdicts import CompareConfig, min_pairs
 
 
 def method_label(row: dict[str, Any]) -> str:
@@ -20,14 +21,28 @@ def lr_label(row: dict[str, Any]) -> str:
     return f"{row['lr']:.3g}" + (f" of {{{', '.join(f'{x:.3g}' for x in grid)}}}" if grid else "")
 
 
+def _num(x: float | None) -> str:
+    return "∞" if x is not None and math.isinf(x) else ("?" if x is None else f"{x:.2g}")
+
+
+def verdict_text(d: dict[str, Any]) -> str:
+    """A primary comparison's verdict in words: resolved with its Holm p, equivalent within the margin, or
+    undecided with the smallest difference these seeds could detect and the seeds the margin needs."""
+    if d["verdict"] in ("higher", "lower"):
+        return f"resolved, {d['verdict']} (Holm p {d['p_holm']:.2g})"
+    if d["verdict"] == "equivalent":
+        return f"equivalent within ±{d['margin']:g} (Holm TOST p {d['p_tost_holm']:.2g})"
+    need = "" if d["seeds_needed"] is None else f", {d['seeds_needed']} pairs for ±{d['margin']:g}"
+    return f"undecided (p {d['p_holm']:.2g}; detectable ≥ {_num(d['mde'])}{need})"
+
+
 def diff_label(d: dict[str, Any] | None) -> str:
-    """A paired difference as `mean [low, high] verdict` (n pairs when fewer than all)."""
+    """A paired difference as `mean [95% t interval]`, then the verdict where the comparison has one."""
     if d is None or d["mean"] is None:
         return "" if d is None else "no pairs"
-    if d["n"] < 2:
-        return f"{d['mean']:+.3g} (one pair: no interval)"
-    mark = "**resolved**" if d["resolved"] else "not resolved"
-    return f"{d['mean']:+.3g} [{d['ci_low']:+.3g}, {d['ci_high']:+.3g}] {mark}"
+    text = (f"{d['mean']:+.3g} (one pair: no interval)" if d["n"] < 2
+            else f"{d['mean']:+.3g} [{d['ci_low']:+.3g}, {d['ci_high']:+.3g}]")
+    return f"{text} {verdict_text(d)}" if d.get("verdict") else text
 
 
 def paired_lookup(paired: list[dict[str, Any]], row: dict[str, Any], baseline: str, metric: str) -> dict | None:
@@ -54,15 +69,43 @@ def level_text(rows: list[dict[str, Any]], refs: list[dict[str, Any]]) -> str:
 
 
 def findings(paired: list[dict[str, Any]]) -> list[str]:
-    """One line per resolved difference; a line saying so when none is resolved."""
+    """One line per declared comparison (the primary metric against each baseline): its difference, verdict and,
+    when undecided, what these seeds could have detected; a line saying so when nothing was declared."""
     lines = []
-    for d in paired:
-        if d["resolved"]:
-            label = f"{d['attribution']} ({d['ratio']:g}) + {d['objective']}"
-            lines.append(f"- {label} has a {d['verdict']} {d['metric']} than {d['baseline']}: "
-                         f"{d['mean']:+.3g} [{d['ci_low']:+.3g}, {d['ci_high']:+.3g}] over {d['n']} seeds")
-    if not lines and paired and all(d["n"] < MIN_PAIRS for d in paired):
-        return [f"- No paired difference can be resolved: fewer than {MIN_PAIRS} seeds pair each method with its "
-                "baseline, so no method is ranked above another."]
-    return lines or ["- No paired difference is resolved: every 95% interval includes 0, so no method is "
-                     "ranked above another."]
+    for d in (d for d in paired if d.get("role") == "primary"):
+        label = f"{d['attribution']} ({d['ratio']:g}) + {d['objective']}"
+        if not d["n"]:
+            lines.append(f"- {label} vs {d['baseline']}, {d['metric']}: no seed pairs, no verdict.")
+            continue
+        sd = "" if d["sd"] is None else f", σ_d {d['sd']:.2g}"
+        floor = min_pairs(d["alpha"] / d["family"])
+        short = (f"; an exact test over a family of {d['family']} needs ≥ {floor} pairs"
+                 if d["n"] < floor and d["verdict"] == "undecided" else "")
+        lines.append(f"- {label} vs {d['baseline']}, {d['metric']}: {diff_label(d)} over {d['n']} seed pairs"
+                     f"{sd}{short}.")
+    return lines or ["- No declared comparison: no method was paired by seed with a declared baseline."]
+
+
+def protocol_text(cfg: CompareConfig) -> str:
+    """The declared comparisons and the rule that decides them, in one paragraph."""
+    return (f"Declared before the runs: {cfg.primary} against {', '.join(cfg.baselines)}, paired by seed. "
+            f"Resolved: Holm-adjusted exact sign-flip permutation p < {cfg.alpha:g} over the family; equivalent: "
+            f"Holm-adjusted TOST p < {cfg.alpha:g} within ±{cfg.margin:g}; otherwise undecided, with the smallest "
+            f"difference these seeds could detect (power {cfg.power:g}) and the pairs a difference of the margin "
+            "needs. Intervals: 95% paired Student t. Other metrics and baselines against each other: interval, no "
+            "verdict (docs/metrics.md, Verdicts).")
+
+
+PAIRED_HEAD = ["method", "vs", "metric", "pairs", "mean [95% t]", "σ_d", "p (exact)", "Holm p", "Holm TOST p",
+               "verdict", "detectable ≥", "pairs for margin"]
+
+
+def paired_cells(d: dict[str, Any]) -> list[str]:
+    def num(key: str) -> str:
+        return "" if d.get(key) is None else ("∞" if d[key] == float("inf") else f"{d[key]:.3g}")
+
+    interval = "" if d["mean"] is None else (f"{d['mean']:+.3g}" + (
+        "" if d["ci_low"] is None else f" [{d['ci_low']:+.3g}, {d['ci_high']:+.3g}]"))
+    return [f"{d['attribution']} ({d['ratio']:g}) + {d['objective']}", d["baseline"], d["metric"], str(d["n"]),
+            interval, num("sd"), num("p"), num("p_holm"), num("p_tost_holm"), d["verdict"] or "(no verdict)",
+            num("mde"), "" if d.get("seeds_needed") is None else str(d["seeds_needed"])]

@@ -8,7 +8,19 @@ import base64
 import html
 from typing import Any
 
-from leaderboard.headline import findings, level_text, lr_label, matched, method_label, paired_lookup
+from leaderboard.headline import (
+    PAIRED_HEAD,
+    diff_label,
+    findings,
+    level_text,
+    lr_label,
+    matched,
+    method_label,
+    paired_cells,
+    paired_lookup,
+    protocol_text,
+)
+from leaderboard.verdicts import CompareConfig
 
 ARROW = {"higher": "↑", "lower": "↓", "zero": "→0"}
 HINT = {"higher": "higher is better", "lower": "lower is better", "zero": "closer to 0 is better",
@@ -23,7 +35,8 @@ table { border-collapse: collapse; font-size: 13px; margin: 0.5em 0 1em; }
 table.headline { font-size: 13px; }
 table.headline td { white-space: nowrap; }
 td.better { background: #d9f2d9; font-weight: 600; } td.worse { background: #f7d9d9; font-weight: 600; }
-td.unresolved { color: #666; }
+td.unresolved { color: #666; } td.equivalent { background: #e3ebf7; }
+td.diff { white-space: normal; min-width: 9em; } .verdict { font-size: 11px; }
 details { margin: 0.5em 0; } summary { cursor: pointer; font-weight: 600; }
 .wide { overflow-x: auto; }
 th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; }
@@ -72,15 +85,26 @@ def _fmt(x: float | None) -> str:
 
 
 def _diff_cell(d: dict[str, Any] | None) -> str:
+    """A paired difference: mean and interval, then its verdict where it has one (better / worse / equivalent
+    highlighted, undecided grey); the full verdict text as the cell's title."""
     if d is None:
         return _cell(None, "")
     if d["mean"] is None:
         return _cell(None, "no pairs", "unresolved")
-    css = {"higher": "better", "lower": "worse"}.get(d["verdict"], "unresolved")
-    text = (f'{d["mean"]:+.3g} <span class="ci">(one pair: no interval)</span>' if d["n"] < 2 else
-            f'{d["mean"]:+.3g} <span class="ci">[{d["ci_low"]:+.3g}, {d["ci_high"]:+.3g}]</span> '
-            + ("resolved" if d["resolved"] else "not resolved"))
-    return f'<td class="{css}" data-value="{d["mean"]!r}" title="{d["n"]} seed pairs">{text}</td>'
+    verdict = d.get("verdict") or ""
+    css = {"higher": "better", "lower": "worse", "equivalent": "equivalent"}.get(verdict, "unresolved")
+    text = (f'{d["mean"]:+.3g} <span class="ci">(one pair)</span>' if d["n"] < 2 else
+            f'{d["mean"]:+.3g} <span class="ci">[{d["ci_low"]:+.3g}, {d["ci_high"]:+.3g}]</span>')
+    if verdict:
+        short = {"higher": "resolved ↑", "lower": "resolved ↓", "equivalent": f"equivalent ±{d['margin']:g}"}.get(
+            verdict, f"undecided, detectable ≥ {_detectable(d['mde'])}")
+        text += f'<br><span class="verdict">{html.escape(short)}</span>'
+    title = html.escape(f"{d['n']} seed pairs; {diff_label(d)}", quote=True)
+    return f'<td class="diff {css}" data-value="{d["mean"]!r}" title="{title}">{text}</td>'
+
+
+def _detectable(x: float | None) -> str:
+    return "?" if x is None else ("∞" if x == float("inf") else f"{x:.2g}")
 
 
 def _stat_cell(s: dict[str, Any] | None, n: int) -> str:
@@ -92,11 +116,12 @@ def _stat_cell(s: dict[str, Any] | None, n: int) -> str:
     return f'<td data-value="{s["mean"]!r}">{_fmt(s["mean"])}{ci}</td>'
 
 
-def _headline(rows: list[dict[str, Any]], references: list[dict[str, Any]], paired: list[dict[str, Any]]) -> str:
+def _headline(rows: list[dict[str, Any]], references: list[dict[str, Any]], paired: list[dict[str, Any]],
+              cfg: CompareConfig) -> str:
     head = ['<th class="text">method</th>', '<th class="text">lr</th>', "<th>reached</th>",
             '<th title="the forget probe where the run stopped">forget at stop</th>',
             '<th title="higher is better">utility at match ↑</th>', '<th title="higher is better">trade-off ↑</th>',
-            "<th>Δ utility vs dense</th>", "<th>Δ trade-off vs dense</th>"]
+            *(f"<th>{html.escape(cfg.primary)} vs {html.escape(b)}</th>" for b in cfg.baselines)]
     body = []
     for ref in references:
         probe, m = ref.get("probe") or {}, ref.get("metrics") or {}
@@ -104,7 +129,7 @@ def _headline(rows: list[dict[str, Any]], references: list[dict[str, Any]], pair
         score = (m.get("tradeoff_score") or {}).get("value", 0.0 if ref.get("role") == "target" else None)
         body.append('<tr class="reference">' + _cell(f"{ref.get('role')} model", css="text") + _cell(None, "", "text")
                     + _cell(None, "") + _cell(probe.get("forget"), _fmt(probe.get("forget"))) + _cell(util, _fmt(util))
-                    + _cell(score, _fmt(score)) + _cell(None, "") + _cell(None, "") + "</tr>")
+                    + _cell(score, _fmt(score)) + "".join(_cell(None, "") for _ in cfg.baselines) + "</tr>")
     for r in matched(rows):
         reached = r["metrics"].get("match_reached")
         k = round(reached["mean"] * reached["n"]) if reached else 0
@@ -113,20 +138,18 @@ def _headline(rows: list[dict[str, Any]], references: list[dict[str, Any]], pair
                     + _stat_cell(r["metrics"].get("match_forget"), r["n"])
                     + _stat_cell(r["metrics"].get("match_utility"), r["n"])
                     + _stat_cell(r["metrics"].get("tradeoff_score"), r["n"])
-                    + _diff_cell(paired_lookup(paired, r, "dense", "match_utility"))
-                    + _diff_cell(paired_lookup(paired, r, "dense", "tradeoff_score")) + "</tr>")
+                    + "".join(_diff_cell(paired_lookup(paired, r, b, cfg.primary)) for b in cfg.baselines) + "</tr>")
     return (f'<table class="sortable headline"><thead><tr>{"".join(head)}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table>')
 
 
 def _paired_table(paired: list[dict[str, Any]]) -> str:
-    head = '<tr><th class="text">method</th><th class="text">vs</th><th class="text">metric</th><th>pairs</th>' \
-           "<th>difference [95% interval]</th></tr>"
-    body = "".join(
-        "<tr>" + _cell(f"{d['attribution']} ({d['ratio']:g}) + {d['objective']}", css="text")
-        + _cell(d["baseline"], css="text") + _cell(d["metric"], css="text") + _cell(d["n"]) + _diff_cell(d) + "</tr>"
-        for d in paired)
-    return f'<table class="sortable"><thead>{head}</thead><tbody>{body}</tbody></table>'
+    head = "".join(f'<th class="text">{html.escape(h)}</th>' if i < 3 or h == "verdict" else
+                   f"<th>{html.escape(h)}</th>" for i, h in enumerate(PAIRED_HEAD))
+    body = "".join("<tr>" + "".join(_cell(c, css="text" if i < 3 or PAIRED_HEAD[i] == "verdict" else "")
+                                    for i, c in enumerate(paired_cells(d))) + "</tr>" for d in paired)
+    return (f'<div class="wide"><table class="sortable"><thead><tr>{head}</tr></thead><tbody>{body}</tbody>'
+            "</table></div>")
 
 
 def _metric_table(metrics: list[str], rows: list[dict[str, Any]], references: list[dict[str, Any]],
@@ -158,22 +181,22 @@ def _img(png: bytes | None, css: str, alt: str) -> str:
 
 def task_section(task: str, rows: list[dict[str, Any]], references: list[dict[str, Any]],
                  directions: dict[str, str], tradeoff: bytes | None, density: bytes | None,
-                 paired: list[dict[str, Any]] | None = None, plots: dict[str, bytes | None] | None = None) -> str:
+                 paired: list[dict[str, Any]] | None = None, plots: dict[str, bytes | None] | None = None,
+                 cfg: CompareConfig | None = None) -> str:
     """The matched-forgetting headline and paired differences first (when the runs have them), then the plots,
     then every metric in collapsible groups (forget, utility, matched forgetting, details, timing)."""
-    paired, plots = paired or [], plots or {}
+    paired, plots, cfg = paired or [], plots or {}, cfg or CompareConfig()
     parts = [f'<section id="task-{html.escape(task)}"><h2>{html.escape(task)}</h2>']
     if matched(rows):
         lines = "".join(f"<li>{html.escape(line[2:])}</li>" for line in findings(paired))
         parts += ["<h3>Matched forgetting</h3>",
                   f"<p>Each run unlearns until its forget probe reaches {html.escape(level_text(rows, references))}"
-                  "; methods are compared there. Δ: paired by seed against dense, mean and 95% bootstrap interval; "
-                  "highlighted only when resolved (the interval excludes 0). ⚠: some seeds never reached the "
-                  "level.</p>",
-                  _headline(rows, references, paired), f"<ul>{lines}</ul>",
+                  "; methods are compared there. ⚠: some seeds never reached the level. "
+                  f"{html.escape(protocol_text(cfg))}</p>",
+                  _headline(rows, references, paired, cfg), f'<h4>Verdicts</h4><ul class="verdicts">{lines}</ul>',
                   _img(plots.get("trajectory"), "trajectory", f"{task}: unlearning trajectories"),
                   _img(plots.get("ratios"), "ratios", f"{task}: trade-off score by ratio"),
-                  "<details><summary>Paired differences against dense and WAGLE</summary>",
+                  "<details><summary>Paired differences: every test</summary>",
                   _paired_table(paired), "</details>"]
     parts.append(_img(tradeoff, "tradeoff", f"{task}: forgetting vs utility"))
     parts.append(_img(plots.get("axes"), "tradeoff", f"{task}: probed forgetting vs utility"))
@@ -199,7 +222,7 @@ def page(sections: list[str], n_records: int) -> str:
     return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>unlearn-bench leaderboard</title>'
             f"<style>{STYLE}</style></head>\n<body><h1>unlearn-bench leaderboard</h1>\n"
             f"<p>Built from {n_records} run records alone. Each cell is the mean over seeds; with two or more seeds "
-            f"the 95% bootstrap interval of the mean follows in brackets. Click a column to sort; arrows give each "
+            f"the 95% Student t interval of the mean follows in brackets. Click a column to sort; arrows give each "
             f"metric's better direction. Reference rows are the target and retain models. Definitions: "
             f"docs/metrics.md.</p>\n"
             + "\n".join(sections) + f"\n<script>{SCRIPT}</script>\n</body></html>\n")

@@ -1,25 +1,23 @@
-"""Paired differences between methods, seed by seed: each method against dense and against WAGLE (same task,
-model and objective; WAGLE at the same ratio), on utility at matched forgetting and the trade-off score.
+"""Paired differences between methods, seed by seed, and the verdicts declared on them.
 
-For a method M, a baseline B and a metric, the differences d_s = M_s - B_s over the seeds both ran (and both
-have a value: a run that never reached the level has no utility at the match) get their mean and a 95%
-percentile-bootstrap interval of the mean (aggregate.bootstrap_ci). A difference is *resolved* only when that
-interval excludes 0 and there are at least three pairs (with two, the percentile interval is just the two
-differences); otherwise it is reported as not resolved, and no winner is named. With 3 seeds the interval
-spans roughly the smallest to the largest difference, so resolved then means every seed agrees on the sign.
+For a method M, a baseline B (an attribution the sweep declared: dense, and random at M's own ratio, by
+default; same task, model and objective) and a metric, the differences d_s = M_s − B_s over the seeds both
+ran, where both have a value (a run that never reached the level has no utility at the match). The primary
+metric's comparisons of every method that is not itself a baseline form one declared family per task and
+model, decided by leaderboard.verdicts (exact sign-flip permutation test, Holm, TOST); the other rows (the
+secondary metrics, baselines against each other) get the mean and its paired t interval, no verdict.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
+from leaderboard import verdicts
+from leaderboard.aggregate import config_key, objective_label
+from leaderboard.verdicts import CompareConfig
 
-from leaderboard.aggregate import bootstrap_ci, config_key, objective_label
-
-METRICS = ("match_utility", "tradeoff_score")
-BASELINES = ("dense", "wagle")
-MIN_PAIRS = 3
+STATS = ("n", "mean", "sd", "ci_low", "ci_high", "family", "margin", "alpha", "p", "p_holm", "p_tost", "p_tost_holm",
+         "verdict", "mde", "seeds_needed")
 
 
 def _method(spec: dict[str, Any]) -> tuple:
@@ -49,37 +47,41 @@ def _value(record: dict[str, Any], metric: str) -> float | None:
     return ((record.get("metrics") or {}).get(metric) or {}).get("value")
 
 
-def difference(method_runs: dict[int, dict], base_runs: dict[int, dict], metric: str) -> dict[str, Any]:
-    """Mean paired difference over common seeds, its 95% bootstrap interval and whether it is resolved."""
-    diffs = []
+def differences(method_runs: dict[int, dict], base_runs: dict[int, dict], metric: str) -> list[float]:
+    """M_s − B_s over the seeds both ran and both have a value of `metric`, in seed order."""
+    out = []
     for seed in sorted(set(method_runs) & set(base_runs)):
         a, b = _value(method_runs[seed], metric), _value(base_runs[seed], metric)
         if a is not None and b is not None:
-            diffs.append(a - b)
-    if not diffs:
-        return {"n": 0, "mean": None, "ci_low": None, "ci_high": None, "resolved": False, "verdict": "no pairs"}
-    low, high = bootstrap_ci(diffs)
-    resolved = len(diffs) >= MIN_PAIRS and (low > 0 or high < 0)
-    verdict = ("higher" if low > 0 else "lower") if resolved else "not resolved"
-    return {"n": len(diffs), "mean": float(np.mean(diffs)), "ci_low": low, "ci_high": high, "resolved": resolved,
-            "verdict": verdict}
+            out.append(a - b)
+    return out
 
 
-def paired_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (method, baseline, metric) where both ran matched forgetting; sorted."""
+def paired_rows(records: list[dict[str, Any]], cfg: CompareConfig | None = None) -> list[dict[str, Any]]:
+    """One row per (method, declared baseline, compared metric) where both have values; the primary rows of
+    methods that are not baselines carry their family's verdicts. Sorted by method, baseline, metric."""
+    cfg = cfg or CompareConfig()
     by_method = _by_method(records)
     methods = sorted(by_method, key=lambda m: tuple(str(x) for x in m))
-    rows = []
+    rows, family, diffs = [], {}, {}
     for m in methods:
-        for name in BASELINES:
+        for name in cfg.baselines:
             base = _baseline(m, name, methods)
             if base is None:
                 continue
-            for metric in METRICS:
-                if not any(_value(r, metric) is not None or metric in (r.get("metrics") or {})
-                           for r in by_method[m].values()):
+            for metric in [cfg.primary, *cfg.secondary]:
+                if not any(metric in (r.get("metrics") or {}) for r in by_method[m].values()):
                     continue
-                rows.append({"task": m[0], "model": m[1], "attribution": m[2], "ratio": m[3], "objective": m[4],
-                             "config": m[5], "baseline": name, "metric": metric,
-                             **difference(by_method[m], by_method[base], metric)})
+                d = differences(by_method[m], by_method[base], metric)
+                row = {"task": m[0], "model": m[1], "attribution": m[2], "ratio": m[3], "objective": m[4],
+                       "config": m[5], "baseline": name, "metric": metric,
+                       "role": "primary" if metric == cfg.primary and m[2] not in cfg.baselines else "secondary",
+                       **dict.fromkeys(STATS), "verdict": "", **verdicts.describe(d)}
+                rows.append(row)
+                diffs[id(row)] = d
+                if row["role"] == "primary":
+                    family.setdefault((m[0], m[1]), []).append(row)
+    for members in family.values():
+        for row, decided in zip(members, verdicts.decide([diffs[id(r)] for r in members], cfg), strict=True):
+            row.update(decided)
     return rows

@@ -10,8 +10,20 @@ from typing import Any
 
 from harness import records
 from harness.cache import stable_hash
-from leaderboard import aggregate, html, paired, plots
-from leaderboard.headline import diff_label, findings, level_text, lr_label, matched, method_label, paired_lookup
+from leaderboard import aggregate, html, paired, plots, verdicts
+from leaderboard.headline import (
+    PAIRED_HEAD,
+    diff_label,
+    findings,
+    level_text,
+    lr_label,
+    matched,
+    method_label,
+    paired_cells,
+    paired_lookup,
+    protocol_text,
+)
+from leaderboard.verdicts import CompareConfig
 
 log = logging.getLogger(__name__)
 ARROW = html.ARROW
@@ -92,12 +104,13 @@ def _ci(s: dict[str, Any] | None, n: int) -> str:
             + (f" ({k} of {n} seeds)" if k < n else ""))
 
 
-def headline_rows(rows: list[dict[str, Any]], refs: list[dict[str, Any]],
-                  paired: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+def headline_rows(rows: list[dict[str, Any]], refs: list[dict[str, Any]], paired: list[dict[str, Any]],
+                  cfg: CompareConfig) -> tuple[list[str], list[list[str]]]:
     """The matched-forgetting headline: per method the chosen rate, how many seeds reached the level, the
-    forget probe where it stopped, utility at the match, trade-off score, and the paired differences vs dense."""
+    forget probe where it stopped, utility at the match, trade-off score, and its verdict on the primary metric
+    against each declared baseline."""
     head = ["method", "lr", "reached", "forget probe at stop", "utility at match ↑", "trade-off score ↑",
-            "Δ utility vs dense", "Δ trade-off vs dense"]
+            *(f"{cfg.primary} vs {b}" for b in cfg.baselines)]
     out = []
     for ref in refs:
         probe = ref.get("probe") or {}
@@ -105,15 +118,15 @@ def headline_rows(rows: list[dict[str, Any]], refs: list[dict[str, Any]],
         util = (m.get("match_utility") or {}).get("value")
         score = (m.get("tradeoff_score") or {}).get("value", 0.0 if ref.get("role") == "target" else None)
         out.append([f"{ref.get('role')} model", "", "", "" if "forget" not in probe else f"{probe['forget']:.4g}",
-                    "" if util is None else f"{util:.4g}", "" if score is None else f"{score:.4g}", "", ""])
+                    "" if util is None else f"{util:.4g}", "" if score is None else f"{score:.4g}",
+                    *("" for _ in cfg.baselines)])
     for r in matched(rows):
         reached = r["metrics"].get("match_reached")
         k = round(reached["mean"] * reached["n"]) if reached else 0
         out.append([method_label(r), lr_label(r), f"{k}/{r['n']}" + ("" if k == r["n"] else " ⚠"),
                     _ci(r["metrics"].get("match_forget"), r["n"]), _ci(r["metrics"].get("match_utility"), r["n"]),
                     _ci(r["metrics"].get("tradeoff_score"), r["n"]),
-                    diff_label(paired_lookup(paired, r, "dense", "match_utility")),
-                    diff_label(paired_lookup(paired, r, "dense", "tradeoff_score"))])
+                    *(diff_label(paired_lookup(paired, r, b, cfg.primary)) for b in cfg.baselines)])
     return head, out
 
 
@@ -123,26 +136,23 @@ def _md_table(head: list[str], body: list[list[str]]) -> list[str]:
 
 def markdown(tasks: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, str]]],
              paired: list[dict[str, Any]] | None = None, probed: set[str] | frozenset[str] = frozenset(),
-             headlines: dict[str, dict[str, str]] | None = None) -> str:
+             headlines: dict[str, dict[str, str]] | None = None, cfg: CompareConfig | None = None) -> str:
     """Per task: the matched-forgetting headline and paired differences (when runs have them), then every
     metric as mean [95% CI] when there are several seeds; the `probed` metrics (group probe) in tables of
     their own: the headline forget metric next to its probed values, then every probe metric."""
-    paired, headlines = paired or [], headlines or {}
-    out = ["# Leaderboard", "", "Mean over seeds; [95% bootstrap interval of the mean] with two or more seeds.", ""]
+    paired, headlines, cfg = paired or [], headlines or {}, cfg or CompareConfig()
+    out = ["# Leaderboard", "", "Mean over seeds; [95% Student t interval of the mean] with two or more seeds.", ""]
     for task, (rows, refs, directions) in sorted(tasks.items()):
         out += [f"## {task}", ""]
         task_paired = [d for d in paired if d["task"] == task]
         if matched(rows):
             out += ["### Matched forgetting", "",
                     f"Each run unlearns until its forget probe reaches {level_text(rows, refs)}; utility at the "
-                    "match and the "
-                    "trade-off score are defined in docs/metrics.md. Δ: paired by seed, mean [95% bootstrap "
-                    "interval]; resolved only when the interval excludes 0. ⚠: some seeds never reached the level.",
-                    "", *_md_table(*headline_rows(rows, refs, task_paired)), "", "### Paired differences", ""]
-            body = [[f"{d['attribution']} ({d['ratio']:g}) + {d['objective']}", d["baseline"], d["metric"],
-                     str(d["n"]), diff_label(d)] for d in task_paired]
-            out += [*_md_table(["method", "vs", "metric", "pairs", "difference"], body), "", *findings(task_paired),
-                    "", "### All metrics", ""]
+                    "match and the trade-off score are defined in docs/metrics.md. ⚠: some seeds never reached "
+                    f"the level. {protocol_text(cfg)}",
+                    "", *_md_table(*headline_rows(rows, refs, task_paired, cfg)), "", "### Verdicts", "",
+                    *findings(task_paired), "", "### Paired differences", ""]
+            out += [*_md_table(PAIRED_HEAD, [paired_cells(d) for d in task_paired]), "", "### All metrics", ""]
         here = set(directions) & set(probed)
         out += _metric_table(rows, refs, directions, sorted(set(directions) - here))
         if here:
@@ -193,14 +203,17 @@ def _metric_table(rows: list[dict[str, Any]], refs: list[dict[str, Any]], direct
     return out
 
 
-def paired_csv(paired: list[dict[str, Any]]) -> str:
-    fields = ["task", "model", "attribution", "ratio", "objective", "config", "baseline", "metric", "n", "mean",
-              "ci_low", "ci_high", "resolved", "verdict"]
+PAIRED_FIELDS = ["task", "model", "attribution", "ratio", "objective", "config", "baseline", "metric", "role",
+                 *paired.STATS]
+
+
+def paired_csv(rows: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=PAIRED_FIELDS, lineterminator="\n")
     writer.writeheader()
-    for d in paired:
-        writer.writerow({k: (f"{d[k]:.6g}" if isinstance(d[k], float) else d[k]) for k in fields})
+    for d in rows:
+        writer.writerow({k: ("" if d.get(k) is None else f"{d[k]:.6g}" if isinstance(d[k], float) else d[k])
+                         for k in PAIRED_FIELDS})
     return buf.getvalue()
 
 
@@ -244,7 +257,8 @@ def write_all(results_dir: Path, out_dir: Path, task: str | None = None,
 
     records = [r for r in read_records(results_dir) if task is None or r["spec"].get("task") == task]
     rows = aggregate.method_rows(records)
-    pairs = paired.paired_rows(records)
+    cfg = verdicts.load_protocol(results_dir)
+    pairs = paired.paired_rows(records, cfg)
     per_task: dict[str, tuple[list, list, dict[str, str]]] = {}
     for name in sorted({r["spec"].get("task") or "" for r in records}):
         task_records = [r for r in records if r["spec"].get("task") == name]
@@ -260,7 +274,7 @@ def write_all(results_dir: Path, out_dir: Path, task: str | None = None,
     probed = {m for r in records for m, v in (r.get("metrics") or {}).items() if v.get("group") == "probe"}
     headlines = {name: next((r["headline"] for r in records if r["spec"].get("task") == name and r.get("headline")),
                             None) for name in per_task}
-    atomic_write_text(written[2], markdown(per_task, pairs, probed, headlines))
+    atomic_write_text(written[2], markdown(per_task, pairs, probed, headlines, cfg))
     atomic_write_text(written[4], paired_csv(pairs))
     sections = []
     for name, (task_rows, refs, directions) in per_task.items():
@@ -294,6 +308,6 @@ def write_all(results_dir: Path, out_dir: Path, task: str | None = None,
                 atomic_write_bytes(written[-1], png)
         task_pairs = [d for d in pairs if d["task"] == name]
         sections.append(html.task_section(name, task_rows, refs, directions, tradeoff, density, task_pairs,
-                                          dict(extra, axes=second)))
+                                          dict(extra, axes=second), cfg))
     atomic_write_text(written[3], html.page(sections, len(records)))
     return written

@@ -1,4 +1,4 @@
-"""Leaderboard files from records alone: aggregation over seeds with bootstrap intervals (checked by hand),
+"""Leaderboard files from records alone: aggregation over seeds with t intervals (checked by formula),
 the Pareto front, byte-identical regeneration, and the HTML page in a real headless Chromium."""
 
 from __future__ import annotations
@@ -46,19 +46,13 @@ def results(tmp_path) -> Path:
     return tmp_path / "results"
 
 
-def test_bootstrap_interval_by_hand():
-    # two values: resampled means are a (1/4), (a+b)/2 (1/2), b (1/4): the 2.5% / 97.5% quantiles are a and b
-    low, high = aggregate.bootstrap_ci([1.0, 3.0])
-    assert (low, high) == (1.0, 3.0)
-    assert aggregate.bootstrap_ci([0.7]) == (0.7, 0.7)
-    assert aggregate.bootstrap_ci([2.0, 2.0, 2.0]) == (2.0, 2.0)
-    # many values: close to scipy's percentile bootstrap of the mean
-    values = np.random.default_rng(1).normal(0.5, 0.1, 40)
-    ref = stats.bootstrap((values,), np.mean, method="percentile", n_resamples=10_000, random_state=0)
-    low, high = aggregate.bootstrap_ci(values.tolist())
-    assert low == pytest.approx(ref.confidence_interval.low, abs=0.006)
-    assert high == pytest.approx(ref.confidence_interval.high, abs=0.006)
-    assert low < values.mean() < high
+def test_interval_over_seeds_by_formula():
+    # [0.5, 0.7, 0.6]: mean 0.6, s 0.1, t(0.975, 2) = 4.3027: 0.6 ± 4.3027 · 0.1 / √3
+    low, high = aggregate.mean_ci([0.5, 0.7, 0.6])
+    half = stats.t.ppf(0.975, 2) * 0.1 / np.sqrt(3)
+    assert (low, high) == pytest.approx((0.6 - half, 0.6 + half)) and half == pytest.approx(0.24841, abs=1e-5)
+    assert aggregate.mean_ci([0.7]) == (0.7, 0.7)
+    assert aggregate.mean_ci([2.0, 2.0, 2.0]) == (2.0, 2.0)
 
 
 def test_method_rows_aggregate_seeds(results):
@@ -68,7 +62,8 @@ def test_method_rows_aggregate_seeds(results):
     w = by["wagle"]
     assert w["n"] == 3 and w["seeds"] == "0 1 2"
     assert w["metrics"]["forget_rouge"]["mean"] == pytest.approx(0.6)
-    assert w["metrics"]["forget_rouge"]["ci_low"] >= 0.5 and w["metrics"]["forget_rouge"]["ci_high"] <= 0.7
+    assert (w["metrics"]["forget_rouge"]["ci_low"], w["metrics"]["forget_rouge"]["ci_high"]) == pytest.approx(
+        (0.6 - 0.24841, 0.6 + 0.24841), abs=1e-5)
 
 
 def test_pareto_front_respects_directions():
@@ -180,10 +175,12 @@ def matched_results(tmp_path) -> Path:
     retain["probe"] = {"forget": 0.1, "utility": 0.5}
     retain["metrics"]["tradeoff_score"] = {"value": 1.0, "direction": "higher", "group": "match"}
     (runs / "retain.json").write_text(json.dumps(retain))
-    for seed in range(3):
+    for seed in range(7):  # 7 pairs: the fewest with which a family of two can resolve (docs/metrics.md)
         _matched(runs, f"dense-{seed}", "dense", seed, 0.40 + 0.01 * seed, 0.70 + 0.01 * seed)
-        _matched(runs, f"wagle-{seed}", "wagle", seed, 0.45 + 0.01 * seed, [0.69, 0.72, 0.72][seed])
-        _matched(runs, f"random-{seed}", "random", seed, None if seed == 2 else 0.30, 0.50)
+        _matched(runs, f"wagle-{seed}", "wagle", seed, 0.45 + 0.01 * seed,
+                 0.70 + 0.01 * seed + [0.05, 0.06, 0.04, 0.05, 0.07, 0.05, 0.06][seed])
+        _matched(runs, f"random-{seed}", "random", seed, None if seed == 2 else 0.30, 0.76 + 0.01 * seed
+                 + [0.0, 0.002, -0.001, 0.001, -0.002, 0.0, 0.001][seed])
     return tmp_path / "matched"
 
 
@@ -191,19 +188,36 @@ def test_paired_differences_and_headline_by_hand(matched_results, tmp_path):
     table.write_all(matched_results, tmp_path / "board")
     pairs = {(p["attribution"], p["baseline"], p["metric"]): p
              for p in csv.DictReader((tmp_path / "board" / "paired.csv").open())}
-    # wagle - dense utility: +0.05 on every seed: resolved; trade-off: -0.01, +0.01, 0.0: not resolved
-    u = pairs[("wagle", "dense", "match_utility")]
-    assert float(u["mean"]) == pytest.approx(0.05) and u["resolved"] == "True" and u["verdict"] == "higher"
+    # wagle − dense trade-off: +0.04..+0.07 on all 7 seeds: exact p = 2/128, Holm over the family of two (vs dense,
+    # vs random) doubles the smaller p: resolved, higher
     t = pairs[("wagle", "dense", "tradeoff_score")]
-    assert float(t["mean"]) == pytest.approx(0.0) and t["resolved"] == "False"
-    r = pairs[("random", "dense", "match_utility")]
-    assert r["n"] == "2" and float(r["mean"]) == pytest.approx(-0.105)  # seed 2 never reached the level
-    # two pairs, both negative: still not resolved (at least three are needed)
-    assert pairs[("random", "wagle", "match_utility")]["verdict"] == "not resolved"
+    assert t["role"] == "primary" and t["family"] == "2" and float(t["mean"]) == pytest.approx(0.054286, abs=1e-6)
+    assert float(t["p"]) == pytest.approx(2 / 128) and float(t["p_holm"]) == pytest.approx(4 / 128)
+    assert t["verdict"] == "higher"
+    # wagle − random: −0.006 ± 0.0014 on 7 seeds: equivalent within ±0.02 (TOST), not resolved
+    r = pairs[("wagle", "random", "tradeoff_score")]
+    assert r["verdict"] == "equivalent" and float(r["p_holm"]) > 0.05 > float(r["p_tost_holm"])
+    # secondary metric: an interval, no verdict; a seed that never reached the level leaves the pairs
+    u = pairs[("wagle", "dense", "match_utility")]
+    assert u["role"] == "secondary" and u["verdict"] == "" and float(u["mean"]) == pytest.approx(0.05)
+    ru = pairs[("random", "dense", "match_utility")]
+    assert ru["n"] == "6" and ru["role"] == "secondary" and ru["verdict"] == ""  # random is a baseline itself
     md = (tmp_path / "board" / "leaderboard.md").read_text()
-    assert md.index("### Matched forgetting") < md.index("### All metrics")
-    assert "| random (0.5) + graddiff | 0.0001 of {0.0001, 0.0003} | 2/3 ⚠ |" in md
-    assert "wagle (0.5) + graddiff has a higher match_utility than dense: +0.05" in md
+    assert md.index("### Matched forgetting") < md.index("### Verdicts") < md.index("### All metrics")
+    assert "| random (0.5) + graddiff | 0.0001 of {0.0001, 0.0003} | 6/7 ⚠ |" in md
+    assert ("- wagle (0.5) + graddiff vs dense, tradeoff_score: +0.0543 [+0.0453, +0.0633] resolved, higher (Holm p "
+            "0.031) over 7 seed pairs") in md
+    assert "- wagle (0.5) + graddiff vs random, tradeoff_score: " in md and "equivalent within ±0.02" in md
+
+
+def test_an_undecided_verdict_says_what_the_seeds_could_have_detected(matched_results, tmp_path):
+    for seed in range(3, 7):
+        for name in ("dense", "wagle", "random"):
+            (matched_results / "runs" / f"{name}-{seed}.json").unlink()
+    table.write_all(matched_results, tmp_path / "board")
+    md = (tmp_path / "board" / "leaderboard.md").read_text()
+    line = next(x for x in md.splitlines() if x.startswith("- wagle (0.5) + graddiff vs dense"))
+    assert "undecided (p 0.5; detectable ≥ ∞" in line and "an exact test over a family of 2 needs ≥ 7 pairs" in line
 
 
 def test_headline_fits_a_laptop_screen_and_highlights_resolved_differences(matched_results, tmp_path):
@@ -222,11 +236,14 @@ def test_headline_fits_a_laptop_screen_and_highlights_resolved_differences(match
         assert headline.size["width"] <= width
         assert driver.execute_script("return document.documentElement.scrollWidth") <= width
         labels = [h.text for h in headline.find_elements(By.TAG_NAME, "th")]
-        assert labels[:3] == ["method", "lr", "reached"] and "Δ utility vs dense" in labels
+        assert labels[:3] == ["method", "lr", "reached"] and labels[-2:] == ["tradeoff_score vs dense",
+                                                                             "tradeoff_score vs random"]
         wagle = next(r for r in headline.find_elements(By.CSS_SELECTOR, "tbody tr") if r.text.startswith("wagle"))
         cells = wagle.find_elements(By.TAG_NAME, "td")
-        assert "better" in cells[labels.index("Δ utility vs dense")].get_attribute("class")
-        assert "unresolved" in cells[labels.index("Δ trade-off vs dense")].get_attribute("class")
+        assert "better" in cells[-2].get_attribute("class") and "resolved ↑" in cells[-2].text
+        assert "equivalent" in cells[-1].get_attribute("class") and "equivalent ±0.02" in cells[-1].text
+        verdicts = driver.find_element(By.CSS_SELECTOR, "ul.verdicts").text
+        assert "resolved, higher" in verdicts and "equivalent within ±0.02" in verdicts
         assert not driver.find_element(By.CSS_SELECTOR, "details").get_attribute("open")  # other columns folded
         for img in driver.find_elements(By.CSS_SELECTOR, "img.tradeoff"):
             assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img) > 100
@@ -267,8 +284,14 @@ def test_headline_names_the_level_it_matched():
 
 def test_one_seed_pair_has_no_interval_and_ranks_nothing():
     from leaderboard.headline import diff_label, findings
+    from leaderboard.verdicts import CompareConfig, decide
 
-    one = {"n": 1, "mean": 0.0644, "ci_low": 0.0644, "ci_high": 0.0644, "resolved": False, "verdict": "not resolved"}
-    assert diff_label(one) == "+0.0644 (one pair: no interval)"
-    assert findings([one]) == ["- No paired difference can be resolved: fewer than 3 seeds pair each method with "
-                               "its baseline, so no method is ranked above another."]
+    (one,) = decide([[0.0644]], CompareConfig())
+    one.update(attribution="wagle", ratio=0.5, objective="graddiff", baseline="dense", metric="tradeoff_score",
+               role="primary")
+    assert diff_label(one).startswith("+0.0644 (one pair: no interval) undecided (p 1; detectable ≥ ∞")
+    assert findings([one]) == [f"- wagle (0.5) + graddiff vs dense, tradeoff_score: {diff_label(one)} over 1 seed "
+                               "pairs; an exact test over a family of 1 needs ≥ 6 pairs."]
+    assert findings([]) == ["- No declared comparison: no method was paired by seed with a declared baseline."]
+
+

@@ -85,9 +85,9 @@ def test_leaderboard_pairs_methods_and_shows_the_headline(protocol, tmp_path):
     assert {(p["attribution"], p["baseline"], p["metric"]) for p in pairs} >= {
         ("random", "dense", "tradeoff_score"), ("random", "dense", "match_utility")}
     trade = next(p for p in pairs if p["metric"] == "tradeoff_score")
-    assert trade["n"] == "2" and trade["resolved"] in ("True", "False")
+    assert trade["n"] == "2" and trade["role"] == "secondary" and trade["verdict"] == ""  # two baselines: no verdict
     md = files["leaderboard.md"].read_text()
-    assert "### Matched forgetting" in md and "Δ trade-off vs dense" in md and "of {" in md
+    assert "### Matched forgetting" in md and "tradeoff_score vs dense" in md and "of {" in md
     page = files["index.html"].read_text()
     assert page.index("Matched forgetting") < page.index("<details")  # the headline comes first
     assert "validation_match_utility" not in md  # tuning runs are not methods of the leaderboard
@@ -98,3 +98,12 @@ def test_leaderboard_pairs_methods_and_shows_the_headline(protocol, tmp_path):
 def test_rerun_skips_tuning_and_test_runs(protocol):
     cfg, results, _, _ = protocol
     assert sweep.run(cfg, results) == {"finished": 0, "skipped": 8, "failed": 0, "busy": 0}
+
+
+def test_the_sweep_declares_its_comparisons_before_the_runs(protocol):
+    _, results, _, _ = protocol
+    declared = json.loads((results / "comparisons.json").read_text())
+    assert declared["primary"] == "tradeoff_score" and declared["baselines"] == ["dense", "random"]
+    other = from_dict(sweep.SweepConfig, {**SWEEP, "compare": {"primary": "match_utility", "secondary": []}}, "other")
+    with pytest.raises(sweep.SweepError, match="declares other comparisons"):
+        sweep.run(other, results)

@@ -1,0 +1,197 @@
+"""Verdicts on paired seed differences: tests declared before the runs and valid at a handful of seeds.
+
+A sweep declares its comparisons (`CompareConfig`): one primary metric, the baselines every other method is
+compared with, an equivalence margin and α. For a method M and a baseline B the data are the paired
+differences d_s = M_s − B_s over the seeds both ran. Each comparison gets
+
+- the mean difference and its paired Student t interval (scipy.stats.ttest_1samp),
+- an exact sign-flip permutation p-value: all 2^n sign patterns of the d_s (scipy.stats.permutation_test,
+  permutation_type="samples"); its smallest two-sided value is 2 / 2^n, so nothing resolves below 6 pairs,
+- two one-sided t tests against ±margin (TOST, statsmodels' ttost_paired),
+
+and the primary comparisons of one task and model form the declared family: Holm's step-down correction
+(statsmodels' multipletests) adjusts both the permutation and the TOST p-values over it. The verdict:
+
+- **resolved** (higher or lower): Holm-adjusted permutation p < α;
+- **equivalent** within ±margin: Holm-adjusted TOST p < α;
+- **undecided** otherwise, with the minimum detectable effect at this n (paired t, two-sided α/m, the first
+  Holm step, power 0.8, at the observed σ_d; infinite while 2 / 2^n ≥ α/m) and the number of seeds that
+  would detect a difference of the margin at that σ_d.
+
+Secondary metrics get the mean and its t interval, never a verdict. Definitions: docs/metrics.md, "Verdicts".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import TTestPower
+from statsmodels.stats.weightstats import ttost_paired
+
+from harness.config import from_dict, option
+from harness.errors import ConfigError
+
+PROTOCOL_FILE = "comparisons.json"
+MAX_SEEDS = 100_000  # seeds_needed looks no further
+TINY = 1e-12  # a σ_d below this is rounding: the differences are all equal
+
+
+@dataclass
+class CompareConfig:
+    primary: str = option("tradeoff_score", "the metric the verdicts are declared on (one per task and model)")
+    secondary: list[str] = option(["match_utility"], "metrics compared pairwise with an interval but no verdict")
+    baselines: list[str] = option(["dense", "random"], "attributions every other method is compared with (random "
+                                                       "at the method's own ratio)")
+    margin: float = option(0.02, "equivalence margin: a difference within ±margin counts as no difference")
+    alpha: float = option(0.05, "family-wise error rate of the verdicts (Holm over the declared family)")
+    power: float = option(0.8, "power at which the minimum detectable effect and the seeds needed are stated")
+
+    def validate(self) -> None:
+        if not 0.0 < self.alpha < 1.0:
+            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
+        if not 0.0 < self.power < 1.0:
+            raise ValueError(f"power must be in (0, 1), got {self.power}")
+        if not self.margin > 0.0:
+            raise ValueError(f"margin must be positive, got {self.margin}")
+        if not self.baselines:
+            raise ValueError("baselines must name at least one attribution")
+        if self.primary in self.secondary:
+            raise ValueError(f"{self.primary} is the primary metric; leave it out of secondary")
+
+
+def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:
+    """Student t interval of the mean; None for fewer than two values, the mean for values all equal."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size < 2:
+        return None
+    if np.std(v) < TINY:
+        return float(v.mean()), float(v.mean())
+    low, high = stats.ttest_1samp(v, 0.0).confidence_interval(level)
+    return float(low), float(high)
+
+
+def sign_flip_p(diffs: Sequence[float] | np.ndarray) -> Any:
+    """Exact two-sided p of the mean over all 2^n sign flips of the paired differences (the last axis: a 2-D
+    array gives one p per row)."""
+    d = np.asarray(diffs, dtype=np.float64)
+    if d.shape[-1] < 2:  # one pair: its two sign patterns are one each side of zero
+        return 1.0 if d.ndim == 1 else np.ones(d.shape[:-1])
+    if d.ndim == 1 and np.all(d == 0):
+        return 1.0
+    result = stats.permutation_test((d,), np.mean, permutation_type="samples", n_resamples=np.inf,
+                                    alternative="two-sided", vectorized=True, axis=-1)
+    p = np.minimum(1.0, result.pvalue)
+    return float(p) if d.ndim == 1 else p
+
+
+def holm(pvalues: Sequence[float], alpha: float) -> np.ndarray:
+    """Holm-adjusted p-values of one family (statsmodels' multipletests)."""
+    return multipletests(pvalues, alpha=alpha, method="holm")[1]
+
+
+def tost_p(diffs: Sequence[float], margin: float) -> float:
+    """TOST p for |mean difference| < margin (paired t); 1.0 where it cannot be computed (n < 2, no spread)."""
+    d = np.asarray(diffs, dtype=np.float64)
+    if d.size < 2 or np.std(d) < TINY:
+        return 1.0
+    p, _, _ = ttost_paired(d, np.zeros_like(d), -margin, margin)
+    return float(p)
+
+
+def min_pairs(alpha: float) -> int:
+    """The fewest pairs whose exact sign-flip test can reach two-sided p < alpha: 2 / 2^n < alpha."""
+    return math.floor(math.log2(2.0 / alpha)) + 1
+
+
+def mde(sd: float | None, n: int, alpha: float, power: float) -> float | None:
+    """Minimum detectable effect of a two-sided paired t test at level alpha: Cohen's d times σ_d; inf where
+    the exact permutation test cannot reach alpha with n pairs; None without an estimate of σ_d."""
+    if n < min_pairs(alpha):
+        return math.inf
+    if sd is None or not np.isfinite(sd):
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        effect = TTestPower().solve_power(effect_size=None, nobs=n, alpha=alpha, power=power)
+    return float(np.asarray(effect).item()) * sd
+
+
+def seeds_needed(sd: float | None, effect: float, alpha: float, power: float) -> int | None:
+    """Seed pairs for a two-sided paired t test at level alpha to detect `effect` at σ_d = sd with `power`
+    (and at least the permutation test's minimum); None without an estimate of σ_d."""
+    if sd is None or not np.isfinite(sd):
+        return None
+    if sd < TINY:
+        return min_pairs(alpha)
+    def enough(n: int) -> bool:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return bool(TTestPower().power(effect_size=effect / sd, nobs=n, alpha=alpha) >= power)
+
+    high = 2
+    while not enough(high):  # power grows with n: double, then bisect
+        if high >= MAX_SEEDS:
+            return None
+        high *= 2
+    low = high // 2
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if enough(mid) else (mid, high)
+    return max(min_pairs(alpha), high)
+
+
+def describe(diffs: Sequence[float]) -> dict[str, Any]:
+    """n, mean, σ_d and the paired t interval of the differences (the part every comparison has)."""
+    d = np.asarray(diffs, dtype=np.float64)
+    if d.size == 0:
+        return {"n": 0, "mean": None, "sd": None, "ci_low": None, "ci_high": None}
+    ci = t_interval(d)
+    return {"n": int(d.size), "mean": float(d.mean()), "sd": float(d.std(ddof=1)) if d.size > 1 else None,
+            "ci_low": None if ci is None else ci[0], "ci_high": None if ci is None else ci[1]}
+
+
+def decide(family: list[list[float]], cfg: CompareConfig) -> list[dict[str, Any]]:
+    """The verdicts of one declared family (each entry a comparison's paired differences): raw and Holm-adjusted
+    permutation and TOST p-values, the verdict, the minimum detectable effect and the seeds needed."""
+    m = len(family)
+    if m == 0:
+        return []
+    perm = [sign_flip_p(d) if len(d) else 1.0 for d in family]
+    tost = [tost_p(d, cfg.margin) for d in family]
+    perm_holm, tost_holm = holm(perm, cfg.alpha), holm(tost, cfg.alpha)
+    out = []
+    for d, p, ph, t, th in zip(family, perm, perm_holm, tost, tost_holm, strict=True):
+        row = describe(d)
+        row.update({"family": m, "margin": cfg.margin, "alpha": cfg.alpha, "p": p, "p_holm": float(ph), "p_tost": t,
+                    "p_tost_holm": float(th),
+                    "mde": mde(row["sd"], row["n"], cfg.alpha / m, cfg.power),
+                    "seeds_needed": seeds_needed(row["sd"], cfg.margin, cfg.alpha / m, cfg.power)})
+        if row["n"] and ph < cfg.alpha:
+            row["verdict"] = "higher" if row["mean"] > 0 else "lower"
+        elif row["n"] and th < cfg.alpha:
+            row["verdict"] = "equivalent"
+        else:
+            row["verdict"] = "undecided"
+        out.append(row)
+    return out
+
+
+def load_protocol(results_dir: Path) -> CompareConfig:
+    """The comparisons a sweep declared in its results folder (`comparisons.json`), or the defaults."""
+    path = Path(results_dir) / PROTOCOL_FILE
+    if not path.is_file():
+        return CompareConfig()
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc.msg})") from None
+    return from_dict(CompareConfig, data, str(path))
