@@ -39,19 +39,26 @@ class SweepError(UnlearnBenchError):
 
 @dataclass
 class TuneConfig:
-    lr_factors: list[float] = option([], "multiples of each method's learning rate (after the per-attribution and "
-                                         "per-objective overrides) tried on the tuning seed; empty: no tuning")
-    seed: int | None = option(None, "seed of the tuning runs; null: one past the largest test seed, so no test "
-                                    "run's training is the one selected on")
+    enabled: bool = option(False, "tune each method's learning rate before its test runs (needs match.enabled)")
+    lr_factors: list[float] = option([1 / 3, 1.0, 3.0], "multiples of each method's learning rate (after the "
+                                                        "per-attribution and per-objective overrides) tried on "
+                                                        "every tuning seed")
+    extend: bool = option(True, "when the selected rate is the grid's smallest or largest, try one more step "
+                                "outward (the ratio between the edge and its neighbour) and select again")
+    seeds: list[int] = option([1000, 1001], "seeds of the tuning runs, fixed and never a test seed (adding a test "
+                                            "seed does not move them); the rule averages over them")
 
     def validate(self) -> None:
-        if any(f <= 0 for f in self.lr_factors):
-            raise ValueError(f"lr_factors must be positive, got {self.lr_factors}")
+        if not self.lr_factors or any(not f > 0 for f in self.lr_factors):
+            raise ValueError(f"lr_factors must be positive numbers, got {self.lr_factors}")
+        if not self.seeds:
+            raise ValueError("seeds must name at least one tuning seed")
 
 
-TUNE_RULE = ("among the rates whose tuning run reached the retain model's forgetting level, the highest "
-             "validation utility at the match (ties: the smaller rate); if none reached it, the highest "
-             "validation trade-off score")
+TUNE_RULE = ("per rate, over the tuning seeds: among the rates whose every tuning run reached the retain model's "
+             "forgetting level, the highest mean validation utility at the match (ties: the smaller rate); if "
+             "none did, the highest mean validation trade-off score; with extend, a choice on the grid's edge "
+             "adds one rate outward and the rule runs again over all")
 
 
 @dataclass
@@ -170,8 +177,11 @@ def _check(cfg: SweepConfig, where: str) -> None:
     for pair in cfg.exclude:
         if pair.count("/") != 1:
             raise ConfigError(f"{where}: exclude entry {pair!r} is not attribution/objective")
-    if cfg.tune.lr_factors and not cfg.match.enabled:
+    if cfg.tune.enabled and not cfg.match.enabled:
         raise ConfigError(f"{where}: tune needs match.enabled (it selects on utility at matched forgetting)")
+    shared = sorted(set(cfg.tune.seeds) & set(cfg.seeds)) if cfg.tune.enabled else []
+    if shared:
+        raise ConfigError(f"{where}: tune.seeds and seeds share {shared}: a test run must not be the one tuned on")
 
 
 def method_train(cfg: SweepConfig, attribution: str, objective: str, where: str = "sweep") -> TrainConfig:
@@ -225,38 +235,60 @@ def expand(cfg: SweepConfig, where: str = "sweep") -> list[RunSpec]:
                    for seed in cfg.seeds for m in _methods(cfg)])  # seed by seed: a cut sweep still pairs
 
 
-def tune_seed(cfg: SweepConfig) -> int:
-    return cfg.tune.seed if cfg.tune.seed is not None else max(cfg.seeds) + 1
+def _tuning_runs(cfg: SweepConfig, m: tuple[str, float, str, str], lr: float, where: str) -> list[RunSpec]:
+    train = replace(method_train(cfg, m[0], m[2], where), lr=lr)
+    return [_spec(cfg, m, seed, train, where, evaluate=False) for seed in cfg.tune.seeds]
 
 
 def tuning_grid(cfg: SweepConfig, where: str = "sweep") -> dict[tuple[str, float, str, str], list[RunSpec]]:
-    """Per method, its tuning runs: the tuning seed at each lr factor, probes only (evaluate false)."""
+    """Per method, its tuning runs: every tuning seed at each lr factor, probes only (evaluate false)."""
     _check(cfg, where)
     grid = {}
     for m in _methods(cfg):
-        base = method_train(cfg, m[0], m[2], where)
-        specs = [_spec(cfg, m, tune_seed(cfg), replace(base, lr=base.lr * f), where, evaluate=False)
-                 for f in cfg.tune.lr_factors]
+        base = method_train(cfg, m[0], m[2], where).lr
+        specs = [s for f in cfg.tune.lr_factors for s in _tuning_runs(cfg, m, base * f, where)]
         grid[(specs[0].attribution, specs[0].ratio, m[2], m[3])] = specs  # keyed as canonical (dense: ratio 1)
     return grid
 
 
 def select(tuning: list[records.Record]) -> dict[str, Any] | None:
-    """The tune rule (TUNE_RULE) over one method's finished tuning records; None when none finished."""
-    done = [r for r in tuning if r.finished]
-    if not done:
+    """The tune rule (TUNE_RULE) over one method's finished tuning records (any seeds); None when none finished."""
+    by_lr: dict[float, list[records.Record]] = {}
+    for r in tuning:
+        if r.finished:
+            by_lr.setdefault(r.spec["train"]["lr"], []).append(r)
+    if not by_lr:
         return None
 
-    def value(r: records.Record, name: str) -> float:
-        v = r.value(name)
-        return float("-inf") if v is None else v
+    def mean(runs: list[records.Record], name: str) -> float:
+        values = [r.value(name) for r in runs]
+        return float("-inf") if any(v is None for v in values) else sum(values) / len(values)
 
-    reached = [r for r in done if r.match["reached"]]
-    if reached:
-        best = max(reached, key=lambda r: (value(r, "validation_match_utility"), -r.spec["train"]["lr"]))
-    else:
-        best = max(done, key=lambda r: (value(r, "validation_tradeoff_score"), -r.spec["train"]["lr"]))
-    return {"lr": best.spec["train"]["lr"], "reached": bool(best.match["reached"]), "run": best.id}
+    reached = {lr: runs for lr, runs in by_lr.items() if all(r.match["reached"] for r in runs)}
+    pool, metric = (reached, "validation_match_utility") if reached else (by_lr, "validation_tradeoff_score")
+    lr = max(pool, key=lambda x: (mean(pool[x], metric), -x))
+    return {"lr": lr, "reached": bool(reached), "runs": sorted(r.id for r in pool[lr]), "score": mean(pool[lr], metric)}
+
+
+def _found(results_dir: Path, specs: list[RunSpec]) -> list[records.Record]:
+    return [r for r in (records.find(results_dir, s.run_id()) for s in specs) if r is not None]
+
+
+def extension(cfg: SweepConfig, results_dir: Path, grid: dict[tuple[str, float, str, str], list[RunSpec]],
+              where: str = "sweep") -> dict[tuple[str, float, str, str], list[RunSpec]]:
+    """Per method whose selected rate is an edge of its grid: the tuning runs one step further out (the ratio
+    between that edge and its neighbour). Decided from the grid's own records, so a resumed sweep extends the
+    same way."""
+    out = {}
+    for m, tuning in grid.items() if cfg.tune.extend else ():
+        lrs = sorted({s.train.lr for s in tuning})
+        choice = select(_found(results_dir, tuning))
+        if choice is None or len(lrs) < 2 or lrs[0] < choice["lr"] < lrs[-1]:
+            continue
+        edge, inner = (lrs[0], lrs[1]) if choice["lr"] == lrs[0] else (lrs[-1], lrs[-2])
+        out[m] = _tuning_runs(cfg, m, edge * edge / inner, where)
+        log.info("%s/%s: the selected rate %g is the grid's edge; trying %g", m[0], m[2], edge, edge * edge / inner)
+    return out
 
 
 def tuned_specs(cfg: SweepConfig, results_dir: Path, grid: dict[tuple[str, float, str, str], list[RunSpec]],
@@ -265,12 +297,11 @@ def tuned_specs(cfg: SweepConfig, results_dir: Path, grid: dict[tuple[str, float
     runs finished."""
     chosen, missing = {}, []
     for m, tuning in grid.items():
-        found = [records.find(results_dir, s.run_id()) for s in tuning]
-        choice = select([r for r in found if r is not None])
+        choice = select(_found(results_dir, tuning))
         if choice is None:
             missing.append(f"{m[0]}/{m[2]}" + ("" if m[3] == "adamw" else f"/{m[3]}"))
             continue
-        chosen[m] = (replace(tuning[0].train, lr=choice["lr"]), [s.train.lr for s in tuning])
+        chosen[m] = (replace(tuning[0].train, lr=choice["lr"]), sorted({s.train.lr for s in tuning}))
         log.info("%s@%g/%s/%s: lr %g chosen from %s (%s)", m[0], m[1], m[2], m[3], choice["lr"], chosen[m][1],
                  "reached the level" if choice["reached"] else "no rate reached the level")
     specs = [_spec(cfg, m, seed, train, where, tuned_from=lrs)  # seed by seed: a cut sweep still pairs
@@ -427,7 +458,7 @@ def declare(compare: CompareConfig, results_dir: Path) -> None:
 
 
 def _run_grid(cfg: SweepConfig, results_dir: Path, retry_failed: bool) -> dict[str, int]:
-    grid = tuning_grid(cfg) if cfg.tune.lr_factors else None
+    grid = tuning_grid(cfg) if cfg.tune.enabled else None
     specs = expand(cfg) if grid is None else [s for g in grid.values() for s in g]
     executor = get_registry().build("executor", cfg.executor, cfg.executor_config, "sweep: executor_config")
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -440,9 +471,12 @@ def _run_grid(cfg: SweepConfig, results_dir: Path, retry_failed: bool) -> dict[s
     counts = {"finished": 0, "skipped": 0, "failed": 0, "busy": 0}
     done = ("finished", "failed") if not retry_failed else ("finished",)
     if grid is not None:
-        log.info("tuning: %d runs (%d methods x lr factors %s, seed %d)", len(specs), len(grid),
-                 cfg.tune.lr_factors, tune_seed(cfg))
+        log.info("tuning: %d runs (%d methods x lr factors %s x seeds %s)", len(specs), len(grid),
+                 cfg.tune.lr_factors, cfg.tune.seeds)
         _run_specs(specs, results_dir, done, executor, counts)
+        more = extension(cfg, results_dir, grid)
+        _run_specs([s for runs in more.values() for s in runs], results_dir, done, executor, counts)
+        grid = {m: runs + more.get(m, []) for m, runs in grid.items()}
         specs, missing = tuned_specs(cfg, results_dir, grid)
         for method in missing:
             log.error("%s: no tuning run finished, so it has no selected rate and no test runs", method)

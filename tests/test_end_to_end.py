@@ -147,12 +147,17 @@ def test_per_method_train_overrides_and_tune_block_checks():
         sweep.expand(from_dict(sweep.SweepConfig, {"attributions": ["lora"], "objectives": ["graddiff"],
                                                    "train_by_attribution": {"lora": {"learning_rate": 1}}}, "grid"))
     with pytest.raises(ConfigError, match=r"tune needs match\.enabled"):
-        sweep.tuning_grid(from_dict(sweep.SweepConfig, {"tune": {"lr_factors": [1.0, 2.0]}}, "grid"))
+        sweep.tuning_grid(from_dict(sweep.SweepConfig, {"tune": {"enabled": True}}, "grid"))
     tuned = from_dict(sweep.SweepConfig, {"attributions": ["dense", "wagle"], "ratios": [0.5, 0.8],
                                           "objectives": ["graddiff"], "seeds": [0, 4], "match": {"enabled": True},
-                                          "tune": {"lr_factors": [0.5, 2.0]}}, "grid")
+                                          "tune": {"enabled": True, "lr_factors": [0.5, 2.0]}}, "grid")
     grid = sweep.tuning_grid(tuned)
     assert sorted(grid) == [("dense", 1.0, "graddiff", "adamw"), ("wagle", 0.5, "graddiff", "adamw"),
                             ("wagle", 0.8, "graddiff", "adamw")]
-    assert all(not s.evaluate and s.seed == 5 for g in grid.values() for s in g)  # one past the test seeds
-    assert [s.train.lr for s in grid[("dense", 1.0, "graddiff", "adamw")]] == pytest.approx([1e-5, 4e-5])  # of 2e-5
+    assert all(not s.evaluate for g in grid.values() for s in g)
+    dense = grid[("dense", 1.0, "graddiff", "adamw")]  # each factor of 2e-5 on each fixed tuning seed
+    assert [(s.train.lr, s.seed) for s in dense] == [(1e-5, 1000), (1e-5, 1001), (4e-5, 1000), (4e-5, 1001)]
+    assert sweep.TuneConfig().lr_factors == pytest.approx([1 / 3, 1, 3])
+    with pytest.raises(ConfigError, match=r"tune\.seeds and seeds share \[1000\]"):
+        sweep.tuning_grid(from_dict(sweep.SweepConfig, {"seeds": [0, 1000], "match": {"enabled": True},
+                                                        "tune": {"enabled": True}}, "grid"))

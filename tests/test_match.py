@@ -69,10 +69,11 @@ def test_probe_is_the_mean_probability_and_harmonic_mean_of_parts(tiny):
         match.probe(model, tok, ProbeSets(exs[:1], {"a": exs[1:2]}), ("validation",), 4, 64)
 
 
-def _tune_record(lr, reached, validation_utility, validation_tradeoff, status="finished"):
+def _tune_record(lr, reached, validation_utility, validation_tradeoff, status="finished", seed=1000):
     from harness.records import Record
 
-    return Record(kind="tune", id=f"r{lr}", status=status, spec={"train": {"lr": lr}}, match={"reached": reached},
+    return Record(kind="tune", id=f"r{lr}-{seed}", status=status, spec={"train": {"lr": lr}, "seed": seed},
+                  match={"reached": reached},
                   metrics={"validation_match_utility": {"value": validation_utility},
                            "validation_tradeoff_score": {"value": validation_tradeoff}})
 
@@ -81,10 +82,16 @@ def test_tune_rule_prefers_reaching_then_validation_utility_then_smaller_rate():
     records = [_tune_record(1e-5, False, None, 0.9), _tune_record(3e-5, True, 0.5, 0.6),
                _tune_record(1e-4, True, 0.7, 0.5), _tune_record(3e-4, True, 0.7, 0.4),
                _tune_record(1e-3, True, 0.99, 0.99, status="failed")]
-    assert select(records) == {"lr": 1e-4, "reached": True, "run": "r0.0001"}
+    assert select(records) == {"lr": 1e-4, "reached": True, "runs": ["r0.0001-1000"], "score": 0.7}
     # none reached: the best validation trade-off score
     assert select([_tune_record(1e-5, False, None, 0.2), _tune_record(3e-5, False, None, 0.4)])["lr"] == 3e-5
     assert select([_tune_record(1e-5, True, 0.5, 0.5, status="failed")]) is None
+    # two tuning seeds: a rate counts as reaching when every seed did, and is scored by the mean over seeds
+    two = [_tune_record(1e-5, True, 0.5, 0.5), _tune_record(1e-5, True, 0.7, 0.5, seed=1001),
+           _tune_record(3e-5, True, 0.9, 0.9), _tune_record(3e-5, False, None, 0.4, seed=1001),
+           _tune_record(1e-4, True, 0.65, 0.5), _tune_record(1e-4, True, 0.5, 0.5, seed=1001)]
+    assert select(two) == {"lr": 1e-5, "reached": True, "runs": ["r1e-05-1000", "r1e-05-1001"],
+                           "score": pytest.approx(0.6)}
 
 
 def _runs(values):

@@ -231,7 +231,8 @@ def test_a_sweep_probes_the_seeds_it_names_and_never_a_tuning_run():
 
     base = {"task": "tofu-mini", "model": "tiny-llama", "attributions": ["dense"], "objectives": ["graddiff"],
             "seeds": [0, 1], "probes": ["quantization", "relearn"], "probe_seeds": {"relearn": [1]},
-            "probe_config": {"relearn": {"steps": 3}}, "match": {"enabled": True}, "tune": {"lr_factors": [1.0]}}
+            "probe_config": {"relearn": {"steps": 3}}, "match": {"enabled": True},
+            "tune": {"enabled": True, "lr_factors": [1.0]}}
     cfg = from_dict(sweep.SweepConfig, base, "test")
     specs = {s.seed: s for s in sweep.expand(cfg)}
     assert specs[0].probes == ["quantization"] and specs[0].probe_config == {}

@@ -20,7 +20,7 @@ SWEEP = {
     "train_by_attribution": {"random": {"lr": 6e-3}},
     "prepare": {"epochs": 2, "lr": 3e-3},
     "match": {"enabled": True, "check_every": 1},
-    "tune": {"lr_factors": [1.0, 3.0]},
+    "tune": {"enabled": True, "lr_factors": [1.0, 3.0], "seeds": [7, 8]},
 }
 
 
@@ -35,19 +35,24 @@ def protocol(tmp_path_factory):
 
 def test_tuning_runs_then_test_runs_at_the_selected_rate(protocol):
     _, _, counts, records = protocol
-    assert counts == {"finished": 8, "skipped": 0, "failed": 0, "busy": 0}  # 2 methods x (2 rates + 2 seeds)
+    # 2 methods x (2 rates x 2 tuning seeds, then one rate outward x 2 seeds, then 2 test seeds)
+    assert counts == {"finished": 16, "skipped": 0, "failed": 0, "busy": 0}
     tune = [r for r in records if r["kind"] == "tune"]
     runs = [r for r in records if r["kind"] == "run"]
-    assert len(tune) == 4 and len(runs) == 4
-    assert {r["spec"]["seed"] for r in tune} == {2}  # one past the test seeds
+    assert len(tune) == 12 and len(runs) == 4
+    assert {r["spec"]["seed"] for r in tune} == {7, 8}  # the declared tuning seeds, never a test seed
     assert all(not r["stats"] and "forget_rouge" not in r["metrics"] for r in tune)  # no test metric
     for attribution, base in (("dense", 3e-3), ("random", 6e-3)):
-        grid = [r for r in tune if r["spec"]["attribution"] == attribution]
-        assert sorted(r["spec"]["train"]["lr"] for r in grid) == pytest.approx([base, 3 * base])
-        chosen = sweep.select([Record.from_json(r, "test") for r in grid])["lr"]
+        grid = [Record.from_json(r, "test") for r in tune if r["spec"]["attribution"] == attribution]
+        first = [r for r in grid if r.spec["train"]["lr"] in (pytest.approx(base), pytest.approx(3 * base))]
+        edge = sweep.select(first)["lr"]  # a grid of two: its choice is always an edge, so it extends once
+        outward = edge / 3 if edge == pytest.approx(base) else edge * 3
+        lrs = sorted({r.spec["train"]["lr"] for r in grid})
+        assert lrs == pytest.approx(sorted([base, 3 * base, outward])) and len(first) == 4
+        chosen = sweep.select(grid)["lr"]
         tested = [r for r in runs if r["spec"]["attribution"] == attribution]
         assert {r["spec"]["train"]["lr"] for r in tested} == {chosen}
-        assert all(r["spec"]["tuned_from"] == pytest.approx([base, 3 * base]) for r in tested)
+        assert all(r["spec"]["tuned_from"] == pytest.approx(lrs) for r in tested)
         assert sorted(r["spec"]["seed"] for r in tested) == [0, 1]
 
 
@@ -97,7 +102,7 @@ def test_leaderboard_pairs_methods_and_shows_the_headline(protocol, tmp_path):
 
 def test_rerun_skips_tuning_and_test_runs(protocol):
     cfg, results, _, _ = protocol
-    assert sweep.run(cfg, results) == {"finished": 0, "skipped": 8, "failed": 0, "busy": 0}
+    assert sweep.run(cfg, results) == {"finished": 0, "skipped": 16, "failed": 0, "busy": 0}
 
 
 def test_the_sweep_declares_its_comparisons_before_the_runs(protocol):
