@@ -158,19 +158,23 @@ def execute(spec: RunSpec, results_dir: Path, save_to: Path | None = None) -> re
         forget, retain, refusal = task.forget_examples(), task.retain_examples(), task.refusal_examples()
         record.data = {"forget": examples_hash(forget), "retain": examples_hash(retain),
                        "refusal": examples_hash(refusal), "refusals_file": task.config.refusals_file}
-        matcher = Matcher(task, spec, target, retain_model, tok) if spec.match.enabled else None
+        matcher = Matcher(task, spec, target, retain_model, tok, composer) if spec.match.enabled else None
+        if matcher is not None:
+            matcher.remember(model, 0)
 
-        def during(step: int, net) -> dict[str, Any] | None:
+        def during(step: int, trained) -> dict[str, Any] | None:
             row: dict[str, Any] = {}
-            net = net if composer is None else composer.around(net)
+            net = trained if composer is None else composer.around(trained)
             if spec.eval_every and step % spec.eval_every == 0:
                 ev = task.evaluate(net, tok, EvalContext(retain_eval["stats"], task.eval_batch_size, backend))
                 row["metrics"] = {k: m.value for k, m in ev.metrics.items()}
             if matcher is not None and step % spec.match.check_every == 0:
-                row["probe"] = matcher.check(net)
+                row["probe"] = matcher.check(trained)
                 row["stop"] = row["probe"]["forget"] <= matcher.level
                 log.info("probe at step %d: forget %.4g (level %.4g), %s %.4g%s", step, row["probe"]["forget"],
                          matcher.level, matcher.key, row["probe"][matcher.key], ", reached" if row["stop"] else "")
+                if not row["stop"]:
+                    matcher.remember(trained, step)
             return row or None
 
         checkpoint = Path(results_dir) / "checkpoints" / f"{run_id}.pt"
@@ -185,10 +189,6 @@ def execute(spec: RunSpec, results_dir: Path, save_to: Path | None = None) -> re
             train_log = train(model, batches, lambda m, b: objective.loss(m, b, reference), spec.train, plan,
                               spec.seed, progress=log_step, checkpoint=checkpoint, on_step=during, optimizer=rule)
         reference = None  # free the frozen copy before evaluation
-        model = plan.merge(model)
-        timings["unlearning_s"] = time.perf_counter() - t
-        record.bf16_autocast = train_log.bf16_autocast
-        record.master_weights = train_log.master_weights
         record.curves = {
             "train": [{k: v for k, v in row.items() if k != "eval"} for row in train_log.steps],
             "eval": [{"step": row["step"], **row["eval"]["metrics"]} for row in train_log.steps
@@ -197,7 +197,12 @@ def execute(spec: RunSpec, results_dir: Path, save_to: Path | None = None) -> re
             probes = [{"step": row["step"], **row["eval"]["probe"]} for row in train_log.steps
                       if "probe" in row.get("eval", {})]
             record.curves["probe"] = [{"step": 0, **matcher.start}, *probes]
-            record.match = matcher.summary(record.curves["probe"], train_log.stopped_at)
+            matched = matcher.bisect(model, train_log.stopped_at) if spec.match.bisect else None
+            record.match = matcher.summary(record.curves["probe"], train_log.stopped_at, matched)
+        model = plan.merge(model)
+        timings["unlearning_s"] = time.perf_counter() - t
+        record.bf16_autocast = train_log.bf16_autocast
+        record.master_weights = train_log.master_weights
 
         t = time.perf_counter()
         evaluation = Evaluation({})
@@ -257,11 +262,14 @@ def keep(record: records.Record, spec: RunSpec, plan: UpdatePlan, model, tok, re
 
 
 class Matcher:
-    """The run's matched-forgetting probe: the level, the reference probes and the check after each step.
-    A test run probes forget and utility; a tuning run (spec.evaluate false) forget and validation."""
+    """The run's matched-forgetting probe: the level, the reference probes, the check after each step, and
+    the bisection back to the level once a check crosses it. A test run probes forget and utility; a tuning
+    run (spec.evaluate false) forget and validation. With offset unlearning (`composer`) the probes score the
+    composition, and the weights remembered and bisected are the small model's."""
 
-    def __init__(self, task: Task, spec: RunSpec, target: str, retain_model: str | None, tok) -> None:
-        self.task, self.tok = task, tok
+    def __init__(self, task: Task, spec: RunSpec, target: str, retain_model: str | None, tok,
+                 composer: Any = None) -> None:
+        self.task, self.tok, self.cfg, self.composer = task, tok, spec.match, composer
         self.key = "utility" if spec.evaluate else "validation"
         self.sets = task.probe_sets()
         refs = reference_probes(task, spec, target, retain_model)
@@ -274,17 +282,45 @@ class Matcher:
         self.start = {k: refs["target"][k] for k in ("forget", self.key)}
         match.efficacy(self.start["forget"], self.start["forget"], self.level)  # fails now if nothing to unlearn
         self.seconds = 0.0
+        self.before: tuple[int, dict[str, torch.Tensor]] | None = None
 
-    def check(self, model) -> dict[str, float]:
+    def check(self, trained, parts: tuple[str, ...] | None = None) -> dict[str, float]:
         t = time.perf_counter()
-        out = match.probe(model, self.tok, self.sets, ("forget", self.key), self.task.eval_batch_size,
+        net = trained if self.composer is None else self.composer.around(trained)
+        out = match.probe(net, self.tok, self.sets, parts or ("forget", self.key), self.task.eval_batch_size,
                           self.task.max_length)
         self.seconds += time.perf_counter() - t
         return out
 
-    def summary(self, trajectory: list[dict[str, Any]], stopped_at: int | None) -> dict[str, Any]:
-        return dict(match.summarize(trajectory, self.key, self.level, self.reference), stopped_at=stopped_at,
-                    probe_s=self.seconds)
+    def remember(self, trained, step: int) -> None:
+        """The trained weights at a check still above the level: one end of bisection's bracket."""
+        if self.cfg.bisect and not distributed.active():
+            self.before = (step, match.snapshot(trained))
+
+    def bisect(self, trained, stopped_at: int | None) -> dict[str, Any] | None:
+        """Back to the level between the last check above it and the one that crossed it (match.bisect);
+        None when the level was not reached, under several processes, or when the bracket's first end is not
+        the check before the stop (a run resumed from a checkpoint)."""
+        if stopped_at is None or self.before is None:
+            return None
+        step, before = self.before
+        if step != stopped_at - self.cfg.check_every:
+            log.warning("no bisection: the last remembered state is of step %d, not the check before %d", step,
+                        stopped_at)
+            return None
+        t = time.perf_counter()
+        found = match.bisect(trained, before, lambda m: self.check(m, ("forget",))["forget"], self.start["forget"],
+                             self.level, self.cfg)
+        self.before = None
+        probe = self.check(trained)
+        log.info("bisected to α %.4g between steps %d and %d: forget %.4g (level %.4g), %s %.4g", found["alpha"],
+                 step, stopped_at, probe["forget"], self.level, self.key, probe[self.key])
+        return dict(found, from_step=step, to_step=stopped_at, probe=probe, seconds=time.perf_counter() - t)
+
+    def summary(self, trajectory: list[dict[str, Any]], stopped_at: int | None,
+                matched: dict[str, Any] | None = None) -> dict[str, Any]:
+        return dict(match.summarize(trajectory, self.key, self.level, self.reference, matched),
+                    stopped_at=stopped_at, probe_s=self.seconds)
 
 
 def match_metrics(summary: dict[str, Any]) -> dict[str, Metric]:

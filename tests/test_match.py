@@ -103,3 +103,41 @@ def test_paired_differences_by_hand():
     # a seed without a value (never reached the level) is left out of the pairs, as is a seed one side lacks
     assert differences(_runs([0.9, 0.8, None]), _runs([0.1, 0.2, 0.3]), "m") == pytest.approx([0.8, 0.6])
     assert differences(_runs([0.9]), _runs([0.1, 0.2]), "m") == pytest.approx([0.8])
+
+
+def test_bisection_lands_within_the_tolerance_on_the_line_between_two_states():
+    """F(θ) = 1 − w on a one-weight model, from w = 0 (F 1) to w = 1 (F 0), level 0.37: e = w / 0.63, so the
+    match is at α = 0.63; bisection stops within ±0.02 of e = 1 and leaves the model there."""
+    import torch
+
+    net = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        net.weight.fill_(0.0)
+    before = match.snapshot(net)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    calls = []
+
+    def forget_of(m):
+        calls.append(float(m.weight.detach()))
+        return 1.0 - float(m.weight.detach())
+
+    cfg = match.MatchConfig(enabled=True)
+    found = match.bisect(net, before, forget_of, 1.0, 0.37, cfg)
+    assert found["within"] and abs(found["alpha"] / 0.63 - 1.0) <= 0.02
+    assert [t["alpha"] for t in found["tried"]] == calls == [0.5, 0.75, 0.625]  # halving the bracket each probe
+    assert float(net.weight.detach()) == pytest.approx(found["alpha"])
+    # out of probes: the closest state tried at or past the level, and the record says the tolerance was missed
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    missed = match.bisect(net, before, forget_of, 1.0, 0.37, match.MatchConfig(enabled=True, max_bisections=1))
+    assert not missed["within"] and missed["alpha"] == 1.0 and float(net.weight.detach()) == 1.0
+    # summarize with the bisected model: it stands at e = 1, its utility is the utility at the match
+    trajectory = [{"step": 0, "forget": 1.0, "utility": 0.5}, {"step": 2, "forget": 0.6, "utility": 0.45},
+                  {"step": 4, "forget": 0.1, "utility": 0.2}]
+    matched = {"from_step": 2, "probe": {"forget": 0.372, "utility": 0.4}}
+    s = match.summarize(trajectory, "utility", 0.37, 0.5, matched)
+    assert s["at_match"] == pytest.approx(0.4) and s["forget_at_stop"] == 0.372
+    assert s["efficacy_at_stop"] == pytest.approx(0.628 / 0.63)
+    e1 = 0.4 / 0.63  # area: (0,1) → (e1, 0.9) → (1, 0.8)
+    assert s["tradeoff"] == pytest.approx(e1 * (1 + 0.9) / 2 + (1 - e1) * (0.9 + 0.8) / 2)

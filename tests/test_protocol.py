@@ -68,10 +68,16 @@ def test_runs_stop_at_the_level_and_record_the_trajectory(protocol):
                                                     m["probe"]: target["probe"][m["probe"]]}
         assert [p["step"] for p in probes] == list(range(len(probes)))  # check_every 1
         assert len(r["curves"]["train"]) == len(probes) - 1
-        if m["reached"]:  # stopped at the first check at or below the level
+        if m["reached"]:  # stopped at the first check at or below the level, then bisected back to it
             assert m["stopped_at"] == m["step"] == probes[-1]["step"]
             assert probes[-1]["forget"] <= level < min(p["forget"] for p in probes[:-1])
-            assert r["metrics"]["match_efficacy"]["value"] >= 1.0
+            b = m["bisection"]
+            assert (b["from_step"], b["to_step"]) == (m["step"] - 1, m["step"]) and 0 < b["alpha"] <= 1
+            efficacy = r["metrics"]["match_efficacy"]["value"]
+            assert b["within"] and abs(efficacy - 1.0) <= 0.02  # the tiny model lands within the tolerance
+            assert b["probe"]["forget"] == r["metrics"]["match_forget"]["value"]
+            if r["kind"] == "run":  # the utility at the match is the bisected model's own probe
+                assert r["metrics"]["match_utility"]["value"] == b["probe"]["utility"]
         else:  # ran its whole budget
             assert m["stopped_at"] is None and len(probes) == 7 and all(p["forget"] > level for p in probes)
     runs = [r for r in records if r["kind"] == "run"]
