@@ -21,6 +21,20 @@ from harness.io import read_jsonl
 
 QA_PER_AUTHOR = 20
 FORGET_SPLITS = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
+STOP_SPLITS = ("authors", "rows", "none")
+
+
+def stop_and_measure(rows: list[Any], how: str) -> tuple[list[Any], list[Any]]:
+    """The forget rows matched forgetting stops on, and the disjoint rows the forget metrics measure (`how`:
+    authors, the second half of the authors against the first; rows, odd rows against even; none, all rows
+    both). TOFU's forget splits hold 20 questions per author, in order."""
+    if how == "none":
+        return rows, rows
+    if how == "rows":
+        return rows[1::2], rows[0::2]
+    authors = -(-len(rows) // QA_PER_AUTHOR)
+    cut = -(-authors // 2) * QA_PER_AUTHOR
+    return rows[cut:], rows[:cut]
 
 
 def data_dir() -> Path:
@@ -39,7 +53,12 @@ class TofuConfig(TaskConfig):
                                            "cheap matched-forgetting probe; null: all evaluated rows")
     utility_limit: int | None = option(None, "evaluate only the first N real-author and world-fact rows")
     eval_limit: int | None = option(None, "evaluate only the first N forget and retain rows (smoke tests, or a "
-                                           "demo sized for a CPU)")
+                                           "demo sized for a CPU); the forget probe's stopping split is cut alike")
+    stop_split: str = option("none", "how matched forgetting's forget probe is kept apart from the reported "
+                                     "forget metrics: authors (the probe stops on the second half of the forget "
+                                     "authors, the metrics measure the first half), rows (odd rows stop, even "
+                                     "rows measure) or none (both on every forget row, as TOFU's code "
+                                     "evaluates: a matched run's forget_prob is then the number it stopped on)")
     question_template: str = option("Question: {question}\nAnswer:", "prompt format; {question} is filled in")
     answer_template: str = option(" {answer}", "completion format; {answer} is filled in")
     max_new_tokens: int = option(200, "greedy generation length for ROUGE")
@@ -53,6 +72,8 @@ class TofuConfig(TaskConfig):
             raise ValueError(f"forget_split {self.forget_split!r}: choose one of {', '.join(FORGET_SPLITS)}")
         if self.retain_authors is not None and not 1 <= self.retain_authors <= 180:
             raise ValueError(f"retain_authors must be between 1 and 180, got {self.retain_authors}")
+        if self.stop_split not in STOP_SPLITS:
+            raise ValueError(f"stop_split {self.stop_split!r}: choose one of {', '.join(STOP_SPLITS)}")
         if not 0 <= self.validation_authors <= 180 - (self.retain_authors or 1):
             raise ValueError(f"validation_authors must be between 0 and {180 - (self.retain_authors or 1)}, "
                              f"got {self.validation_authors}")
@@ -67,6 +88,9 @@ class TofuMiniConfig(TofuConfig):
     utility_limit: int | None = option(20, "evaluate only the first N real-author and world-fact rows")
     max_new_tokens: int = option(48, "greedy generation length for ROUGE")
     max_length: int = option(128, "token cap for training and scoring sequences")
+    stop_split: str = option("authors", "how matched forgetting's forget probe is kept apart from the reported "
+                                        "forget metrics: authors (default here: the probe stops on the second "
+                                        "forget01 author, the metrics measure the first), rows or none")
 
 
 class Tofu(Task):
@@ -131,13 +155,22 @@ class Tofu(Task):
         retain = self.retain_examples() + self.validation_examples()
         return retain + self.forget_examples() if which == "target" else retain
 
+    def _forget_rows(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(the stopping split, the measured split) of the forget rows, each cut to eval_limit."""
+        c = self.config
+        rows = self._rows(f"{c.forget_split}_perturbed", ("question", "answer", "perturbed_answer",
+                                                           "paraphrased_answer"))
+        stop, measure = stop_and_measure(rows, c.stop_split)
+        return stop[: c.eval_limit], measure[: c.eval_limit]
+
     def probe_sets(self) -> ProbeSets:
-        """The forget probe is the test's forget_prob data; the utility parts are the probability parts of
+        """The forget probe is forget_prob's computation on the stopping split (stop_split: the forget rows
+        held apart from the measured ones, or all of them with none); the utility parts are the probability parts of
         model utility (retain_prob, ra_prob, wf_prob: real-author and world-fact answers normalised by their
         perturbed answers) on the first `probe_limit` rows of each evaluation set."""
         splits, n = self._eval_splits(), self.config.probe_limit
         rows = {k: splits[k][:n] for k in ("retain", "ra", "wf")}
-        return ProbeSets(forget=[self._example(r) for r in splits["forget"]],
+        return ProbeSets(forget=[self._example(r) for r in self._forget_rows()[0]],
                          utility={k: [self._example(r) for r in v] for k, v in rows.items()},
                          validation=self.validation_examples(),
                          alternatives={k: [[self._example({"question": r["question"], "answer": p})
@@ -156,7 +189,7 @@ class Tofu(Task):
             retain = retain[: c.retain_authors * QA_PER_AUTHOR]
         limit = c.utility_limit
         return {
-            "forget": self._rows(f"{c.forget_split}_perturbed", (*pert, "paraphrased_answer"))[: c.eval_limit],
+            "forget": self._forget_rows()[1],
             "retain": retain[: c.eval_limit],
             "ra": self._rows("real_authors_perturbed", pert)[:limit],
             "wf": self._rows("world_facts_perturbed", pert)[:limit],

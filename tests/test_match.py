@@ -141,3 +141,21 @@ def test_bisection_lands_within_the_tolerance_on_the_line_between_two_states():
     assert s["efficacy_at_stop"] == pytest.approx(0.628 / 0.63)
     e1 = 0.4 / 0.63  # area: (0,1) → (e1, 0.9) → (1, 0.8)
     assert s["tradeoff"] == pytest.approx(e1 * (1 + 0.9) / 2 + (1 - e1) * (0.9 + 0.8) / 2)
+
+
+def test_the_forget_probe_stops_on_rows_the_forget_metrics_never_measure():
+    from harness.plugins import get_registry
+    from tasks.tofu import stop_and_measure
+
+    rows = list(range(60))  # three authors of 20
+    assert stop_and_measure(rows, "authors") == (rows[40:], rows[:40])  # the second half of the authors stops
+    assert stop_and_measure(rows, "rows") == (rows[1::2], rows[0::2])
+    assert stop_and_measure(rows, "none") == (rows, rows)
+    task = get_registry().build("task", "tofu-mini", {"eval_limit": 20}, "test")
+    stop = {ex.prompt for ex in task.probe_sets().forget}
+    measured = {task._example(r).prompt for r in task._eval_splits()["forget"]}
+    assert len(stop) == len(measured) == 20 and not stop & measured  # forget01: author 2 stops, author 1 measures
+    paper = get_registry().build("task", "tofu", {"forget_split": "forget01"}, "test")
+    assert len(paper.probe_sets().forget) == len(paper._eval_splits()["forget"]) == 40  # TOFU's evaluation: none
+    with pytest.raises(Exception, match="stop_split 'halves'"):
+        get_registry().build("task", "tofu-mini", {"stop_split": "halves"}, "test")
