@@ -220,6 +220,9 @@ class ProbeSets:
     alternatives: dict[str, list[list[Example]]] = field(default_factory=dict)
     level: float | None = None
     max_length: int | None = None  # token cap of probe examples; None: the task's training max_length
+    # per-question key (forget, validation, utility/<part>): each question's cluster (TOFU: its author), for
+    # the leaderboard's question-level bootstrap; a key not named: every question its own cluster
+    clusters: dict[str, list[int]] = field(default_factory=dict)
 
 
 @dataclass

@@ -60,10 +60,12 @@ class MatchConfig:
             raise ValueError(f"max_bisections must be >= 1, got {self.max_bisections}")
 
 
-def probe(model, tokenizer, sets: ProbeSets, parts: Sequence[str], batch_size: int,
-          max_length: int) -> dict[str, float]:
-    """The probe values of `parts` (forget, utility, validation) for `model`, from one batched scoring pass;
-    examples are cut to `sets.max_length` tokens where the task sets it, else to `max_length`."""
+def probe_questions(model, tokenizer, sets: ProbeSets, parts: Sequence[str], batch_size: int,
+                    max_length: int) -> dict[str, list[float]]:
+    """Per question, the probe value of each set of `parts` (forget, utility, validation) for `model`, from one
+    batched scoring pass: P̃, or P̃ / (P̃ + Σ P̃(wrong)) where the set has alternatives. Keys: forget, validation
+    and `utility/<part>` for each utility part. Examples are cut to `sets.max_length` tokens where the task sets
+    it, else to `max_length`."""
     if "validation" in parts and not sets.validation:
         raise ValueError("the task has no validation examples for tuning (TOFU: set "
                          "task_config.validation_authors)")
@@ -81,17 +83,32 @@ def probe(model, tokenizer, sets: ProbeSets, parts: Sequence[str], batch_size: i
         values[name] = p[start : start + len(g)]
         start += len(g)
 
-    def value(k: str) -> float:  # mean P̃, or mean P̃ / (P̃ + Σ P̃(wrong)) where the set has alternatives
+    def per_question(k: str) -> list[float]:
         true = values[k]
         if k not in sets.alternatives:
-            return float(np.mean(true))
+            return true.tolist()
         wrong = values[f"wrong/{k}"].reshape(len(true), -1).sum(axis=1)
-        return float(np.mean(true / (true + wrong + 1e-10)))
+        return (true / (true + wrong + 1e-10)).tolist()
 
-    out = {k: value(k) for k in ("forget", "validation") if k in parts}
+    out = {k: per_question(k) for k in ("forget", "validation") if k in parts}
     if "utility" in parts:
-        out["utility"] = metrics.harmonic_mean([value(k) for k in sets.utility])
+        out.update({f"utility/{k}": per_question(k) for k in sets.utility})
     return out
+
+
+def combine(questions: dict[str, Sequence[float]]) -> dict[str, float]:
+    """Set values from per-question values: the mean of each set; utility, the harmonic mean of its parts'."""
+    out = {k: float(np.mean(v)) for k, v in questions.items() if "/" not in k}
+    parts = [float(np.mean(v)) for k, v in questions.items() if k.startswith("utility/")]
+    if parts:
+        out["utility"] = metrics.harmonic_mean(parts)
+    return out
+
+
+def probe(model, tokenizer, sets: ProbeSets, parts: Sequence[str], batch_size: int,
+          max_length: int) -> dict[str, float]:
+    """The probe values of `parts` for `model` (`combine` of `probe_questions`)."""
+    return combine(probe_questions(model, tokenizer, sets, parts, batch_size, max_length))
 
 
 def efficacy(forget: float, start: float, level: float) -> float:

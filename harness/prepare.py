@@ -10,7 +10,7 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from harness import distributed, models
 from harness.api import EvalContext, LossOutput, Task
@@ -95,24 +95,36 @@ def reference_eval(task: Task, model_path: str, batch_size: int, against: dict |
     return cached_json(cache_root() / "evals" / f"{task.name}-{key}.json", compute, collective=True)
 
 
-def reference_probe(task: Task, model_path: str, batch_size: int, dtype: str = "float32",
-                    device: str = "auto") -> dict[str, float]:
-    """The matched-forgetting probe (harness/match.py) of a reference model, every part the task has,
-    cached by model and task config."""
+def _reference_probe(task: Task, model_path: str, batch_size: int, dtype: str, device: str) -> dict[str, Any]:
+    """The matched-forgetting probe (harness/match.py) of a reference model, every part the task has: per
+    question and combined, cached by model and task config."""
     from harness import match
 
     key = stable_hash({"model": model_path, "task": task.name, "config": to_dict(task.config), "dtype": dtype,
                        "code": code_digest(type(task).__module__),
-                       "format": 3})  # 3: probe examples may be longer than the training max_length
+                       "format": 4})  # 4: per-question values kept beside the combined ones
 
     def compute() -> dict:
         log.info("probing %s on %s for matched forgetting (once: the result is cached)", model_path, task.name)
         model, tok = models.load(model_path, dtype, device)
         sets = task.probe_sets()
         parts = ("forget", "utility", "validation") if sets.validation else ("forget", "utility")
-        return match.probe(model, tok, sets, parts, batch_size, task.max_length)
+        questions = match.probe_questions(model, tok, sets, parts, batch_size, task.max_length)
+        return {"values": match.combine(questions), "questions": questions}
 
     return cached_json(cache_root() / "evals" / f"probe-{task.name}-{key}.json", compute, collective=True)
+
+
+def reference_probe(task: Task, model_path: str, batch_size: int, dtype: str = "float32",
+                    device: str = "auto") -> dict[str, float]:
+    """The matched-forgetting probe values of a reference model (cached)."""
+    return _reference_probe(task, model_path, batch_size, dtype, device)["values"]
+
+
+def reference_probe_questions(task: Task, model_path: str, batch_size: int, dtype: str = "float32",
+                              device: str = "auto") -> dict[str, list[float]]:
+    """The same probe per question (the leaderboard's question-level bootstrap reads them from run records)."""
+    return _reference_probe(task, model_path, batch_size, dtype, device)["questions"]
 
 
 def reference_utility(model_path: str, tasks: list[str], limit: int | None, batch_size: int,

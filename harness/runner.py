@@ -170,6 +170,7 @@ def execute(spec: RunSpec, results_dir: Path, save_to: Path | None = None) -> re
                 row["metrics"] = {k: m.value for k, m in ev.metrics.items()}
             if matcher is not None and step % spec.match.check_every == 0:
                 row["probe"] = matcher.check(trained)
+                row["questions"] = matcher.last  # in the train log: kept across a resume
                 row["stop"] = row["probe"]["forget"] <= matcher.level
                 log.info("probe at step %d: forget %.4g (level %.4g), %s %.4g%s", step, row["probe"]["forget"],
                          matcher.level, matcher.key, row["probe"][matcher.key], ", reached" if row["stop"] else "")
@@ -197,6 +198,8 @@ def execute(spec: RunSpec, results_dir: Path, save_to: Path | None = None) -> re
             probes = [{"step": row["step"], **row["eval"]["probe"]} for row in train_log.steps
                       if "probe" in row.get("eval", {})]
             record.curves["probe"] = [{"step": 0, **matcher.start}, *probes]
+            matcher.questions["checks"] = [{"step": row["step"], **row["eval"]["questions"]}
+                                           for row in train_log.steps if "questions" in row.get("eval", {})]
             matched = matcher.bisect(model, train_log.stopped_at) if spec.match.bisect else None
             record.match = matcher.summary(record.curves["probe"], train_log.stopped_at, matched)
         model = plan.merge(model)
@@ -283,14 +286,24 @@ class Matcher:
         match.efficacy(self.start["forget"], self.start["forget"], self.level)  # fails now if nothing to unlearn
         self.seconds = 0.0
         self.before: tuple[int, dict[str, torch.Tensor]] | None = None
+        wanted = ("forget", self.key, "utility/")
+        self.questions: dict[str, Any] = {  # per question, for the leaderboard's question-level bootstrap
+            "clusters": self.sets.clusters,
+            **{role: {k: v for k, v in prepare.reference_probe_questions(
+                task, path, task.eval_batch_size, spec.dtype, spec.device).items() if k.startswith(wanted)}
+               for role, path in (("target", target), ("retain", retain_model)) if path is not None},
+            "checks": []}
+        self.last: dict[str, list[float]] = {}
 
     def check(self, trained, parts: tuple[str, ...] | None = None) -> dict[str, float]:
+        """The probe of the trained model (the composition, with offset unlearning); its per-question values
+        are kept as `last`."""
         t = time.perf_counter()
         net = trained if self.composer is None else self.composer.around(trained)
-        out = match.probe(net, self.tok, self.sets, parts or ("forget", self.key), self.task.eval_batch_size,
-                          self.task.max_length)
+        self.last = match.probe_questions(net, self.tok, self.sets, parts or ("forget", self.key),
+                                          self.task.eval_batch_size, self.task.max_length)
         self.seconds += time.perf_counter() - t
-        return out
+        return match.combine(self.last)
 
     def remember(self, trained, step: int) -> None:
         """The trained weights at a check still above the level: one end of bisection's bracket."""
@@ -313,6 +326,7 @@ class Matcher:
                              self.level, self.cfg)
         self.before = None
         probe = self.check(trained)
+        self.questions["matched"] = self.last
         log.info("bisected to α %.4g between steps %d and %d: forget %.4g (level %.4g), %s %.4g", found["alpha"],
                  step, stopped_at, probe["forget"], self.level, self.key, probe[self.key])
         return dict(found, from_step=step, to_step=stopped_at, probe=probe, seconds=time.perf_counter() - t)
@@ -320,7 +334,7 @@ class Matcher:
     def summary(self, trajectory: list[dict[str, Any]], stopped_at: int | None,
                 matched: dict[str, Any] | None = None) -> dict[str, Any]:
         return dict(match.summarize(trajectory, self.key, self.level, self.reference, matched),
-                    stopped_at=stopped_at, probe_s=self.seconds)
+                    stopped_at=stopped_at, probe_s=self.seconds, questions=self.questions)
 
 
 def match_metrics(summary: dict[str, Any]) -> dict[str, Metric]:

@@ -92,12 +92,13 @@ def protocol_text(cfg: CompareConfig) -> str:
             f"Resolved: Holm-adjusted exact sign-flip permutation p < {cfg.alpha:g} over the family; equivalent: "
             f"Holm-adjusted TOST p < {cfg.alpha:g} within ±{cfg.margin:g}; otherwise undecided, with the smallest "
             f"difference these seeds could detect (power {cfg.power:g}) and the pairs a difference of the margin "
-            "needs. Intervals: 95% paired Student t. Other metrics and baselines against each other: interval, no "
-            "verdict (docs/metrics.md, Verdicts).")
+            "needs. Intervals: 95% paired Student t; two-level: seeds, then questions clustered by author (the same "
+            "questions in both arms), with the share of its variance the questions carry. Other metrics and "
+            "baselines against each other: interval, no verdict (docs/metrics.md, Verdicts).")
 
 
 PAIRED_HEAD = ["method", "vs", "metric", "pairs", "mean [95% t]", "σ_d", "p (exact)", "Holm p", "Holm TOST p",
-               "verdict", "detectable ≥", "pairs for margin"]
+               "verdict", "detectable ≥", "pairs for margin", "two-level 95%", "questions' share"]
 
 
 def paired_cells(d: dict[str, Any]) -> list[str]:
@@ -108,4 +109,6 @@ def paired_cells(d: dict[str, Any]) -> list[str]:
         "" if d["ci_low"] is None else f" [{d['ci_low']:+.3g}, {d['ci_high']:+.3g}]"))
     return [f"{d['attribution']} ({d['ratio']:g}) + {d['objective']}", d["baseline"], d["metric"], str(d["n"]),
             interval, num("sd"), num("p"), num("p_holm"), num("p_tost_holm"), d["verdict"] or "(no verdict)",
-            num("mde"), "" if d.get("seeds_needed") is None else str(d["seeds_needed"])]
+            num("mde"), "" if d.get("seeds_needed") is None else str(d["seeds_needed"]),
+            "" if d.get("two_level_low") is None else f"[{d['two_level_low']:+.3g}, {d['two_level_high']:+.3g}]",
+            "" if d.get("question_share") is None else f"{d['question_share']:.0%}"]

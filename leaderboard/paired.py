@@ -5,19 +5,22 @@ default; same task, model and objective) and a metric, the differences d_s = M_s
 ran, where both have a value (a run that never reached the level has no utility at the match). The primary
 metric's comparisons of every method that is not itself a baseline form one declared family per task and
 model, decided by leaderboard.verdicts (exact sign-flip permutation test, Holm, TOST); the other rows (the
-secondary metrics, baselines against each other) get the mean and its paired t interval, no verdict.
+secondary metrics, baselines against each other) get the mean and its paired t interval, no verdict. Where
+the records keep their probe per question, the trade-off score and utility at the match also get the two-level
+bootstrap interval (seeds, then questions) and the share of its variance that questions carry.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from leaderboard import verdicts
+from leaderboard import questions, verdicts
 from leaderboard.aggregate import config_key, objective_label
 from leaderboard.verdicts import CompareConfig
 
 STATS = ("n", "mean", "sd", "ci_low", "ci_high", "family", "margin", "alpha", "p", "p_holm", "p_tost", "p_tost_holm",
-         "verdict", "mde", "seeds_needed")
+         "verdict", "mde", "seeds_needed", "two_level_low", "two_level_high", "var_seeds", "var_questions",
+         "question_share")
 
 
 def _method(spec: dict[str, Any]) -> tuple:
@@ -47,14 +50,15 @@ def _value(record: dict[str, Any], metric: str) -> float | None:
     return ((record.get("metrics") or {}).get(metric) or {}).get("value")
 
 
+def record_pairs(method_runs: dict[int, dict], base_runs: dict[int, dict], metric: str) -> list[tuple[dict, dict]]:
+    """(M_s, B_s) records over the seeds both ran and both have a value of `metric`, in seed order."""
+    return [(method_runs[s], base_runs[s]) for s in sorted(set(method_runs) & set(base_runs))
+            if _value(method_runs[s], metric) is not None and _value(base_runs[s], metric) is not None]
+
+
 def differences(method_runs: dict[int, dict], base_runs: dict[int, dict], metric: str) -> list[float]:
     """M_s − B_s over the seeds both ran and both have a value of `metric`, in seed order."""
-    out = []
-    for seed in sorted(set(method_runs) & set(base_runs)):
-        a, b = _value(method_runs[seed], metric), _value(base_runs[seed], metric)
-        if a is not None and b is not None:
-            out.append(a - b)
-    return out
+    return [_value(a, metric) - _value(b, metric) for a, b in record_pairs(method_runs, base_runs, metric)]
 
 
 def paired_rows(records: list[dict[str, Any]], cfg: CompareConfig | None = None) -> list[dict[str, Any]]:
@@ -72,11 +76,14 @@ def paired_rows(records: list[dict[str, Any]], cfg: CompareConfig | None = None)
             for metric in [cfg.primary, *cfg.secondary]:
                 if not any(metric in (r.get("metrics") or {}) for r in by_method[m].values()):
                     continue
-                d = differences(by_method[m], by_method[base], metric)
+                pairs = record_pairs(by_method[m], by_method[base], metric)
+                d = [_value(a, metric) - _value(b, metric) for a, b in pairs]
                 row = {"task": m[0], "model": m[1], "attribution": m[2], "ratio": m[3], "objective": m[4],
                        "config": m[5], "baseline": name, "metric": metric,
                        "role": "primary" if metric == cfg.primary and m[2] not in cfg.baselines else "secondary",
                        **dict.fromkeys(STATS), "verdict": "", **verdicts.describe(d)}
+                if metric in questions.METRICS:  # seeds and questions resampled together (leaderboard/questions.py)
+                    row.update(questions.two_level(pairs, metric) or {})
                 rows.append(row)
                 diffs[id(row)] = d
                 if row["role"] == "primary":

@@ -157,10 +157,15 @@ class Tofu(Task):
 
     def _forget_rows(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """(the stopping split, the measured split) of the forget rows, each cut to eval_limit."""
+        rows = self._rows(f"{self.config.forget_split}_perturbed", ("question", "answer", "perturbed_answer",
+                                                                    "paraphrased_answer"))
+        stop, measure = self._forget_indices()
+        return [rows[i] for i in stop], [rows[i] for i in measure]
+
+    def _forget_indices(self) -> tuple[list[int], list[int]]:
         c = self.config
-        rows = self._rows(f"{c.forget_split}_perturbed", ("question", "answer", "perturbed_answer",
-                                                           "paraphrased_answer"))
-        stop, measure = stop_and_measure(rows, c.stop_split)
+        n = len(self._rows(f"{c.forget_split}_perturbed"))
+        stop, measure = stop_and_measure(list(range(n)), c.stop_split)
         return stop[: c.eval_limit], measure[: c.eval_limit]
 
     def probe_sets(self) -> ProbeSets:
@@ -170,11 +175,15 @@ class Tofu(Task):
         perturbed answers) on the first `probe_limit` rows of each evaluation set."""
         splits, n = self._eval_splits(), self.config.probe_limit
         rows = {k: splits[k][:n] for k in ("retain", "ra", "wf")}
+        validation = self.validation_examples()
         return ProbeSets(forget=[self._example(r) for r in self._forget_rows()[0]],
                          utility={k: [self._example(r) for r in v] for k, v in rows.items()},
-                         validation=self.validation_examples(),
+                         validation=validation,
                          alternatives={k: [[self._example({"question": r["question"], "answer": p})
-                                            for p in r["perturbed_answer"]] for r in rows[k]] for k in ("ra", "wf")})
+                                            for p in r["perturbed_answer"]] for r in rows[k]] for k in ("ra", "wf")},
+                         clusters={"forget": [i // QA_PER_AUTHOR for i in self._forget_indices()[0]],
+                                   "utility/retain": [i // QA_PER_AUTHOR for i in range(len(rows["retain"]))],
+                                   "validation": [i // QA_PER_AUTHOR for i in range(len(validation))]})
 
     def provided_model(self, which: Literal["target", "retain"]) -> str | None:
         return self.config.target_model if which == "target" else self.config.retain_model
@@ -242,6 +251,9 @@ class Tofu(Task):
             tr = metrics.truth_ratio_forget(ratios) if is_forget else metrics.truth_ratio_utility(ratios)
             out[f"{split}_truth_ratio"] = Metric(tr, "higher", group)
             stats[f"{split}_truth_ratios"] = ratios.tolist()
+            stats[f"{split}_rouges"] = [float(x) for x in rouge]  # per question, beside the truth ratios
+            stats[f"{split}_probs"] = (metrics.probability(nll[s["answer"]]) if split in ("forget", "retain") else
+                                       metrics.normalized_probability(nll[s["answer"]], pert)).tolist()
             if is_forget:
                 samples = [{"question": r["question"], "answer": r["answer"], "generation": g, "rouge": float(x)}
                            for r, g, x in zip(rows, gens[offset : offset + len(rows)], rouge, strict=True)]

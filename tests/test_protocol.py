@@ -102,8 +102,25 @@ def test_leaderboard_pairs_methods_and_shows_the_headline(protocol, tmp_path):
     page = files["index.html"].read_text()
     assert page.index("Matched forgetting") < page.index("<details")  # the headline comes first
     assert "validation_match_utility" not in md  # tuning runs are not methods of the leaderboard
+    for p in pairs:  # per-question probe values reach the two-level bootstrap
+        assert p["two_level_low"] and float(p["two_level_low"]) <= float(p["two_level_high"])
+        assert 0.0 <= float(p["question_share"]) <= 1.0
     again = {p.name: p for p in table.write_all(results, tmp_path / "again")}
     assert all(files[n].read_bytes() == again[n].read_bytes() for n in files)
+
+
+def test_records_keep_the_probe_per_question_and_replay_their_numbers(protocol):
+    from leaderboard import questions
+
+    _, _, _, records = protocol
+    for r in (r for r in records if r["kind"] in ("run", "tune") and r["match"]["reached"]):
+        q = r["match"]["questions"]
+        assert len(q["checks"]) == len(r["curves"]["probe"]) - 1 and q["matched"] and q["target"] and q["retain"]
+        assert len(q["clusters"]["forget"]) == len(q["target"]["forget"])
+        prefix = "" if r["kind"] == "run" else "validation_"
+        for metric in ("tradeoff_score", "match_utility"):  # every question once: the record's own number
+            assert questions.replay(r, metric, questions.ones(q))[0] == pytest.approx(
+                r["metrics"][prefix + metric]["value"], rel=1e-9)
 
 
 def test_rerun_skips_tuning_and_test_runs(protocol):

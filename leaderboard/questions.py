@@ -1,0 +1,119 @@
+"""Question-level resampling of matched-forgetting numbers, and the two-level bootstrap of a paired difference.
+
+A run record keeps its probe per question (`match.questions`: the target's and the retain model's, every
+check's, the bisected model's, and each question's cluster, TOFU's author). A draw of questions is a weight
+per question: clusters drawn with replacement (a question weighs as often as its cluster was drawn), or the
+questions themselves where a set has fewer than two clusters. `replay` recomputes a run's trade-off score or
+utility at the match from its per-question values under such draws, exactly as harness/match.py computes
+them from the whole sets (the all-ones draw gives the record's own number back).
+
+The two-level bootstrap of a paired difference draws the seed pairs with replacement and, in the same
+replicate, one draw of questions shared by every run (the same questions in both arms and in every seed). Its
+variance is split into what seeds alone and questions alone give, so a reader sees which one more of would
+narrow the interval.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from harness import match
+
+METRICS = ("tradeoff_score", "match_utility")
+RESAMPLES = 2000
+
+
+def has_questions(record: dict[str, Any]) -> bool:
+    return bool(((record.get("match") or {}).get("questions") or {}).get("target"))
+
+
+def draws(questions: dict[str, Any], resamples: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Per probe key, a (resamples, n) array of question weights."""
+    out = {}
+    for key, values in questions["target"].items():
+        n = len(values)
+        labels = questions.get("clusters", {}).get(key) or list(range(n))
+        groups, index = np.unique(np.asarray(labels), return_inverse=True)
+        if len(groups) < 2:  # one author: resample its questions
+            groups, index = np.arange(n), np.arange(n)
+        counts = rng.multinomial(len(groups), np.full(len(groups), 1.0 / len(groups)), size=resamples)
+        out[key] = counts[:, index].astype(np.float64)
+    return out
+
+
+def ones(questions: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The draw that keeps every question once."""
+    return {key: np.ones((1, len(v))) for key, v in questions["target"].items()}
+
+
+def _means(rows: list[dict[str, list[float]]], key: str, w: np.ndarray) -> np.ndarray:
+    values = np.asarray([r[key] for r in rows], dtype=np.float64)  # (rows, n)
+    return (w @ values.T) / w.sum(axis=1, keepdims=True)  # (draws, rows)
+
+
+def _utility(rows: list[dict[str, list[float]]], probe: str, w: dict[str, np.ndarray]) -> np.ndarray:
+    if probe != "utility":
+        return _means(rows, probe, w[probe])
+    parts = np.stack([_means(rows, k, w[k]) for k in sorted(w) if k.startswith("utility/")])  # (parts, draws, rows)
+    with np.errstate(divide="ignore"):
+        return np.where((parts > 0).all(axis=0), len(parts) / (1.0 / parts).sum(axis=0), 0.0)
+
+
+def replay(record: dict[str, Any], metric: str, w: dict[str, np.ndarray]) -> np.ndarray:
+    """The run's `metric` (tradeoff_score or match_utility) under each draw of question weights; NaN where a
+    draw leaves nothing to unlearn (the target's forget probe at or below the level)."""
+    m = record["match"]
+    q, probe = m["questions"], m["probe"]
+    bisection = m.get("bisection")
+    rows = [q["target"], *q["checks"]]
+    steps = [0, *(c["step"] for c in q["checks"])]
+    if bisection is not None:
+        rows = [r for r, s in zip(rows, steps, strict=True) if s <= bisection["from_step"]]
+    forget, utility = _means(rows, "forget", w["forget"]), _utility(rows, probe, w)
+    fixed = ((record.get("spec") or {}).get("match") or {}).get("level")
+    level = (_means([q["retain"]], "forget", w["forget"])[:, 0] if fixed is None and "retain" in q
+             else np.full(forget.shape[0], m["level"]))
+    reference = _utility([q["retain"] if "retain" in q else q["target"]], probe, w)[:, 0]
+    matched = _utility([q["matched"]], probe, w)[:, 0] if bisection is not None else None
+    out = np.full(forget.shape[0], np.nan)
+    for b in range(forget.shape[0]):
+        start = forget[b, 0]
+        if start <= level[b] or reference[b] <= 0:
+            continue
+        points = [((start - f) / (start - level[b]), u / reference[b]) for f, u in zip(forget[b], utility[b],
+                                                                                       strict=True)]
+        if matched is not None:
+            points.append((1.0, matched[b] / reference[b]))
+        if metric == "tradeoff_score":
+            out[b] = match.tradeoff_score(points)
+        else:
+            rel = match.at_match(points)
+            out[b] = np.nan if rel is None else rel * reference[b]
+    return out
+
+
+def two_level(pairs: list[tuple[dict[str, Any], dict[str, Any]]], metric: str, resamples: int = RESAMPLES,
+              seed: int = 0) -> dict[str, float] | None:
+    """The two-level bootstrap of the mean paired difference of `metric` over `pairs` (method record, baseline
+    record; one pair per seed): its 95% percentile interval and the variances seeds alone and questions alone
+    give. None when a record has no per-question values or the runs were probed on different questions."""
+    if not pairs or not all(has_questions(r) for pair in pairs for r in pair):
+        return None
+    first = pairs[0][0]["match"]["questions"]
+    shapes = {k: len(v) for k, v in first["target"].items()}
+    if any({k: len(v) for k, v in r["match"]["questions"]["target"].items()} != shapes for p in pairs for r in p):
+        return None
+    rng = np.random.default_rng(seed)
+    w = draws(first, resamples, rng)
+    diffs = np.stack([replay(a, metric, w) - replay(b, metric, w) for a, b in pairs])  # (seeds, draws)
+    base = np.array([(replay(a, metric, ones(first)) - replay(b, metric, ones(first)))[0] for a, b in pairs])
+    picks = rng.integers(0, len(pairs), size=(resamples, len(pairs)))
+    both = np.nanmean(diffs[picks, np.arange(resamples)[:, None]], axis=1)
+    seeds_only, questions_only = base[picks].mean(axis=1), np.nanmean(diffs, axis=0)
+    var_s, var_q = float(np.nanvar(seeds_only)), float(np.nanvar(questions_only))
+    low, high = np.nanquantile(both, [0.025, 0.975])
+    return {"two_level_low": float(low), "two_level_high": float(high), "var_seeds": var_s, "var_questions": var_q,
+            "question_share": var_q / (var_s + var_q) if var_s + var_q > 0 else None}
+

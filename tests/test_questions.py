@@ -1,0 +1,56 @@
+"""Question-level resampling (leaderboard/questions.py): cluster draws, a run's numbers recomputed from its
+per-question probe values (by hand), and the two-level bootstrap of a paired difference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from harness import match
+from leaderboard import questions
+
+
+def _record(forget_checks, utility_checks, *, retain=((0.2, 0.2), (0.5, 0.5)), shift=0.0):
+    """A run with two forget and two utility questions (one utility part), target first, no bisection."""
+    target = {"forget": [0.9, 0.7], "utility/u": [0.6, 0.4]}
+    checks = [{"step": 2 * (i + 1), "forget": list(f), "utility/u": [x + shift for x in u]}
+              for i, (f, u) in enumerate(zip(forget_checks, utility_checks, strict=True))]
+    q = {"target": target, "retain": {"forget": list(retain[0]), "utility/u": list(retain[1])}, "checks": checks,
+         "clusters": {}}
+    return {"spec": {"match": {"level": None}}, "match": {"questions": q, "probe": "utility", "level": 0.2,
+                                                          "bisection": None}}
+
+
+def test_replay_recomputes_the_trade_off_from_questions_by_hand():
+    r = _record([(0.5, 0.5), (0.1, 0.2)], [(0.45, 0.35), (0.3, 0.3)])
+    # all questions: F0 0.8, L 0.2, U_ret 0.5; e = 0, 0.5, 1.083; u = 1, 0.8, 0.6
+    traj = [{"step": 0, "forget": 0.8, "utility": 0.5}, {"step": 2, "forget": 0.5, "utility": 0.4},
+            {"step": 4, "forget": 0.15, "utility": 0.3}]
+    expected = match.summarize(traj, "utility", 0.2, 0.5)
+    assert questions.replay(r, "tradeoff_score", questions.ones(r["match"]["questions"]))[0] == pytest.approx(
+        expected["tradeoff"])
+    # only the first question of each set (weights 2, 0): F0 0.9, L 0.2, U_ret 0.5, F 0.5 then 0.1, U 0.45, 0.3
+    w = {"forget": np.array([[2.0, 0.0]]), "utility/u": np.array([[2.0, 0.0]])}
+    first = [{"step": 0, "forget": 0.9, "utility": 0.6}, {"step": 2, "forget": 0.5, "utility": 0.45},
+             {"step": 4, "forget": 0.1, "utility": 0.3}]
+    assert questions.replay(r, "tradeoff_score", w)[0] == pytest.approx(
+        match.summarize(first, "utility", 0.2, 0.5)["tradeoff"])
+    assert questions.replay(r, "match_utility", w)[0] == pytest.approx(
+        match.summarize(first, "utility", 0.2, 0.5)["at_match"])
+
+
+def test_draws_resample_clusters_whole_and_single_clusters_by_question():
+    q = {"target": {"forget": [0.1] * 4, "utility/u": [0.1] * 3}, "clusters": {"forget": [0, 0, 1, 1]}}
+    w = questions.draws(q, 500, np.random.default_rng(0))
+    assert w["forget"].shape == (500, 4) and np.all(w["forget"][:, 0] == w["forget"][:, 1])  # an author whole
+    assert np.all(w["forget"].sum(axis=1) == 4) and np.all(w["utility/u"].sum(axis=1) == 3)
+    assert len({tuple(row) for row in w["utility/u"]}) > 3  # no clusters: questions drawn one by one
+
+
+def test_two_level_bootstrap_splits_seed_and_question_variance():
+    base = [_record([(0.5, 0.5), (0.1, 0.2)], [(0.45, 0.35), (0.3, 0.3)]) for _ in range(4)]
+    better = [_record([(0.5, 0.5), (0.1, 0.2)], [(0.45, 0.35), (0.3, 0.3)], shift=s) for s in (0.02, 0.03, 0.01, 0.04)]
+    out = questions.two_level(list(zip(better, base, strict=True)), "tradeoff_score", resamples=400)
+    assert 0 < out["two_level_low"] < out["two_level_high"] and 0 <= out["question_share"] <= 1
+    assert out["var_seeds"] > 0 and out["var_questions"] > 0
+    assert questions.two_level([(better[0], {"match": {}})], "tradeoff_score") is None  # a record without questions
