@@ -249,6 +249,17 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_summary(args: argparse.Namespace) -> int:
+    from leaderboard import across
+
+    for d in args.results_dirs:
+        if not (Path(d) / "runs").is_dir():
+            raise UnlearnBenchError(f"{d}: no runs/ folder of records here")
+    for path in across.write([Path(d) for d in args.results_dirs], Path(args.out), args.baseline):
+        print(path)
+    return 0
+
+
 def _add_spec_arguments(s: argparse.ArgumentParser) -> None:
     """A run spec from a YAML file, with the main fields overridable by flags."""
     s.add_argument("--spec", help="YAML run spec (fields: harness/spec.py; plugin configs: unlearn-bench list -v)")
@@ -356,6 +367,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "int4_g128_forget_rouge,model_utility (default: that "
                                                           "pair where runs were probed with 4-bit quantization)")
     s.set_defaults(func=cmd_leaderboard)
+
+    s = sub.add_parser("summary", help="across tasks, as rliable reports: IQM of the normalised trade-off score, "
+                                       "probability of improvement over a baseline, performance profiles")
+    s.add_argument("results_dirs", nargs="+", help="results folders (e.g. one per task)")
+    s.add_argument("--out", required=True, help="folder for summary.csv, summary.md and profile.png")
+    s.add_argument("--baseline", default="dense", help="attribution the probability of improvement is against")
+    s.set_defaults(func=cmd_summary)
     return p
 
 

@@ -1,0 +1,72 @@
+"""The across-task summary (leaderboard/across.py) against rliable's definitions computed by hand: IQM as a
+25% trimmed mean over all runs, probability of improvement from pairwise comparisons, the stratified
+bootstrap staying inside each task, performance profiles, and the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.cli import main
+from leaderboard import across
+
+
+def _run(runs: Path, task: str, attribution: str, seed: int, score: float) -> None:
+    spec = {"task": task, "model": "m", "attribution": attribution, "ratio": 1.0 if attribution == "dense" else 0.5,
+            "objective": "graddiff", "seed": seed}
+    record = {"record_version": 1, "id": f"{task}-{attribution}-{seed}", "kind": "run", "spec": spec,
+              "status": "finished", "metrics": {"tradeoff_score": {"value": score, "direction": "higher"}}}
+    runs.mkdir(parents=True, exist_ok=True)
+    (runs / f"{record['id']}.json").write_text(json.dumps(record))
+
+
+@pytest.fixture
+def two_tasks(tmp_path) -> list[Path]:
+    dirs = []
+    values = {"a": {"dense": [0.5, 0.6, 0.7, 0.8], "wagle": [0.6, 0.7, 0.8, 0.9]},
+              "b": {"dense": [0.9, 1.0, 1.1, 1.2], "wagle": [0.8, 0.9, 1.0, 1.3]}}
+    for task, methods in values.items():
+        for attribution, scores in methods.items():
+            for seed, v in enumerate(scores):
+                _run(tmp_path / task / "runs", task, attribution, seed, v)
+        dirs.append(tmp_path / task)
+    return dirs
+
+
+def test_iqm_and_probability_of_improvement_by_hand(two_tasks):
+    records = [json.loads(p.read_text()) for d in two_tasks for p in sorted((d / "runs").glob("*.json"))]
+    rows = {r["method"]: r for r in across.summary(records, resamples=300)}
+    wagle = rows["wagle (0.5) + graddiff"]
+    # all 8 wagle runs sorted: .6 .7 .8 .8 .9 .9 1.0 1.3; the middle 4 (trim 2 each side): .8 .8 .9 .9
+    assert wagle["iqm"] == pytest.approx(0.85) and wagle["runs"] == 8 and wagle["tasks"] == "a b"
+    # task a: wagle > dense in 6+5+... pairs: count of (x > y) + 0.5 ties over 16 pairs
+    def p(x, y):
+        return sum((a > b) + 0.5 * (a == b) for a in x for b in y) / (len(x) * len(y))
+    expected = (p([0.6, 0.7, 0.8, 0.9], [0.5, 0.6, 0.7, 0.8]) + p([0.8, 0.9, 1.0, 1.3], [0.9, 1.0, 1.1, 1.2])) / 2
+    assert wagle["poi"] == pytest.approx(expected)
+    assert wagle["iqm_low"] <= wagle["iqm"] <= wagle["iqm_high"] and wagle["poi_low"] <= expected <= wagle["poi_high"]
+    assert rows["dense (1) + graddiff"]["poi"] is None  # no improvement over itself
+    assert across.improvement({"t": np.array([1.0, 2.0])}, {"t": np.array([1.0, 2.0])}) == 0.5
+
+
+def test_stratified_bootstrap_draws_within_each_task_and_profiles_by_hand():
+    per_task = {"a": np.array([0.1, 0.2]), "b": np.array([5.0, 6.0, 7.0])}
+    drawn = across._resample(per_task, np.random.default_rng(0))
+    assert set(drawn["a"]) <= {0.1, 0.2} and set(drawn["b"]) <= {5.0, 6.0, 7.0} and len(drawn["b"]) == 3
+    taus = np.array([0.0, 0.15, 5.5, 10.0])
+    # τ 0: all of a, all of b → 1; τ .15: half of a, all of b → .75; τ 5.5: none of a, 2/3 of b; τ 10: 0
+    assert across.profile(per_task, taus) == pytest.approx([1.0, 0.75, 1 / 3, 0.0])
+
+
+def test_summary_command_writes_its_files_from_records_alone(two_tasks, tmp_path):
+    out = tmp_path / "summary"
+    assert main(["summary", *map(str, two_tasks), "--out", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} == {"summary.csv", "summary.md", "profile.png"}
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main(["summary", *map(str, two_tasks), "--out", str(out)]) == 0
+    assert first == {p.name: p.read_bytes() for p in out.iterdir()}  # byte for byte
+    assert "| wagle (0.5) + graddiff | a b | 8 | 0.85 [" in (out / "summary.md").read_text()
+    assert main(["summary", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
