@@ -249,6 +249,30 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from harness import verify
+
+    chosen = verify.choose(Path(args.results_dir), args.sample, args.seed, args.id)
+    print(f"replaying {len(chosen)} record(s) of {args.results_dir} (tolerance {args.tolerance:g})")
+    failed = 0
+    for record in chosen:
+        try:
+            r = verify.replay(record, args.tolerance)
+        except Exception as exc:  # a run that cannot run again is reported, and the others still replay
+            print(f"{record.id}: could not rerun: {type(exc).__name__}: {exc}")
+            failed += 1
+            continue
+        code = "" if r.same_id else " (its plugins' code changed since: the run id differs)"
+        if r.reproduced:
+            print(f"{r.id}: reproduced, max |Δ| {r.max_diff:.3g}, {r.seconds:.0f} s{code}")
+        else:
+            failed += 1
+            shown = ", ".join(f"{k} {a} → {b}" for k, (a, b) in list(r.differing.items())[:6])
+            print(f"{r.id}: DIFFERS in {len(r.differing)} metric(s): {shown}{code}")
+    print(f"{len(chosen) - failed} of {len(chosen)} reproduced")
+    return 0 if failed == 0 else 1
+
+
 def cmd_summary(args: argparse.Namespace) -> int:
     from leaderboard import across
 
@@ -367,6 +391,17 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "int4_g128_forget_rouge,model_utility (default: that "
                                                           "pair where runs were probed with 4-bit quantization)")
     s.set_defaults(func=cmd_leaderboard)
+
+    s = sub.add_parser("verify", help="rerun records of a results folder from their stored specs and check that "
+                                      "their metrics reproduce")
+    s.add_argument("results_dir")
+    s.add_argument("--sample", type=int, help="replay K records drawn at random (default: every one)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the draw")
+    s.add_argument("--id", action="append", help="replay this record (repeatable)")
+    s.add_argument("--tolerance", type=float, default=0.0,
+                   help="largest absolute difference still counted as reproduced (0: the same number, as runs on "
+                        "the same kind of machine give; across machines, e.g. 1e-4)")
+    s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("summary", help="across tasks, as rliable reports: IQM of the normalised trade-off score, "
                                        "probability of improvement over a baseline, performance profiles")

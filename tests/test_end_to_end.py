@@ -161,3 +161,24 @@ def test_per_method_train_overrides_and_tune_block_checks():
     with pytest.raises(ConfigError, match=r"tune\.seeds and seeds share \[1000\]"):
         sweep.tuning_grid(from_dict(sweep.SweepConfig, {"seeds": [0, 1000], "match": {"enabled": True},
                                                         "tune": {"enabled": True}}, "grid"))
+
+
+def test_verify_replays_records_and_catches_a_changed_number(swept, tmp_path, capsys):
+    """`verify` reruns a record from its stored spec: the same number on this machine; a record whose metric
+    was edited after the run is reported as differing, with the metric named, and the command fails."""
+    from harness.cli import main
+
+    _, results, _ = swept
+    assert main(["verify", str(results), "--sample", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "reproduced, max |Δ| 0," in out and "1 of 1 reproduced" in out
+    copy = tmp_path / "copy"
+    shutil.copytree(results, copy)
+    path = next(p for p in sorted((copy / "runs").glob("*.json")) if json.loads(p.read_text())["kind"] == "run")
+    record = json.loads(path.read_text())
+    record["metrics"]["forget_rouge"]["value"] += 0.125
+    path.write_text(json.dumps(record))
+    assert main(["verify", str(copy), "--id", record["id"]]) == 1
+    out = capsys.readouterr().out
+    assert f"{record['id']}: DIFFERS in 1 metric(s): forget_rouge" in out and "0 of 1 reproduced" in out
+    assert main(["verify", str(copy), "--id", "no-such-run"]) == 2
