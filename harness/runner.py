@@ -209,7 +209,7 @@ def execute(spec: RunSpec, results_dir: Path, save_to: Path | None = None) -> re
 
         t = time.perf_counter()
         evaluation = Evaluation({})
-        if spec.evaluate:
+        if spec.evaluate and spec.full_evaluation:
             log.info("%s: evaluating the unlearned model on %s", run_id, spec.task)
             evaluated = model if composer is None else composer.around(model)
             evaluation = task.evaluate(evaluated, tok, EvalContext(retain_eval["stats"], task.eval_batch_size,

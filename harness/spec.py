@@ -42,6 +42,9 @@ class RunSpec:
                                                "level, then evaluate (docs/metrics.md)")
     evaluate: bool = option(True, "false: a tuning run (unlearning and the validation probe only, no test "
                                   "evaluation; recorded as kind 'tune')")
+    full_evaluation: bool = option(True, "false: a test run that stops at the match with its utility probe and "
+                                         "trade-off score (what the verdicts compare), without the task's full "
+                                         "evaluation, lm-eval utility or probes (a sweep's extra seeds)")
     tuned_from: list[float] = option([], "the learning-rate grid train.lr was chosen from by the sweep's tune "
                                          "rule (empty: not tuned)")
     save_model: bool = option(False, "write the unlearned model as a Hugging Face folder RESULTS/models/<run-id> "
@@ -88,6 +91,11 @@ class RunSpec:
                              "and lm-eval utility (which load one model) do not apply to it")
         if self.probes and not self.evaluate:
             raise ValueError("probes run after the test evaluation: a tuning run (evaluate: false) has none")
+        if not self.full_evaluation and not (self.match.enabled and self.evaluate):
+            raise ValueError("full_evaluation: false keeps only the matched-forgetting probe: it needs match.enabled "
+                             "and a test run (evaluate: true)")
+        if not self.full_evaluation and (self.probes or self.utility):
+            raise ValueError("full_evaluation: false runs no probes and no lm-eval utility")
         if not self.evaluate and not self.match.enabled:
             raise ValueError("evaluate: false (a tuning run) needs match.enabled: it records only the probes")
 

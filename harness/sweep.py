@@ -71,6 +71,10 @@ class SweepConfig:
     optimizers: list[str] = option(["adamw"], "update rules (adamw, soul, or a plugin's): each method runs with each")
     optimizer_config: dict[str, Any] = option({}, "per optimizer name: its config")
     seeds: list[int] = option([0], "seeds")
+    evaluate_seeds: list[int] = option([], "test seeds whose runs run the task's full evaluation and the probes; "
+                                           "the other seeds' runs stop at the match with the utility probe and "
+                                           "trade-off score the verdicts compare (cheap extra seed pairs); empty: "
+                                           "every seed")
     exclude: list[str] = option([], "attribution/objective pairs to leave out of the grid, e.g. random/npo")
     dtype: str = option("float32", "weights dtype: float32, bfloat16 or float16")
     device: str = option("auto", "auto (CUDA if present, else CPU), cpu, cuda, ...")
@@ -177,6 +181,11 @@ def _check(cfg: SweepConfig, where: str) -> None:
     for pair in cfg.exclude:
         if pair.count("/") != 1:
             raise ConfigError(f"{where}: exclude entry {pair!r} is not attribution/objective")
+    stray = sorted(set(cfg.evaluate_seeds) - set(cfg.seeds))
+    if stray:
+        raise ConfigError(f"{where}: evaluate_seeds names {stray}, which are not among the seeds {cfg.seeds}")
+    if cfg.evaluate_seeds and not cfg.match.enabled:
+        raise ConfigError(f"{where}: evaluate_seeds needs match.enabled (the other seeds keep only the match)")
     if cfg.tune.enabled and not cfg.match.enabled:
         raise ConfigError(f"{where}: tune needs match.enabled (it selects on utility at matched forgetting)")
     shared = sorted(set(cfg.tune.seeds) & set(cfg.seeds)) if cfg.tune.enabled else []
@@ -203,7 +212,10 @@ def _spec(cfg: SweepConfig, method: tuple[str, float, str, str], seed: int, trai
     attribution, ratio, objective, optimizer = method
     if not 0.0 < ratio <= 1.0:
         raise ConfigError(f"{where}: ratio must be in (0, 1], got {ratio}")
-    probes = [p for p in cfg.probes if seed in cfg.probe_seeds.get(p, [seed])] if extra.get("evaluate", True) else []
+    full = extra.get("evaluate", True) and (not cfg.evaluate_seeds or seed in cfg.evaluate_seeds)
+    if extra.get("evaluate", True) and not full:
+        extra["full_evaluation"] = False
+    probes = [p for p in cfg.probes if seed in cfg.probe_seeds.get(p, [seed])] if full else []
     spec = runner.canonical(RunSpec(
         task=cfg.task, model=cfg.model, attribution=attribution, ratio=ratio, objective=objective, seed=seed,
         dtype=cfg.dtype, device=cfg.device, attribution_buffers=cfg.attribution_buffers,

@@ -35,9 +35,10 @@ def objective_label(spec: dict[str, Any]) -> str | None:
     return objective if not tags or objective is None else f"{objective} [{', '.join(tags)}]"
 
 
-# Not part of a method's identity: the seed, the device, and the probes (they attack the model after its
-# evaluation and change nothing in it; a sweep may probe some seeds only, e.g. relearning on seed 0).
-NOT_METHOD = ("seed", "device", "probes", "probe_config")
+# Not part of a method's identity: the seed, the device, the probes (they attack the model after its
+# evaluation and change nothing in it; a sweep may probe some seeds only, e.g. relearning on seed 0), and
+# whether the full evaluation ran (a sweep's extra seeds stop at the match: the same method, fewer metrics).
+NOT_METHOD = ("seed", "device", "probes", "probe_config", "full_evaluation")
 
 
 def config_key(spec: dict[str, Any]) -> str:

@@ -182,3 +182,20 @@ def test_verify_replays_records_and_catches_a_changed_number(swept, tmp_path, ca
     out = capsys.readouterr().out
     assert f"{record['id']}: DIFFERS in 1 metric(s): forget_rouge" in out and "0 of 1 reproduced" in out
     assert main(["verify", str(copy), "--id", "no-such-run"]) == 2
+
+
+def test_extra_seeds_stop_at_the_match_and_their_settings_are_checked():
+    from harness.spec import RunSpec
+
+    cfg = from_dict(sweep.SweepConfig, {"attributions": ["dense"], "objectives": ["graddiff"], "seeds": [0, 1, 2],
+                                        "evaluate_seeds": [0], "probes": ["mia"], "match": {"enabled": True}}, "g")
+    specs = {s.seed: s for s in sweep.expand(cfg)}
+    assert specs[0].full_evaluation and specs[0].probes == ["mia"]
+    assert not specs[1].full_evaluation and specs[1].probes == [] and not specs[2].full_evaluation
+    with pytest.raises(ConfigError, match=r"evaluate_seeds names \[5\]"):
+        sweep.expand(from_dict(sweep.SweepConfig, {"seeds": [0], "evaluate_seeds": [5],
+                                                   "match": {"enabled": True}}, "g"))
+    with pytest.raises(ConfigError, match=r"evaluate_seeds needs match\.enabled"):
+        sweep.expand(from_dict(sweep.SweepConfig, {"seeds": [0, 1], "evaluate_seeds": [0]}, "g"))
+    with pytest.raises(ValueError, match=r"needs match\.enabled"):
+        RunSpec(full_evaluation=False).validate()

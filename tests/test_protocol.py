@@ -21,6 +21,7 @@ SWEEP = {
     "prepare": {"epochs": 2, "lr": 3e-3},
     "match": {"enabled": True, "check_every": 1},
     "tune": {"enabled": True, "lr_factors": [1.0, 3.0], "seeds": [7, 8]},
+    "evaluate_seeds": [0],  # seed 1 stops at the match: the verdicts' numbers without the full evaluation
 }
 
 
@@ -83,7 +84,8 @@ def test_runs_stop_at_the_level_and_record_the_trajectory(protocol):
     runs = [r for r in records if r["kind"] == "run"]
     assert any(r["match"]["reached"] for r in runs)
     for r in runs:
-        assert r["metrics"]["forget_quality"]["value"] is not None  # the full evaluation at the stopping point
+        full = r["spec"]["seed"] == 0  # the full evaluation at the stopping point on evaluate_seeds only
+        assert ("forget_quality" in r["metrics"]) == full and r["spec"]["full_evaluation"] == full
         assert (r["metrics"]["match_utility"]["value"] is None) == (not r["match"]["reached"])
         assert 0 <= r["metrics"]["tradeoff_score"]["value"]
 
@@ -99,6 +101,8 @@ def test_leaderboard_pairs_methods_and_shows_the_headline(protocol, tmp_path):
     assert trade["n"] == "2" and trade["role"] == "secondary" and trade["verdict"] == ""  # two baselines: no verdict
     md = files["leaderboard.md"].read_text()
     assert "### Matched forgetting" in md and "tradeoff_score vs dense" in md and "of {" in md
+    methods = list(csv.DictReader(files["methods.csv"].open()))
+    assert len(methods) == 2 and all(m["n"] == "2" for m in methods)  # probe-only seeds join their method's row
     page = files["index.html"].read_text()
     assert page.index("Matched forgetting") < page.index("<details")  # the headline comes first
     assert "validation_match_utility" not in md  # tuning runs are not methods of the leaderboard
