@@ -151,13 +151,14 @@ def summarize(trajectory: list[dict[str, Any]], key: str, level: float, referenc
     """Matched-forgetting numbers of one run. `trajectory`: probe rows in step order, the first the target
     (step 0); `key`: the utility probe to compare (utility, or validation for tuning); `reference`: the
     retain model's value of that probe (u = value / reference). `matched`: the bisected model (`bisect`), which
-    replaces the check that crossed the level: it counts as e = 1 (it is within the tolerance of it), its
-    utility is the utility at the match, and the stop is there."""
+    replaces the check that crossed the level: it counts as e = 1 when it is within the tolerance of it (else it
+    stands at its own efficacy, past 1, and the utility at the match is interpolated), and the stop is there."""
     start = trajectory[0]["forget"]
     rows = trajectory if matched is None else [r for r in trajectory if r["step"] <= matched["from_step"]]
     points = [(efficacy(row["forget"], start, level), row[key] / reference) for row in rows]
-    if matched is not None:
-        points.append((1.0, matched["probe"][key] / reference))
+    if matched is not None:  # within the tolerance it stands for e = 1; past it (out of probes), where it is
+        e = 1.0 if matched.get("within", True) else efficacy(matched["probe"]["forget"], start, level)
+        points.append((e, matched["probe"][key] / reference))
     reached = next((row["step"] for row in trajectory if row["forget"] <= level), None)
     rel = at_match(points)
     last = trajectory[-1] if matched is None else matched["probe"]
@@ -178,8 +179,8 @@ def bisect(net: torch.nn.Module, before: dict[str, torch.Tensor], forget_of: Cal
            start: float, level: float, cfg: MatchConfig) -> dict[str, Any]:
     """Put `net` (whose weights are past the level) at θ(α) = θ_before + α (θ_now − θ_before), the α in (0, 1]
     whose forget efficacy is within ±cfg.tolerance of 1, found by bisection on the forget probe alone. Past
-    cfg.max_bisections, the closest α tried at or past the level. Returns α, the probes tried and whether the
-    tolerance was met; `net` is left at the chosen α."""
+    cfg.max_bisections, the smallest α known to be past the level (1 if no probe tried was). Returns α, the
+    probes tried and whether the tolerance was met; `net` is left at the chosen α."""
     params = {n: p for n, p in net.named_parameters() if n in before}
     after = {n: p.detach().to("cpu", copy=True) for n, p in params.items()}
 

@@ -4,8 +4,10 @@ scores over every run of every task, with a task-stratified bootstrap interval; 
 over dense; and a performance profile.
 
 The trade-off score is already normalised (the target model 0, the retain model 1: docs/metrics.md), so scores
-of different tasks share one scale. A method is the attribution (ratio) + objective label; the summary takes
-the tasks every compared method ran. As rliable does:
+of different tasks share one scale. A method is the attribution (ratio) + objective label (the runs of one
+label on a task are pooled whatever their other settings); each method's row covers the tasks it shares
+with the baseline (the baseline's own row, all its tasks), so rows may cover different task sets: the
+`tasks` column says which. As rliable does:
 
 - IQM: `scipy.stats.trim_mean(scores, 0.25)` over all runs of all tasks (`aggregate_iqm`);
 - probability of improvement of X over Y: per task, the Mann-Whitney U of X's runs against Y's divided by
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +44,8 @@ def scores(records: list[dict[str, Any]], metric: str = METRIC) -> dict[str, dic
     out: dict[str, dict[str, list[float]]] = {}
     for r in records:
         value = ((r.get("metrics") or {}).get(metric) or {}).get("value")
-        if r.get("kind") == "run" and r.get("status") == "finished" and value is not None:
+        finite = isinstance(value, (int, float)) and math.isfinite(value)
+        if r.get("kind") == "run" and r.get("status") == "finished" and finite:
             out.setdefault(method_label(r["spec"]), {}).setdefault(r["spec"]["task"], []).append(float(value))
     return {m: {t: np.asarray(v) for t, v in sorted(tasks.items())} for m, tasks in sorted(out.items())}
 

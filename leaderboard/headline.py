@@ -26,14 +26,14 @@ def _num(x: float | None) -> str:
 
 
 def verdict_text(d: dict[str, Any]) -> str:
-    """A primary comparison's verdict in words: resolved with its Holm p, equivalent within the margin, or
+    """A primary comparison's verdict in words: resolved with its adjusted p, equivalent within the margin, or
     undecided with the smallest difference these seeds could detect and the seeds the margin needs."""
     if d["verdict"] in ("higher", "lower"):
-        return f"resolved, {d['verdict']} (Holm p {d['p_holm']:.2g})"
+        return f"resolved, {d['verdict']} (adjusted p {d['p_adj']:.2g})"
     if d["verdict"] == "equivalent":
-        return f"equivalent within ±{d['margin']:g} (Holm TOST p {d['p_tost_holm']:.2g})"
+        return f"equivalent within ±{d['margin']:g} (adjusted TOST p {d['p_tost_adj']:.2g})"
     need = "" if d["seeds_needed"] is None else f", {d['seeds_needed']} pairs for ±{d['margin']:g}"
-    return f"undecided (p {d['p_holm']:.2g}; detectable ≥ {_num(d['mde'])}{need})"
+    return f"undecided (p {d['p_adj']:.2g}; detectable ≥ {_num(d['mde'])}{need})"
 
 
 def diff_label(d: dict[str, Any] | None) -> str:
@@ -89,16 +89,19 @@ def findings(paired: list[dict[str, Any]]) -> list[str]:
 def protocol_text(cfg: CompareConfig) -> str:
     """The declared comparisons and the rule that decides them, in one paragraph."""
     return (f"Declared before the runs: {cfg.primary} against {', '.join(cfg.baselines)}, paired by seed. "
-            f"Resolved: Holm-adjusted exact sign-flip permutation p < {cfg.alpha:g} over the family; equivalent: "
-            f"Holm-adjusted TOST p < {cfg.alpha:g} within ±{cfg.margin:g}; otherwise undecided, with the smallest "
-            f"difference these seeds could detect (power {cfg.power:g}) and the pairs a difference of the margin "
-            "needs. Intervals: 95% paired Student t; two-level: seeds, then questions clustered by author (the same "
-            "questions in both arms), with the share of its variance the questions carry. Other metrics and "
-            "baselines against each other: interval, no verdict (docs/metrics.md, Verdicts).")
+            f"Resolved: exact sign-flip permutation p < {cfg.alpha:g} after Bonferroni over the family; "
+            f"equivalent: TOST p < {cfg.alpha:g} within ±{cfg.margin:g} after the same (together at most "
+            f"{cfg.alpha:g} chance of any wrong verdict); neither below the pairs the exact test needs; otherwise "
+            "undecided, with the smallest difference these seeds could detect (paired t approximation, power "
+            f"{cfg.power:g}: optimistic below about 10 pairs) and the pairs a difference of the margin needs. "
+            "Intervals: 95% paired Student t; two-level: seeds, then questions clustered by author (the same "
+            "questions in both arms, where the run stopped held fixed), with the questions' share of the two "
+            "one-way variances. Other metrics and baselines against each other: interval, no verdict "
+            "(docs/metrics.md, Verdicts).")
 
 
-PAIRED_HEAD = ["method", "vs", "metric", "pairs", "mean [95% t]", "σ_d", "p (exact)", "Holm p", "Holm TOST p",
-               "verdict", "detectable ≥", "pairs for margin", "two-level 95%", "questions' share"]
+PAIRED_HEAD = ["method", "vs", "metric", "pairs", "mean [95% t]", "σ_d", "p (exact)", "adjusted p",
+               "adjusted TOST p", "verdict", "detectable ≥", "pairs for margin", "two-level 95%", "questions' share"]
 
 
 def paired_cells(d: dict[str, Any]) -> list[str]:
@@ -108,7 +111,7 @@ def paired_cells(d: dict[str, Any]) -> list[str]:
     interval = "" if d["mean"] is None else (f"{d['mean']:+.3g}" + (
         "" if d["ci_low"] is None else f" [{d['ci_low']:+.3g}, {d['ci_high']:+.3g}]"))
     return [f"{d['attribution']} ({d['ratio']:g}) + {d['objective']}", d["baseline"], d["metric"], str(d["n"]),
-            interval, num("sd"), num("p"), num("p_holm"), num("p_tost_holm"), d["verdict"] or "(no verdict)",
+            interval, num("sd"), num("p"), num("p_adj"), num("p_tost_adj"), d["verdict"] or "(no verdict)",
             num("mde"), "" if d.get("seeds_needed") is None else str(d["seeds_needed"]),
             "" if d.get("two_level_low") is None else f"[{d['two_level_low']:+.3g}, {d['two_level_high']:+.3g}]",
             "" if d.get("question_share") is None else f"{d['question_share']:.0%}"]

@@ -4,7 +4,7 @@ For a method M, a baseline B (an attribution the sweep declared: dense, and rand
 default; same task, model and objective) and a metric, the differences d_s = M_s − B_s over the seeds both
 ran, where both have a value (a run that never reached the level has no utility at the match). The primary
 metric's comparisons of every method that is not itself a baseline form one declared family per task and
-model, decided by leaderboard.verdicts (exact sign-flip permutation test, Holm, TOST); the other rows (the
+model, decided by leaderboard.verdicts (exact sign-flip permutation test, TOST, Bonferroni); the other rows (the
 secondary metrics, baselines against each other) get the mean and its paired t interval, no verdict. Where
 the records keep their probe per question, the trade-off score and utility at the match also get the two-level
 bootstrap interval (seeds, then questions) and the share of its variance that questions carry.
@@ -12,13 +12,14 @@ bootstrap interval (seeds, then questions) and the share of its variance that qu
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from leaderboard import questions, verdicts
 from leaderboard.aggregate import config_key, objective_label
 from leaderboard.verdicts import CompareConfig
 
-STATS = ("n", "mean", "sd", "ci_low", "ci_high", "family", "margin", "alpha", "p", "p_holm", "p_tost", "p_tost_holm",
+STATS = ("n", "mean", "sd", "ci_low", "ci_high", "family", "margin", "alpha", "p", "p_adj", "p_tost", "p_tost_adj",
          "verdict", "mde", "seeds_needed", "two_level_low", "two_level_high", "var_seeds", "var_questions",
          "question_share")
 
@@ -47,7 +48,9 @@ def _baseline(method: tuple, name: str, methods: list[tuple]) -> tuple | None:
 
 
 def _value(record: dict[str, Any], metric: str) -> float | None:
-    return ((record.get("metrics") or {}).get(metric) or {}).get("value")
+    """The record's finite value of `metric`, else None (no value, or NaN/inf: never a pair)."""
+    value = ((record.get("metrics") or {}).get(metric) or {}).get("value")
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
 def record_pairs(method_runs: dict[int, dict], base_runs: dict[int, dict], metric: str) -> list[tuple[dict, dict]]:

@@ -3,7 +3,11 @@
 A run record keeps its probe per question (`match.questions`: the target's and the retain model's, every
 check's, the bisected model's, and each question's cluster, TOFU's author). A draw of questions is a weight
 per question: clusters drawn with replacement (a question weighs as often as its cluster was drawn), or the
-questions themselves where a set has fewer than two clusters. `replay` recomputes a run's trade-off score or
+questions themselves where a set has fewer than MIN_CLUSTERS clusters (a bootstrap over 2 to 4 authors has
+too few distinct draws; drawing their questions ignores that questions of one author move together).
+Where a run stopped is held fixed: the bisected model counts as the match under every draw, as it does in the
+record (harness/match.py), so the question level measures the noise of the numbers at that model, not of
+where the run would have stopped. `replay` recomputes a run's trade-off score or
 utility at the match from its per-question values under such draws, exactly as harness/match.py computes
 them from the whole sets (the all-ones draw gives the record's own number back).
 
@@ -23,6 +27,7 @@ from harness import match
 
 METRICS = ("tradeoff_score", "match_utility")
 RESAMPLES = 2000
+MIN_CLUSTERS = 5  # below this many authors in a set, its questions are drawn one by one
 
 
 def has_questions(record: dict[str, Any]) -> bool:
@@ -36,7 +41,7 @@ def draws(questions: dict[str, Any], resamples: int, rng: np.random.Generator) -
         n = len(values)
         labels = questions.get("clusters", {}).get(key) or list(range(n))
         groups, index = np.unique(np.asarray(labels), return_inverse=True)
-        if len(groups) < 2:  # one author: resample its questions
+        if len(groups) < MIN_CLUSTERS:  # too few authors to draw: draw their questions
             groups, index = np.arange(n), np.arange(n)
         counts = rng.multinomial(len(groups), np.full(len(groups), 1.0 / len(groups)), size=resamples)
         out[key] = counts[:, index].astype(np.float64)
@@ -77,6 +82,7 @@ def replay(record: dict[str, Any], metric: str, w: dict[str, np.ndarray]) -> np.
              else np.full(forget.shape[0], m["level"]))
     reference = _utility([q["retain"] if "retain" in q else q["target"]], probe, w)[:, 0]
     matched = _utility([q["matched"]], probe, w)[:, 0] if bisection is not None else None
+    matched_forget = _means([q["matched"]], "forget", w["forget"])[:, 0] if bisection is not None else None
     out = np.full(forget.shape[0], np.nan)
     for b in range(forget.shape[0]):
         start = forget[b, 0]
@@ -84,8 +90,9 @@ def replay(record: dict[str, Any], metric: str, w: dict[str, np.ndarray]) -> np.
             continue
         points = [((start - f) / (start - level[b]), u / reference[b]) for f, u in zip(forget[b], utility[b],
                                                                                        strict=True)]
-        if matched is not None:
-            points.append((1.0, matched[b] / reference[b]))
+        if matched is not None:  # the match, as harness/match.py.summarize places it
+            e = 1.0 if bisection.get("within", True) else (start - matched_forget[b]) / (start - level[b])
+            points.append((e, matched[b] / reference[b]))
         if metric == "tradeoff_score":
             out[b] = match.tradeoff_score(points)
         else:
@@ -97,13 +104,18 @@ def replay(record: dict[str, Any], metric: str, w: dict[str, np.ndarray]) -> np.
 def two_level(pairs: list[tuple[dict[str, Any], dict[str, Any]]], metric: str, resamples: int = RESAMPLES,
               seed: int = 0) -> dict[str, float] | None:
     """The two-level bootstrap of the mean paired difference of `metric` over `pairs` (method record, baseline
-    record; one pair per seed): its 95% percentile interval and the variances seeds alone and questions alone
-    give. None when a record has no per-question values or the runs were probed on different questions."""
-    if not pairs or not all(has_questions(r) for pair in pairs for r in pair):
+    record; one pair per seed): its 95% percentile interval, and the variances of the one-way bootstraps over
+    seeds alone and over questions alone (both hold the seed × question interaction, so their shares are a
+    guide to which more of would narrow the interval, not a decomposition). None below two pairs, when a record
+    has no per-question values, or when the runs were probed on different question sets."""
+    if len(pairs) < 2 or not all(has_questions(r) for pair in pairs for r in pair):
         return None
     first = pairs[0][0]["match"]["questions"]
-    shapes = {k: len(v) for k, v in first["target"].items()}
-    if any({k: len(v) for k, v in r["match"]["questions"]["target"].items()} != shapes for p in pairs for r in p):
+
+    def layout(q: dict[str, Any]) -> tuple:
+        return {k: len(v) for k, v in q["target"].items()}, q.get("clusters")
+
+    if any(layout(r["match"]["questions"]) != layout(first) for p in pairs for r in p):
         return None
     rng = np.random.default_rng(seed)
     w = draws(first, resamples, rng)

@@ -6,17 +6,20 @@ differences d_s = M_s − B_s over the seeds both ran. Each comparison gets
 
 - the mean difference and its paired Student t interval (scipy.stats.ttest_1samp),
 - an exact sign-flip permutation p-value: all 2^n sign patterns of the d_s (scipy.stats.permutation_test,
-  permutation_type="samples"); its smallest two-sided value is 2 / 2^n, so nothing resolves below 6 pairs,
+  permutation_type="samples"; a seeded draw of 99,999 patterns beyond 16 pairs); its smallest two-sided value
+  is 2 / 2^n, so nothing resolves below 6 pairs, and a family of two needs 7,
 - two one-sided t tests against ±margin (TOST, statsmodels' ttost_paired),
 
-and the primary comparisons of one task and model form the declared family: Holm's step-down correction
-(statsmodels' multipletests) adjusts both the permutation and the TOST p-values over it. The verdict:
+and the primary comparisons of one task and model form the declared family of m comparisons. Both sets of
+p-values are adjusted by Bonferroni over the m (statsmodels' multipletests; `adjust` says why this and not
+Holm), so the chance of any wrong verdict, of either kind, is at most α. The verdict:
 
-- **resolved** (higher or lower): Holm-adjusted permutation p < α;
-- **equivalent** within ±margin: Holm-adjusted TOST p < α;
-- **undecided** otherwise, with the minimum detectable effect at this n (paired t, two-sided α/m, the first
-  Holm step, power 0.8, at the observed σ_d; infinite while 2 / 2^n ≥ α/m) and the number of seeds that
-  would detect a difference of the margin at that σ_d.
+- **resolved** (higher or lower): adjusted permutation p < α;
+- **equivalent** within ±margin: adjusted TOST p < α;
+- **undecided** otherwise, and always below the pairs the exact test needs at α/m, with the minimum
+  detectable effect at this n (paired t at α/m, power 0.8, at the observed σ_d: an approximation, optimistic
+  for the exact test below about 10 pairs; infinite while 2 / 2^n ≥ α/m) and the number of seeds that would
+  detect a difference of the margin at that σ_d.
 
 Secondary metrics get the mean and its t interval, never a verdict. Definitions: docs/metrics.md, "Verdicts".
 """
@@ -43,6 +46,8 @@ from harness.errors import ConfigError
 PROTOCOL_FILE = "comparisons.json"
 MAX_SEEDS = 100_000  # seeds_needed looks no further
 TINY = 1e-12  # a σ_d below this is rounding: the differences are all equal
+EXACT_UP_TO = 16  # pairs up to which the sign-flip p enumerates every pattern (2^16 = 65,536)
+MONTE_CARLO = 99_999  # sign patterns drawn beyond that (scipy counts the observed one: p >= 1/100,000)
 
 
 @dataclass
@@ -52,7 +57,7 @@ class CompareConfig:
     baselines: list[str] = option(["dense", "random"], "attributions every other method is compared with (random "
                                                        "at the method's own ratio)")
     margin: float = option(0.02, "equivalence margin: a difference within ±margin counts as no difference")
-    alpha: float = option(0.05, "family-wise error rate of the verdicts (Holm over the declared family)")
+    alpha: float = option(0.05, "chance of any wrong verdict in the declared family (Bonferroni over it)")
     power: float = option(0.8, "power at which the minimum detectable effect and the seeds needed are stated")
 
     def validate(self) -> None:
@@ -87,22 +92,22 @@ def sign_flip_p(diffs: Sequence[float] | np.ndarray) -> Any:
         return 1.0 if d.ndim == 1 else np.ones(d.shape[:-1])
     if d.ndim == 1 and np.all(d == 0):
         return 1.0
-    result = stats.permutation_test((d,), np.mean, permutation_type="samples", n_resamples=np.inf,
-                                    alternative="two-sided", vectorized=True, axis=-1)
+    exact = d.shape[-1] <= EXACT_UP_TO  # 2^n sign patterns; beyond, a seeded Monte Carlo draw of them
+    result = stats.permutation_test((d,), np.mean, permutation_type="samples",
+                                    n_resamples=np.inf if exact else MONTE_CARLO, alternative="two-sided",
+                                    vectorized=True, axis=-1, rng=np.random.default_rng(0))
     p = np.minimum(1.0, result.pvalue)
     return float(p) if d.ndim == 1 else p
 
 
-def holm(pvalues: Sequence[float], alpha: float) -> np.ndarray:
-    """Holm-adjusted p-values of one family (statsmodels' multipletests)."""
-    return multipletests(pvalues, alpha=alpha, method="holm")[1]
-
-
 def tost_p(diffs: Sequence[float], margin: float) -> float:
-    """TOST p for |mean difference| < margin (paired t); 1.0 where it cannot be computed (n < 2, no spread)."""
+    """TOST p for |mean difference| < margin (paired t); 1 below two pairs; with no spread at all, 0 when the
+    difference is inside the margin and 1 when not."""
     d = np.asarray(diffs, dtype=np.float64)
-    if d.size < 2 or np.std(d) < TINY:
+    if d.size < 2:
         return 1.0
+    if np.std(d) < TINY:  # every pair the same difference: inside the margin or not, no t statistic needed
+        return 0.0 if abs(d.mean()) < margin else 1.0
     p, _, _ = ttost_paired(d, np.zeros_like(d), -margin, margin)
     return float(p)
 
@@ -117,7 +122,7 @@ def mde(sd: float | None, n: int, alpha: float, power: float) -> float | None:
     the exact permutation test cannot reach alpha with n pairs; None without an estimate of σ_d."""
     if n < min_pairs(alpha):
         return math.inf
-    if sd is None or not np.isfinite(sd):
+    if sd is None or not np.isfinite(sd) or sd < TINY:
         return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -159,25 +164,41 @@ def describe(diffs: Sequence[float]) -> dict[str, Any]:
             "ci_low": None if ci is None else ci[0], "ci_high": None if ci is None else ci[1]}
 
 
+def adjust(perm: Sequence[float], tost: Sequence[float], alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Both sets of p-values of one family adjusted so that the chance of any wrong verdict, a false difference
+    or a false equivalence, is at most alpha: Bonferroni over the m comparisons (statsmodels' multipletests).
+    Each comparison has two null hypotheses (no difference; a difference of at least the margin) of which at
+    most one is true, so at most m of the 2m tests can reject a true null, each at alpha/m. Holm's step-down on
+    either set alone keeps that set's error rate but lets the two add up (to 2α)."""
+    return (multipletests(perm, alpha=alpha, method="bonferroni")[1],
+            multipletests(tost, alpha=alpha, method="bonferroni")[1])
+
+
 def decide(family: list[list[float]], cfg: CompareConfig) -> list[dict[str, Any]]:
-    """The verdicts of one declared family (each entry a comparison's paired differences): raw and Holm-adjusted
-    permutation and TOST p-values, the verdict, the minimum detectable effect and the seeds needed."""
+    """The verdicts of one declared family (each entry a comparison's paired differences): raw and adjusted
+    permutation and TOST p-values, the verdict, the minimum detectable effect and the seeds needed. A
+    comparison with fewer pairs than the exact test needs at alpha/m gets no verdict of either kind, and one
+    whose differences are not all finite is refused."""
     m = len(family)
     if m == 0:
         return []
-    perm = [sign_flip_p(d) if len(d) else 1.0 for d in family]
-    tost = [tost_p(d, cfg.margin) for d in family]
-    perm_holm, tost_holm = holm(perm, cfg.alpha), holm(tost, cfg.alpha)
+    for d in family:
+        if not np.all(np.isfinite(np.asarray(d, dtype=np.float64))):
+            raise ValueError(f"paired differences must be finite, got {list(d)}")
+    floor = min_pairs(cfg.alpha / m)
+    perm = [sign_flip_p(d) for d in family]  # below `floor` pairs it cannot reach alpha/m by itself
+    tost = [tost_p(d, cfg.margin) if len(d) >= floor else 1.0 for d in family]  # TOST could: held to the same
+    perm_adj, tost_adj = adjust(perm, tost, cfg.alpha)
     out = []
-    for d, p, ph, t, th in zip(family, perm, perm_holm, tost, tost_holm, strict=True):
+    for d, p, pa, t, ta in zip(family, perm, perm_adj, tost, tost_adj, strict=True):
         row = describe(d)
-        row.update({"family": m, "margin": cfg.margin, "alpha": cfg.alpha, "p": p, "p_holm": float(ph), "p_tost": t,
-                    "p_tost_holm": float(th),
+        row.update({"family": m, "margin": cfg.margin, "alpha": cfg.alpha, "p": p, "p_adj": float(pa), "p_tost": t,
+                    "p_tost_adj": float(ta),
                     "mde": mde(row["sd"], row["n"], cfg.alpha / m, cfg.power),
                     "seeds_needed": seeds_needed(row["sd"], cfg.margin, cfg.alpha / m, cfg.power)})
-        if row["n"] and ph < cfg.alpha:
+        if row["n"] and pa < cfg.alpha:
             row["verdict"] = "higher" if row["mean"] > 0 else "lower"
-        elif row["n"] and th < cfg.alpha:
+        elif row["n"] and ta < cfg.alpha:
             row["verdict"] = "equivalent"
         else:
             row["verdict"] = "undecided"

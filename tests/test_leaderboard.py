@@ -188,15 +188,15 @@ def test_paired_differences_and_headline_by_hand(matched_results, tmp_path):
     table.write_all(matched_results, tmp_path / "board")
     pairs = {(p["attribution"], p["baseline"], p["metric"]): p
              for p in csv.DictReader((tmp_path / "board" / "paired.csv").open())}
-    # wagle − dense trade-off: +0.04..+0.07 on all 7 seeds: exact p = 2/128, Holm over the family of two (vs dense,
-    # vs random) doubles the smaller p: resolved, higher
+    # wagle − dense trade-off: +0.04..+0.07 on all 7 seeds: exact p = 2/128, Bonferroni over the family of two (vs
+    # dense, vs random) doubles it: resolved, higher
     t = pairs[("wagle", "dense", "tradeoff_score")]
     assert t["role"] == "primary" and t["family"] == "2" and float(t["mean"]) == pytest.approx(0.054286, abs=1e-6)
-    assert float(t["p"]) == pytest.approx(2 / 128) and float(t["p_holm"]) == pytest.approx(4 / 128)
+    assert float(t["p"]) == pytest.approx(2 / 128) and float(t["p_adj"]) == pytest.approx(4 / 128)
     assert t["verdict"] == "higher"
     # wagle − random: −0.006 ± 0.0014 on 7 seeds: equivalent within ±0.02 (TOST), not resolved
     r = pairs[("wagle", "random", "tradeoff_score")]
-    assert r["verdict"] == "equivalent" and float(r["p_holm"]) > 0.05 > float(r["p_tost_holm"])
+    assert r["verdict"] == "equivalent" and float(r["p_adj"]) > 0.05 > float(r["p_tost_adj"])
     # secondary metric: an interval, no verdict; a seed that never reached the level leaves the pairs
     u = pairs[("wagle", "dense", "match_utility")]
     assert u["role"] == "secondary" and u["verdict"] == "" and float(u["mean"]) == pytest.approx(0.05)
@@ -205,8 +205,8 @@ def test_paired_differences_and_headline_by_hand(matched_results, tmp_path):
     md = (tmp_path / "board" / "leaderboard.md").read_text()
     assert md.index("### Matched forgetting") < md.index("### Verdicts") < md.index("### All metrics")
     assert "| random (0.5) + graddiff | 0.0001 of {0.0001, 0.0003} | 6/7 ⚠ |" in md
-    assert ("- wagle (0.5) + graddiff vs dense, tradeoff_score: +0.0543 [+0.0453, +0.0633] resolved, higher (Holm p "
-            "0.031) over 7 seed pairs") in md
+    assert ("- wagle (0.5) + graddiff vs dense, tradeoff_score: +0.0543 [+0.0453, +0.0633] resolved, higher "
+            "(adjusted p 0.031) over 7 seed pairs") in md
     assert "- wagle (0.5) + graddiff vs random, tradeoff_score: " in md and "equivalent within ±0.02" in md
 
 

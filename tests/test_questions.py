@@ -39,12 +39,14 @@ def test_replay_recomputes_the_trade_off_from_questions_by_hand():
         match.summarize(first, "utility", 0.2, 0.5)["at_match"])
 
 
-def test_draws_resample_clusters_whole_and_single_clusters_by_question():
-    q = {"target": {"forget": [0.1] * 4, "utility/u": [0.1] * 3}, "clusters": {"forget": [0, 0, 1, 1]}}
+def test_draws_resample_clusters_whole_and_few_clusters_by_question():
+    q = {"target": {"forget": [0.1] * 10, "utility/u": [0.1] * 4},
+         "clusters": {"forget": [0, 0, 1, 1, 2, 2, 3, 3, 4, 4], "utility/u": [0, 0, 1, 1]}}
     w = questions.draws(q, 500, np.random.default_rng(0))
-    assert w["forget"].shape == (500, 4) and np.all(w["forget"][:, 0] == w["forget"][:, 1])  # an author whole
-    assert np.all(w["forget"].sum(axis=1) == 4) and np.all(w["utility/u"].sum(axis=1) == 3)
-    assert len({tuple(row) for row in w["utility/u"]}) > 3  # no clusters: questions drawn one by one
+    assert w["forget"].shape == (500, 10) and np.all(w["forget"][:, 0::2] == w["forget"][:, 1::2])  # authors whole
+    assert np.all(w["forget"].sum(axis=1) == 10) and np.all(w["utility/u"].sum(axis=1) == 4)
+    # two authors are too few to draw: their questions are drawn one by one
+    assert not np.all(w["utility/u"][:, 0] == w["utility/u"][:, 1])
 
 
 def test_two_level_bootstrap_splits_seed_and_question_variance():
@@ -53,4 +55,7 @@ def test_two_level_bootstrap_splits_seed_and_question_variance():
     out = questions.two_level(list(zip(better, base, strict=True)), "tradeoff_score", resamples=400)
     assert 0 < out["two_level_low"] < out["two_level_high"] and 0 <= out["question_share"] <= 1
     assert out["var_seeds"] > 0 and out["var_questions"] > 0
-    assert questions.two_level([(better[0], {"match": {}})], "tradeoff_score") is None  # a record without questions
+    assert questions.two_level([(better[0], {"match": {}})] * 2, "tradeoff_score") is None  # no questions kept
+    assert questions.two_level(list(zip(better, base, strict=True))[:1], "tradeoff_score") is None  # one pair
+    same = questions.two_level(list(zip(base, base, strict=True)), "tradeoff_score", resamples=200)
+    assert (same["two_level_low"], same["two_level_high"], same["var_questions"]) == (0.0, 0.0, 0.0)  # shared draws

@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
 
 from harness.errors import ConfigError
 from leaderboard import verdicts
@@ -27,7 +28,7 @@ def _null_families(n: int, sims: int, rng: np.random.Generator, effect: float = 
 
 
 @pytest.fixture
-def fast_holm(monkeypatch):
+def fast_adjust(monkeypatch):
     """statsmodels' multipletests ends with a gc.collect() (≈ 40 ms in a process holding torch): skipped here so
     that a thousand families take seconds. The adjustment itself is statsmodels' own."""
     import gc
@@ -35,23 +36,48 @@ def fast_holm(monkeypatch):
     monkeypatch.setattr(gc, "collect", lambda *args: 0)
 
 
+def _resolved(p: np.ndarray) -> np.ndarray:
+    """Per family (a row of permutation p-values), whether any comparison resolves after the adjustment."""
+    return np.array([(verdicts.adjust(row, np.ones_like(row), 0.05)[0] < 0.05).any() for row in p])
+
+
 @pytest.mark.parametrize("n", [3, 6, 10])
-def test_false_positive_rate_under_the_null_is_at_most_alpha(n, fast_holm):
+def test_false_positive_rate_under_the_null_is_at_most_alpha(n, fast_adjust):
     rng = np.random.default_rng(n)
-    sims = 1000
-    d = _null_families(n, sims, rng)
+    d = _null_families(n, 1000, rng)
     p = np.stack([verdicts.sign_flip_p(d[:, 0]), verdicts.sign_flip_p(d[:, 1])], axis=1)
-    resolved = np.array([(verdicts.holm(row, 0.05) < 0.05).any() for row in p])
-    assert resolved.mean() <= 0.05
+    single = (p[:, 0] < 0.05).mean()  # one comparison alone, unadjusted: the test's own level
+    assert _resolved(p).mean() <= 0.05 and single <= 0.05
     if n == 3:  # the old rule: the percentile interval excludes 0 exactly when all signs agree
         agree = (np.all(d[:, 0] > 0, axis=1) | np.all(d[:, 0] < 0, axis=1)).mean()
-        assert 0.2 < agree < 0.3 and resolved.mean() == 0.0  # no exact test resolves anything at 3 pairs
+        assert 0.2 < agree < 0.3 and single == 0.0  # no exact test resolves anything at 3 pairs
+    if n == 6:
+        assert single == pytest.approx(np.mean(np.all(d[:, 0] > 0, axis=1) | np.all(d[:, 0] < 0, axis=1)))
 
 
-def test_the_rule_finds_a_real_difference_with_enough_seeds(fast_holm):
+def test_any_wrong_verdict_of_either_kind_stays_at_alpha(fast_adjust):
+    """One comparison with no difference (a false 'resolved' is wrong) and one at exactly the margin (a false
+    'equivalent' is wrong), 10 pairs: the adjustment bounds the chance of either. Holm on each set alone lets
+    the two errors add up."""
+    rng = np.random.default_rng(3)
+    sims, n = 1500, 10
+    a = rng.normal(0.0, 0.01, size=(sims, n))
+    b = rng.normal(0.02, 0.02, size=(sims, n))
+    perm = np.stack([verdicts.sign_flip_p(a), verdicts.sign_flip_p(b)], axis=1)
+    tost = np.array([[verdicts.tost_p(x, 0.02), verdicts.tost_p(y, 0.02)] for x, y in zip(a, b, strict=True)])
+    wrong, separate = [], []
+    for pp, tt in zip(perm, tost, strict=True):
+        pa, ta = verdicts.adjust(pp, tt, 0.05)
+        wrong.append(pa[0] < 0.05 or ta[1] < 0.05)
+        holm = [multipletests(x, alpha=0.05, method="holm")[1] for x in (pp, tt)]
+        separate.append(holm[0][0] < 0.05 or holm[1][1] < 0.05)
+    assert np.mean(wrong) <= 0.055 < np.mean(separate)  # SE ≈ 0.006 at 1,500 families
+
+
+def test_the_rule_finds_a_real_difference_with_enough_seeds(fast_adjust):
     d = _null_families(10, 300, np.random.default_rng(1), effect=0.5)  # 1.2 σ_d of a 0.3 · √2 spread
     p = np.stack([verdicts.sign_flip_p(d[:, 0]), verdicts.sign_flip_p(d[:, 1])], axis=1)
-    both = np.array([(verdicts.holm(row, 0.05) < 0.05).all() for row in p])
+    both = np.array([(verdicts.adjust(row, np.ones_like(row), 0.05)[0] < 0.05).all() for row in p])
     assert both.mean() > 0.6
 
 
@@ -64,7 +90,9 @@ def test_sign_flip_p_by_enumeration():
     one_sided = min(np.mean([m >= observed - 1e-12 for m in means]), np.mean([m <= observed + 1e-12 for m in means]))
     assert verdicts.sign_flip_p(d) == pytest.approx(min(1.0, 2 * one_sided))
     assert verdicts.sign_flip_p([0.0, 0.0, 0.0]) == 1.0 and verdicts.min_pairs(0.05) == 6
-    assert verdicts.min_pairs(0.025) == 7  # a family of two at α 0.05: Holm's first step
+    assert verdicts.min_pairs(0.025) == 7  # a family of two at α 0.05: Bonferroni's α/2
+    big = np.tile([0.3, -0.1, 0.2, 0.4], 5)  # 20 pairs: a seeded Monte Carlo draw of sign patterns
+    assert verdicts.sign_flip_p(big) == verdicts.sign_flip_p(big) < 0.001
 
 
 def test_t_interval_and_tost_by_formula():
@@ -102,13 +130,21 @@ def test_decide_resolves_finds_equivalence_or_says_what_it_could_detect():
     up = [0.05, 0.06, 0.04, 0.05, 0.07, 0.05, 0.06]
     tiny = [0.001, -0.002, 0.0, 0.001, -0.001, 0.002, 0.0]
     a, b = verdicts.decide([up, tiny], cfg)
-    assert a["verdict"] == "higher" and a["p"] == pytest.approx(2 / 128) and a["p_holm"] == pytest.approx(4 / 128)
-    assert b["verdict"] == "equivalent" and b["p_tost_holm"] < 0.05 and a["family"] == 2
+    assert a["verdict"] == "higher" and a["p"] == pytest.approx(2 / 128) and a["p_adj"] == pytest.approx(4 / 128)
+    assert b["verdict"] == "equivalent" and b["p_tost_adj"] < 0.05 and a["family"] == 2
     (c,) = verdicts.decide([[0.05, 0.06, 0.04]], cfg)
     assert c["verdict"] == "undecided" and c["p"] == pytest.approx(0.25) and c["mde"] == math.inf
     assert c["seeds_needed"] >= 6
     (down,) = verdicts.decide([[-x for x in up]], cfg)
     assert down["verdict"] == "lower"
+    # no verdict of either kind below the exact test's pairs: two equal-ish pairs are not "equivalent"
+    (two,) = verdicts.decide([[0.001, 0.0012]], cfg)
+    assert two["verdict"] == "undecided" and two["p_tost_adj"] == 1.0
+    # no spread: equivalence from the mean alone, and no detectable effect to state
+    (same,) = verdicts.decide([[0.0] * 7], cfg)
+    assert same["verdict"] == "equivalent" and same["mde"] is None
+    with pytest.raises(ValueError, match="finite"):
+        verdicts.decide([[0.1, float("nan"), 0.2, 0.3, 0.1, 0.2, 0.2]], cfg)
 
 
 def test_declared_comparisons_are_read_with_their_errors(tmp_path):
