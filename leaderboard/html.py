@@ -103,6 +103,14 @@ def _diff_cell(d: dict[str, Any] | None) -> str:
     return f'<td class="diff {css}" data-value="{d["mean"]!r}" title="{title}">{text}</td>'
 
 
+def _lr_cell(row: dict[str, Any]) -> str:
+    """The chosen rate, with the grid it was chosen from as the cell's title (the headline stays narrow)."""
+    if row.get("lr") is None:
+        return _cell(None, "", "text")
+    title = html.escape(lr_label(row), quote=True)
+    return f'<td class="text" data-value="{row["lr"]!r}" title="{title}">{row["lr"]:.3g}</td>'
+
+
 def _detectable(x: float | None) -> str:
     return "?" if x is None else ("∞" if x == float("inf") else f"{x:.2g}")
 
@@ -133,7 +141,7 @@ def _headline(rows: list[dict[str, Any]], references: list[dict[str, Any]], pair
     for r in matched(rows):
         reached = r["metrics"].get("match_reached")
         k = round(reached["mean"] * reached["n"]) if reached else 0
-        body.append("<tr>" + _cell(method_label(r), css="text") + _cell(r.get("lr"), lr_label(r), "text")
+        body.append("<tr>" + _cell(method_label(r), css="text") + _lr_cell(r)
                     + _cell(k / r["n"], f"{k}/{r['n']}" + ("" if k == r["n"] else " ⚠"))
                     + _stat_cell(r["metrics"].get("match_forget"), r["n"])
                     + _stat_cell(r["metrics"].get("match_utility"), r["n"])

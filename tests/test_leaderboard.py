@@ -154,7 +154,8 @@ def test_html_page_renders_sorts_and_shows_the_plot_in_chromium(results, tmp_pat
 
 def _matched(runs: Path, rid: str, attribution: str, seed: int, utility: float | None, score: float) -> None:
     spec = {"task": "tofu-mini", "model": "m", "attribution": attribution, "ratio": 1.0 if attribution == "dense"
-            else 0.5, "objective": "graddiff", "seed": seed, "train": {"lr": 1e-4}, "tuned_from": [1e-4, 3e-4]}
+            else 0.5, "objective": "graddiff", "seed": seed, "train": {"lr": 1e-4},
+            "tuned_from": [1e-4 / 3, 1e-4, 3e-4, 9e-4]}  # an extended grid: the widest headline cell
     metrics = {"forget_rouge": {"value": 0.3, "direction": "lower", "group": "forget"},
                "match_utility": {"value": utility, "direction": "higher", "group": "match"},
                "tradeoff_score": {"value": score, "direction": "higher", "group": "match"},
@@ -204,7 +205,7 @@ def test_paired_differences_and_headline_by_hand(matched_results, tmp_path):
     assert ru["n"] == "6" and ru["role"] == "secondary" and ru["verdict"] == ""  # random is a baseline itself
     md = (tmp_path / "board" / "leaderboard.md").read_text()
     assert md.index("### Matched forgetting") < md.index("### Verdicts") < md.index("### All metrics")
-    assert "| random (0.5) + graddiff | 0.0001 of {0.0001, 0.0003} | 6/7 ⚠ |" in md
+    assert "| random (0.5) + graddiff | 0.0001 of {3.33e-05, 0.0001, 0.0003, 0.0009} | 6/7 ⚠ |" in md
     assert ("- wagle (0.5) + graddiff vs dense, tradeoff_score: +0.0543 [+0.0453, +0.0633] resolved, higher "
             "(adjusted p 0.031) over 7 seed pairs") in md
     assert "- wagle (0.5) + graddiff vs random, tradeoff_score: " in md and "equivalent within ±0.02" in md
