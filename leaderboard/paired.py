@@ -38,12 +38,13 @@ def _by_method(records: list[dict[str, Any]]) -> dict[tuple, dict[int, dict[str,
 
 
 def _baseline(method: tuple, name: str, methods: list[tuple]) -> tuple | None:
-    """The baseline method `name` for `method`: same task, model, objective (and ratio, unless dense)."""
+    """The baseline method `name` for `method`: same task, model, objective, and the same ratio unless the
+    baseline has no mask (dense, LoRA: ratio 1 as keyed)."""
     task, model, attribution, ratio, objective, _ = method
     if attribution == name:
         return None
     found = sorted((m for m in methods if m[0] == task and m[1] == model and m[2] == name and m[4] == objective
-                    and (name == "dense" or m[3] == ratio)), key=lambda m: tuple(str(x) for x in m))
+                    and m[3] in (ratio, 1.0)), key=lambda m: tuple(str(x) for x in m))
     return found[0] if found else None
 
 

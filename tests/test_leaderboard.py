@@ -296,3 +296,14 @@ def test_one_seed_pair_has_no_interval_and_ranks_nothing():
     assert findings([]) == ["- No declared comparison: no method was paired by seed with a declared baseline."]
 
 
+
+
+def test_a_baseline_without_a_mask_pairs_with_every_ratio():
+    from leaderboard.paired import _baseline
+
+    wagle = ("t", "m", "wagle", 0.5, "graddiff", "c1")
+    methods = [wagle, ("t", "m", "lora", 1.0, "graddiff", "c2"), ("t", "m", "random", 0.8, "graddiff", "c3"),
+               ("t", "m", "random", 0.5, "graddiff", "c4"), ("t", "m", "dense", 1.0, "npo", "c5")]
+    assert _baseline(wagle, "lora", methods)[2] == "lora"  # LoRA has no mask: keyed at ratio 1
+    assert _baseline(wagle, "random", methods)[3] == 0.5  # a mask baseline at the method's own ratio
+    assert _baseline(wagle, "dense", methods) is None  # dense ran another objective only
