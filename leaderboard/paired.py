@@ -7,7 +7,7 @@ metric's comparisons of every method that is not itself a baseline form one decl
 model, decided by leaderboard.verdicts (exact sign-flip permutation test, TOST, Bonferroni); the other rows (the
 secondary metrics, baselines against each other) get the mean and its paired t interval, no verdict. Where
 the records keep their probe per question, the trade-off score and utility at the match also get the two-level
-bootstrap interval (seeds, then questions) and the share of its variance that questions carry.
+bootstrap interval (seeds, then questions) and the questions' share of the two one-way variances.
 """
 
 from __future__ import annotations
