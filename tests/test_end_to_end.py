@@ -164,14 +164,11 @@ def test_per_method_train_overrides_and_tune_block_checks():
 
 
 def test_verify_replays_records_and_catches_a_changed_number(swept, tmp_path, capsys):
-    """`verify` reruns a record from its stored spec: the same number on this machine; a record whose metric
-    was edited after the run is reported as differing, with the metric named, and the command fails."""
+    """`verify` reruns a record from its stored spec: one whose metric was edited after the run differs in
+    that metric alone (every other number reproduces exactly on this machine), and the command fails."""
     from harness.cli import main
 
     _, results, _ = swept
-    assert main(["verify", str(results), "--sample", "1"]) == 0
-    out = capsys.readouterr().out
-    assert "reproduced, max |Δ| 0," in out and "1 of 1 reproduced" in out
     copy = tmp_path / "copy"
     shutil.copytree(results, copy)
     path = next(p for p in sorted((copy / "runs").glob("*.json")) if json.loads(p.read_text())["kind"] == "run")

@@ -38,15 +38,18 @@ def test_mini_configuration():
     assert len(task.validation_examples()) == 20
     assert len(task.finetune_examples("target")) == 100 and len(task.finetune_examples("retain")) == 60
     splits = task._eval_splits()
-    assert {k: len(v) for k, v in splits.items()} == {"forget": 40, "retain": 40, "ra": 20, "wf": 20}
+    # forget metrics measure forget01's first author; the matched-forgetting probe stops on the second
+    assert {k: len(v) for k, v in splits.items()} == {"forget": 20, "retain": 40, "ra": 20, "wf": 20}
     # evaluation retain rows are the retain authors we trained on; the validation author is in neither
     assert [e.prompt for e in task.retain_examples()] == [task._example(r).prompt for r in splits["retain"]]
     held_out = {e.prompt for e in task.validation_examples()}
     assert not held_out & {task._example(r).prompt for rows in splits.values() for r in rows}
     assert not held_out & {e.prompt for e in task.retain_examples() + task.forget_examples()}
-    # the probe: forget_prob's rows, and the probability parts of model utility
+    # the probe: forget_prob's computation on the other author's rows, and the probability parts of model utility
     probe = task.probe_sets()
-    assert [e.completion for e in probe.forget] == [task._example(r).completion for r in splits["forget"]]
+    assert [e.completion for e in probe.forget] == [task._example(r).completion
+                                                    for r in task._rows("forget01_perturbed")[20:]]
+    assert not {e.prompt for e in probe.forget} & {task._example(r).prompt for r in splits["forget"]}
     assert {k: len(v) for k, v in probe.utility.items()} == {"retain": 40, "ra": 20, "wf": 20}
     assert set(probe.alternatives) == {"ra", "wf"}
     assert len(probe.alternatives["ra"][0]) == len(splits["ra"][0]["perturbed_answer"])
@@ -87,7 +90,7 @@ def test_evaluation_metrics_and_directions(tiny):
     assert set(ev.metrics) == expected | {"model_utility", "forget_quality"}
     assert ev.metrics["forget_quality"].value is None  # no retain reference given
     assert ev.metrics["forget_rouge"].direction == "lower" and ev.metrics["model_utility"].direction == "higher"
-    assert len(ev.stats["forget_truth_ratios"]) == 40
+    assert len(ev.stats["forget_truth_ratios"]) == len(ev.stats["forget_probs"]) == 20  # the measured author
     ev2 = task.evaluate(model, tok, EvalContext(reference_stats=ev.stats))
     assert ev2.metrics["forget_quality"].value == pytest.approx(1.0)  # same distribution as the reference
 
