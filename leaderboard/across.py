@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ import numpy as np
 from scipy import stats
 
 from leaderboard.aggregate import objective_label
+from leaderboard.paired import finite_value
 
 RESAMPLES = 2000
 METRIC = "tradeoff_score"
@@ -43,9 +43,8 @@ def scores(records: list[dict[str, Any]], metric: str = METRIC) -> dict[str, dic
     """Per method, per task, the finished test runs' values of `metric` (runs that have one)."""
     out: dict[str, dict[str, list[float]]] = {}
     for r in records:
-        value = ((r.get("metrics") or {}).get(metric) or {}).get("value")
-        finite = isinstance(value, (int, float)) and math.isfinite(value)
-        if r.get("kind") == "run" and r.get("status") == "finished" and finite:
+        value = finite_value(r, metric)
+        if r.get("kind") == "run" and r.get("status") == "finished" and value is not None:
             out.setdefault(method_label(r["spec"]), {}).setdefault(r["spec"]["task"], []).append(float(value))
     return {m: {t: np.asarray(v) for t, v in sorted(tasks.items())} for m, tasks in sorted(out.items())}
 

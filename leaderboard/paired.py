@@ -48,7 +48,7 @@ def _baseline(method: tuple, name: str, methods: list[tuple]) -> tuple | None:
     return found[0] if found else None
 
 
-def _value(record: dict[str, Any], metric: str) -> float | None:
+def finite_value(record: dict[str, Any], metric: str) -> float | None:
     """The record's finite value of `metric`, else None (no value, or NaN/inf: never a pair)."""
     value = ((record.get("metrics") or {}).get(metric) or {}).get("value")
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
@@ -57,12 +57,12 @@ def _value(record: dict[str, Any], metric: str) -> float | None:
 def record_pairs(method_runs: dict[int, dict], base_runs: dict[int, dict], metric: str) -> list[tuple[dict, dict]]:
     """(M_s, B_s) records over the seeds both ran and both have a value of `metric`, in seed order."""
     return [(method_runs[s], base_runs[s]) for s in sorted(set(method_runs) & set(base_runs))
-            if _value(method_runs[s], metric) is not None and _value(base_runs[s], metric) is not None]
+            if finite_value(method_runs[s], metric) is not None and finite_value(base_runs[s], metric) is not None]
 
 
 def differences(method_runs: dict[int, dict], base_runs: dict[int, dict], metric: str) -> list[float]:
     """M_s − B_s over the seeds both ran and both have a value of `metric`, in seed order."""
-    return [_value(a, metric) - _value(b, metric) for a, b in record_pairs(method_runs, base_runs, metric)]
+    return [finite_value(a, metric) - finite_value(b, metric) for a, b in record_pairs(method_runs, base_runs, metric)]
 
 
 def paired_rows(records: list[dict[str, Any]], cfg: CompareConfig | None = None) -> list[dict[str, Any]]:
@@ -81,7 +81,7 @@ def paired_rows(records: list[dict[str, Any]], cfg: CompareConfig | None = None)
                 if not any(metric in (r.get("metrics") or {}) for r in by_method[m].values()):
                     continue
                 pairs = record_pairs(by_method[m], by_method[base], metric)
-                d = [_value(a, metric) - _value(b, metric) for a, b in pairs]
+                d = [finite_value(a, metric) - finite_value(b, metric) for a, b in pairs]
                 row = {"task": m[0], "model": m[1], "attribution": m[2], "ratio": m[3], "objective": m[4],
                        "config": m[5], "baseline": name, "metric": metric,
                        "role": "primary" if metric == cfg.primary and m[2] not in cfg.baselines else "secondary",
