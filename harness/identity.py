@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness.cache import stable_hash
 from harness.config import from_dict, to_dict
+from harness.method import keyed
 
 if TYPE_CHECKING:
     from harness.plugins import Entry, Registry
@@ -28,7 +29,6 @@ COMPONENTS = {"task": ("task", "task", "task_config"), "attribution": ("attribut
               "attribution_config"), "objective": ("objective", "objective", "objective_config"),
               "backend": ("backend", "generation", "generation_config"),
               "optimizer": ("optimizer", "optimizer", "optimizer_config")}
-UNKEYED = ("device", "attribution_buffers", "save_model", "keep_weights")  # where it runs and what it keeps
 
 
 def _strip_docstrings(tree: ast.AST) -> ast.AST:
@@ -96,15 +96,9 @@ def plugins(spec: RunSpec, registry: Registry) -> dict[str, dict[str, str]]:
     return out | {f"probe:{name}": fingerprint(registry.get("probe", name)) for name in spec.probes}
 
 
-def _keyed(data: dict[str, Any]) -> dict[str, Any]:
-    keyed = {k: v for k, v in data.items() if k not in UNKEYED}
-    keyed["train"] = {k: v for k, v in keyed["train"].items() if k != "gradient_checkpointing"}
-    return keyed
-
-
 def spec_key(spec: RunSpec, registry: Registry) -> str:
     """Hash of the resolved spec without the plugins' code: the same experiment across code changes."""
-    return stable_hash(_keyed(resolved(spec, registry)), 12)
+    return stable_hash(keyed(resolved(spec, registry)), 12)
 
 
 def run_id(spec: RunSpec, registry: Registry) -> str:
@@ -112,5 +106,5 @@ def run_id(spec: RunSpec, registry: Registry) -> str:
     (where it runs and how memory is spent do not count: device, attribution_buffers,
     train.gradient_checkpointing)."""
     spec = canonical(spec, registry)
-    digest = stable_hash({"spec": _keyed(resolved(spec, registry)), "plugins": plugins(spec, registry)}, 12)
+    digest = stable_hash({"spec": keyed(resolved(spec, registry)), "plugins": plugins(spec, registry)}, 12)
     return f"{spec.task}-{spec.attribution}-{spec.objective}-{digest}"

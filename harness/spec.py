@@ -24,14 +24,12 @@ class PrepareConfig(TrainConfig):
 
 
 @dataclass
-class RunSpec:
+class RunSettings:
+    """The settings every run of a sweep shares: a sweep file sets each once for its whole grid (a sweep's
+    config is these plus its grid; harness/sweep.py)."""
+
     task: str = option("tofu-mini", "registered task name (unlearn-bench list)")
     model: str = option("smollm2-135m", "base model: alias, local folder or hub id")
-    attribution: str = option("dense", "registered attribution (mask) name")
-    ratio: float = option(1.0, "fraction of weights updated, in (0, 1]")
-    objective: str | None = option(None, "registered objective name; null: the task's default (graddiff, "
-                                         "rmu for WMDP)")
-    seed: int = option(0, "seed of data order, retain sampling and attribution randomness")
     utility: list[str] = option([], "lm-eval tasks scored after unlearning (mmlu_bundled, or any task name "
                                     "whose data lm-eval finds offline)")
     utility_limit: int | None = option(None, "lm-eval limit: at most N questions per (sub)task; null: all")
@@ -40,13 +38,6 @@ class RunSpec:
     eval_every: int | None = option(None, "also evaluate every N unlearning steps (a curve in the record)")
     match: MatchConfig = option(MatchConfig(), "matched forgetting: unlearn to the retain model's forgetting "
                                                "level, then evaluate (docs/metrics.md)")
-    evaluate: bool = option(True, "false: a tuning run (unlearning and the validation probe only, no test "
-                                  "evaluation; recorded as kind 'tune')")
-    full_evaluation: bool = option(True, "false: a test run that stops at the match with its utility probe and "
-                                         "trade-off score (what the verdicts compare), without the task's full "
-                                         "evaluation, lm-eval utility or probes (a sweep's extra seeds)")
-    tuned_from: list[float] = option([], "the learning-rate grid train.lr was chosen from by the sweep's tune "
-                                         "rule (empty: not tuned)")
     save_model: bool = option(False, "write the unlearned model as a Hugging Face folder RESULTS/models/<run-id> "
                                      "(safetensors, tokenizer, model card)")
     keep_weights: bool = option(False, "keep the weights unlearning could change, RESULTS/weights/<run-id>."
@@ -55,9 +46,6 @@ class RunSpec:
     device: str = option("auto", "auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ...")
     attribution_buffers: str = option("model", "where attribution keeps its fp32 gradient sums: model (the "
                                                "model's device) or cpu (a 7B model on one 80 GB GPU)")
-    optimizer: str = option("adamw", "update rule of unlearning (unlearn-bench list): adamw, soul (SOUL's "
-                                     "Sophia), or a plugin's")
-    optimizer_config: dict[str, Any] = option({}, "the optimizer's config")
     offset: OffsetConfig = option(OffsetConfig(), "δ-unlearning: unlearn a small model, evaluate the large one "
                                                    "shifted by it (harness/offset.py)")
     spunge: SpungeConfig = option(SpungeConfig(), "SPUNGE: unlearn parts of the forget set separately and merge "
@@ -66,10 +54,32 @@ class RunSpec:
                                    "quantization, relearn, mia, extraction, or a plugin's")
     probe_config: dict[str, dict[str, Any]] = option({}, "each probe's config, by probe name")
     task_config: dict[str, Any] = option({}, "the task's config")
-    attribution_config: dict[str, Any] = option({}, "the attribution's config")
-    objective_config: dict[str, Any] = option({}, "the objective's config")
     train: TrainConfig = option(TrainConfig(), "unlearning optimizer settings")
     prepare: PrepareConfig = option(PrepareConfig(), "fine-tuning settings for the target and retain models")
+
+
+@dataclass
+class RunSpec(RunSettings):
+    """One run: the shared settings, the method (a grid point of a sweep), its seed, and what the sweep
+    decided for it (tuning run or test run, full evaluation or not, the grid its rate was tuned on)."""
+
+    attribution: str = option("dense", "registered attribution (mask) name")
+    ratio: float = option(1.0, "fraction of weights updated, in (0, 1]")
+    objective: str | None = option(None, "registered objective name; null: the task's default (graddiff, "
+                                         "rmu for WMDP)")
+    optimizer: str = option("adamw", "update rule of unlearning (unlearn-bench list): adamw, soul (SOUL's "
+                                     "Sophia), or a plugin's")
+    attribution_config: dict[str, Any] = option({}, "the attribution's config")
+    objective_config: dict[str, Any] = option({}, "the objective's config")
+    optimizer_config: dict[str, Any] = option({}, "the optimizer's config")
+    seed: int = option(0, "seed of data order, retain sampling and attribution randomness")
+    evaluate: bool = option(True, "false: a tuning run (unlearning and the validation probe only, no test "
+                                  "evaluation; recorded as kind 'tune')")
+    full_evaluation: bool = option(True, "false: a test run that stops at the match with its utility probe and "
+                                         "trade-off score (what the verdicts compare), without the task's full "
+                                         "evaluation, lm-eval utility or probes (a sweep's extra seeds)")
+    tuned_from: list[float] = option([], "the learning-rate grid train.lr was chosen from by the sweep's tune "
+                                         "rule (empty: not tuned)")
 
     def validate(self) -> None:
         if self.dtype not in ("float32", "bfloat16", "float16"):

@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +22,10 @@ from harness import distributed, records, runner
 from harness.config import from_dict, option, to_dict
 from harness.errors import ConfigError, UnlearnBenchError
 from harness.io import atomic_write_text
-from harness.match import MatchConfig
-from harness.offset import OffsetConfig
+from harness.method import MethodKey
 from harness.plugins import get_registry
 from harness.settings import TrainConfig
-from harness.spec import PrepareConfig, RunSpec
-from harness.spunge import SpungeConfig
+from harness.spec import RunSettings, RunSpec
 from leaderboard.verdicts import PROTOCOL_FILE, CompareConfig
 
 log = logging.getLogger(__name__)
@@ -62,51 +60,48 @@ TUNE_RULE = ("per rate, over the tuning seeds: among the rates whose every tunin
 
 
 @dataclass
-class SweepConfig:
-    task: str = option("tofu-mini", "registered task name")
-    model: str = option("smollm2-135m", "base model: alias, local folder or hub id")
+class SweepConfig(RunSettings):
+    """A sweep file: the settings its runs share (RunSettings, every one of them), the grid (attributions ×
+    ratios × objectives × optimizers × seeds) with per-name configs, and what the sweep itself decides
+    (tuning, comparisons, which seeds get the full evaluation and which probes, where runs execute)."""
+
     attributions: list[str] = option(["dense", "wagle"], "attribution names")
     ratios: list[float] = option([0.5], "fractions of weights updated (ignored by dense)")
     objectives: list[str] = option(["graddiff", "npo"], "objective names")
     optimizers: list[str] = option(["adamw"], "update rules (adamw, soul, or a plugin's): each method runs with each")
-    optimizer_config: dict[str, Any] = option({}, "per optimizer name: its config")
     seeds: list[int] = option([0], "seeds")
+    attribution_config: dict[str, Any] = option({}, "per attribution name: its config")
+    objective_config: dict[str, Any] = option({}, "per objective name: its config")
+    optimizer_config: dict[str, Any] = option({}, "per optimizer name: its config")
     evaluate_seeds: list[int] = option([], "test seeds whose runs run the task's full evaluation and the probes; "
                                            "the other seeds' runs stop at the match with the utility probe and "
                                            "trade-off score the verdicts compare (cheap extra seed pairs); empty: "
                                            "every seed")
     exclude: list[str] = option([], "attribution/objective pairs to leave out of the grid, e.g. random/npo")
-    dtype: str = option("float32", "weights dtype: float32, bfloat16 or float16")
-    device: str = option("auto", "auto (CUDA if present, else CPU), cpu, cuda, ...")
-    attribution_buffers: str = option("model", "where attribution keeps its fp32 gradient sums: model or cpu "
-                                               "(a 7B model on one 80 GB GPU)")
-    eval_every: int | None = option(None, "also evaluate every N unlearning steps (a curve in each record)")
-    probes: list[str] = option([], "post-unlearning probes on each test run: quantization, relearn, mia, "
-                                   "extraction, or a plugin's (docs/metrics.md)")
-    probe_config: dict[str, Any] = option({}, "per probe name: its config")
     probe_seeds: dict[str, list[int]] = option({}, "per probe name: the seeds whose test runs it probes (e.g. "
                                                    "relearn: [0]); a probe not named probes every seed")
-    task_config: dict[str, Any] = option({}, "the task's config")
-    attribution_config: dict[str, Any] = option({}, "per attribution name: its config")
-    objective_config: dict[str, Any] = option({}, "per objective name: its config")
-    train: TrainConfig = option(TrainConfig(), "unlearning optimizer settings")
     train_by_objective: dict[str, Any] = option({}, "per objective name: train settings replacing the sweep's")
     train_by_attribution: dict[str, Any] = option({}, "per attribution name: train settings replacing the "
                                                       "sweep's and the objective's (LoRA needs a larger lr)")
-    match: MatchConfig = option(MatchConfig(), "matched forgetting (docs/metrics.md)")
-    spunge: SpungeConfig = option(SpungeConfig(), "SPUNGE for every run of the grid (harness/spunge.py)")
-    offset: OffsetConfig = option(OffsetConfig(), "offset (δ-) unlearning for every run of the grid "
-                                                   "(harness/offset.py)")
     tune: TuneConfig = option(TuneConfig(), f"learning-rate tuning per method; the rule: {TUNE_RULE}")
     compare: CompareConfig = option(CompareConfig(), "the comparisons declared before the runs: primary metric, "
                                                      "baselines, equivalence margin, α (docs/metrics.md, Verdicts); "
                                                      "written to the results folder as comparisons.json")
-    prepare: PrepareConfig = option(PrepareConfig(), "fine-tuning settings for target and retain models")
     executor: str = option("local", "where runs execute: local (this process, in order) or ray (Ray tasks)")
     executor_config: dict[str, Any] = option({}, "the executor's config (ray: address, gpus_per_run, ...)")
     grids: list[dict[str, Any]] = option([], "further grids run after this one into the same results folder (e.g. "
                                              "methods that need their own offset or spunge block): each a mapping "
                                              "of this file's fields, merged over them (see `grids`)")
+
+
+# How each RunSpec field that is not a shared setting is set from a sweep: the grid field it ranges over, the
+# per-name field it is looked up in, or what the sweep decides (tests/test_sweep_settings.py checks that
+# every RunSpec field is one of these).
+GRID = {"attribution": "attributions", "ratio": "ratios", "objective": "objectives", "optimizer": "optimizers",
+        "seed": "seeds"}
+BY_NAME = {"attribution_config": "attribution", "objective_config": "objective", "optimizer_config": "optimizer"}
+DECIDED = {"evaluate": "tune (tuning runs)", "full_evaluation": "evaluate_seeds",
+           "tuned_from": "tune (the grid a rate was chosen from)"}
 
 
 def load(path: Path) -> SweepConfig:
@@ -200,31 +195,33 @@ def method_train(cfg: SweepConfig, attribution: str, objective: str, where: str 
     return from_dict(TrainConfig, data, f"{where}: train for {attribution}/{objective}")
 
 
-def _methods(cfg: SweepConfig) -> list[tuple[str, float, str, str]]:
-    """(attribution, ratio, objective, optimizer) over the grid, less the excluded attribution/objective pairs."""
-    return [(a, r, o, u) for a, r, o, u in itertools.product(cfg.attributions, cfg.ratios, cfg.objectives,
-                                                            cfg.optimizers)
+def _methods(cfg: SweepConfig) -> list[MethodKey]:
+    """The grid's methods (attribution, ratio, objective, optimizer), less the excluded attribution/objective
+    pairs."""
+    return [MethodKey(a, r, o, u) for a, r, o, u in itertools.product(cfg.attributions, cfg.ratios,
+                                                                      cfg.objectives, cfg.optimizers)
             if f"{a}/{o}" not in cfg.exclude]
 
 
-def _spec(cfg: SweepConfig, method: tuple[str, float, str, str], seed: int, train: TrainConfig, where: str,
-          **extra: Any) -> RunSpec:
-    attribution, ratio, objective, optimizer = method
+def _spec(cfg: SweepConfig, method: MethodKey, seed: int, train: TrainConfig, where: str, **extra: Any) -> RunSpec:
+    attribution, ratio, objective, optimizer = method.attribution, method.ratio, method.objective, method.optimizer
     if not 0.0 < ratio <= 1.0:
         raise ConfigError(f"{where}: ratio must be in (0, 1], got {ratio}")
     full = extra.get("evaluate", True) and (not cfg.evaluate_seeds or seed in cfg.evaluate_seeds)
     if extra.get("evaluate", True) and not full:
         extra["full_evaluation"] = False
     probes = [p for p in cfg.probes if seed in cfg.probe_seeds.get(p, [seed])] if full else []
-    spec = runner.canonical(RunSpec(
-        task=cfg.task, model=cfg.model, attribution=attribution, ratio=ratio, objective=objective, seed=seed,
-        dtype=cfg.dtype, device=cfg.device, attribution_buffers=cfg.attribution_buffers,
-        eval_every=cfg.eval_every, match=cfg.match, spunge=cfg.spunge, offset=cfg.offset,
-        task_config=cfg.task_config,
-        attribution_config=cfg.attribution_config.get(attribution, {}),
-        objective_config=cfg.objective_config.get(objective, {}), train=train, prepare=cfg.prepare,
-        optimizer=optimizer, optimizer_config=cfg.optimizer_config.get(optimizer, {}),
-        probes=probes, probe_config={p: c for p, c in cfg.probe_config.items() if p in probes}, **extra))
+    settings = {f.name: getattr(cfg, f.name) for f in fields(RunSettings)}
+    if not full:  # lm-eval utility, like the probes, scores the fully evaluated test runs only
+        settings["utility"] = []
+    if not extra.get("evaluate", True):  # a tuning run keeps nothing
+        settings.update(save_model=False, keep_weights=False)
+    spec = runner.canonical(RunSpec(**{
+        **settings, "attribution": attribution, "ratio": ratio, "objective": objective, "optimizer": optimizer,
+        "seed": seed, "attribution_config": cfg.attribution_config.get(attribution, {}),
+        "objective_config": cfg.objective_config.get(objective, {}),
+        "optimizer_config": cfg.optimizer_config.get(optimizer, {}), "train": train, "probes": probes,
+        "probe_config": {p: c for p, c in cfg.probe_config.items() if p in probes}, **extra}))
     try:
         spec.validate()
     except ValueError as exc:
@@ -243,23 +240,23 @@ def expand(cfg: SweepConfig, where: str = "sweep") -> list[RunSpec]:
     """The grid's test run specs at each method's own learning rate (without tuning), deduplicated (dense at
     several ratios is one run), plugin names checked."""
     _check(cfg, where)
-    return _dedup([_spec(cfg, m, seed, method_train(cfg, m[0], m[2], where), where)
+    return _dedup([_spec(cfg, m, seed, method_train(cfg, m.attribution, m.objective, where), where)
                    for seed in cfg.seeds for m in _methods(cfg)])  # seed by seed: a cut sweep still pairs
 
 
-def _tuning_runs(cfg: SweepConfig, m: tuple[str, float, str, str], lr: float, where: str) -> list[RunSpec]:
-    train = replace(method_train(cfg, m[0], m[2], where), lr=lr)
+def _tuning_runs(cfg: SweepConfig, m: MethodKey, lr: float, where: str) -> list[RunSpec]:
+    train = replace(method_train(cfg, m.attribution, m.objective, where), lr=lr)
     return [_spec(cfg, m, seed, train, where, evaluate=False) for seed in cfg.tune.seeds]
 
 
-def tuning_grid(cfg: SweepConfig, where: str = "sweep") -> dict[tuple[str, float, str, str], list[RunSpec]]:
+def tuning_grid(cfg: SweepConfig, where: str = "sweep") -> dict[MethodKey, list[RunSpec]]:
     """Per method, its tuning runs: every tuning seed at each lr factor, probes only (evaluate false)."""
     _check(cfg, where)
     grid = {}
     for m in _methods(cfg):
-        base = method_train(cfg, m[0], m[2], where).lr
+        base = method_train(cfg, m.attribution, m.objective, where).lr
         specs = [s for f in cfg.tune.lr_factors for s in _tuning_runs(cfg, m, base * f, where)]
-        grid[(specs[0].attribution, specs[0].ratio, m[2], m[3])] = specs  # keyed as canonical (dense: ratio 1)
+        grid[MethodKey.of(to_dict(specs[0]), digest=False)] = specs  # keyed as canonical (dense: ratio 1)
     return grid
 
 
@@ -286,8 +283,8 @@ def _found(results_dir: Path, specs: list[RunSpec]) -> list[records.Record]:
     return [r for r in (records.find(results_dir, s.run_id()) for s in specs) if r is not None]
 
 
-def extension(cfg: SweepConfig, results_dir: Path, grid: dict[tuple[str, float, str, str], list[RunSpec]],
-              where: str = "sweep") -> dict[tuple[str, float, str, str], list[RunSpec]]:
+def extension(cfg: SweepConfig, results_dir: Path, grid: dict[MethodKey, list[RunSpec]],
+              where: str = "sweep") -> dict[MethodKey, list[RunSpec]]:
     """Per method whose selected rate is an edge of its grid: the tuning runs one step further out (the ratio
     between that edge and its neighbour). Decided from the grid's own records, so a resumed sweep extends the
     same way."""
@@ -299,11 +296,11 @@ def extension(cfg: SweepConfig, results_dir: Path, grid: dict[tuple[str, float, 
             continue
         edge, inner = (lrs[0], lrs[1]) if choice["lr"] == lrs[0] else (lrs[-1], lrs[-2])
         out[m] = _tuning_runs(cfg, m, edge * edge / inner, where)
-        log.info("%s/%s: the selected rate %g is the grid's edge; trying %g", m[0], m[2], edge, edge * edge / inner)
+        log.info("%s: the selected rate %g is the grid's edge; trying %g", m.label, edge, edge * edge / inner)
     return out
 
 
-def tuned_specs(cfg: SweepConfig, results_dir: Path, grid: dict[tuple[str, float, str, str], list[RunSpec]],
+def tuned_specs(cfg: SweepConfig, results_dir: Path, grid: dict[MethodKey, list[RunSpec]],
                 where: str = "sweep") -> tuple[list[RunSpec], list[str]]:
     """The test runs at each method's selected rate, and the methods left out because none of their tuning
     runs finished."""
@@ -311,10 +308,10 @@ def tuned_specs(cfg: SweepConfig, results_dir: Path, grid: dict[tuple[str, float
     for m, tuning in grid.items():
         choice = select(_found(results_dir, tuning))
         if choice is None:
-            missing.append(f"{m[0]}/{m[2]}" + ("" if m[3] == "adamw" else f"/{m[3]}"))
+            missing.append(m.label)
             continue
         chosen[m] = (replace(tuning[0].train, lr=choice["lr"]), sorted({s.train.lr for s in tuning}))
-        log.info("%s@%g/%s/%s: lr %g chosen from %s (%s)", m[0], m[1], m[2], m[3], choice["lr"], chosen[m][1],
+        log.info("%s: lr %g chosen from %s (%s)", m.label, choice["lr"], chosen[m][1],
                  "reached the level" if choice["reached"] else "no rate reached the level")
     specs = [_spec(cfg, m, seed, train, where, tuned_from=lrs)  # seed by seed: a cut sweep still pairs
              for seed in cfg.seeds for m, (train, lrs) in chosen.items()]

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from leaderboard.aggregate import objective_label
+from harness.method import MethodKey
 from leaderboard.paired import finite_value
 
 RESAMPLES = 2000
@@ -36,7 +36,8 @@ METRIC = "tradeoff_score"
 
 
 def method_label(spec: dict[str, Any]) -> str:
-    return f"{spec.get('attribution')} ({spec.get('ratio'):g}) + {objective_label(spec)}"
+    """The method's label (harness.method), the same on every task it ran."""
+    return MethodKey.of(spec).label
 
 
 def scores(records: list[dict[str, Any]], metric: str = METRIC) -> dict[str, dict[str, np.ndarray]]:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.cache import stable_hash
+from harness.method import MethodKey, labels
 from leaderboard.verdicts import t_interval
 
 GROUP_COLUMNS = ["task", "model", "attribution", "ratio", "objective", "config"]
@@ -23,27 +23,10 @@ def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float]:
     return (float(values[0]), float(values[0])) if ci is None else ci
 
 
-def objective_label(spec: dict[str, Any]) -> str | None:
-    """The objective as tables show it, with its update rule when that is not AdamW and SPUNGE's merge when
-    it split the forget set (`graddiff [soul]`, `npo [spunge-ties]`)."""
-    objective = spec.get("objective")
-    tags = [] if (spec.get("optimizer") or "adamw") == "adamw" else [spec["optimizer"]]
-    if (spec.get("spunge") or {}).get("enabled"):
-        tags.append(f"spunge-{spec['spunge'].get('merge', 'ties')}")
-    if (spec.get("offset") or {}).get("enabled"):
-        tags.append(f"offset via {spec['offset'].get('small_model')}")
-    return objective if not tags or objective is None else f"{objective} [{', '.join(tags)}]"
-
-
-# Not part of a method's identity: the seed, the device, the probes (they attack the model after its
-# evaluation and change nothing in it; a sweep may probe some seeds only, e.g. relearning on seed 0), and
-# whether the full evaluation ran (a sweep's extra seeds stop at the match: the same method, fewer metrics).
-NOT_METHOD = ("seed", "device", "probes", "probe_config", "full_evaluation")
-
-
-def config_key(spec: dict[str, Any]) -> str:
-    """A short hash of the spec without its seed, device and probes: the runs of one method share it."""
-    return stable_hash({k: v for k, v in spec.items() if k not in NOT_METHOD}, 8)
+def method_key(record: dict[str, Any]) -> tuple[str, str, MethodKey]:
+    """(task, model, method) of a record: the group its method row is."""
+    spec = record["spec"]
+    return spec.get("task"), spec.get("model"), MethodKey.of(spec)
 
 
 def method_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -52,14 +35,14 @@ def method_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in records:
         if r.get("kind") != "run" or r.get("status") != "finished":
             continue
-        s = r["spec"]
-        key = (s.get("task"), s.get("model"), s.get("attribution"), s.get("ratio"), objective_label(s),
-               config_key(s))
-        groups.setdefault(key, []).append(r)
+        groups.setdefault(method_key(r), []).append(r)
+    names = labels([k for _, _, k in groups])
     rows = []
-    for key in sorted(groups, key=lambda k: tuple(str(x) for x in k)):
-        runs = groups[key]
-        row: dict[str, Any] = dict(zip(GROUP_COLUMNS, key, strict=True))
+    for task, model, key in sorted(groups, key=lambda k: (str(k[0]), str(k[1]), k[2])):
+        runs = groups[(task, model, key)]
+        row: dict[str, Any] = {"task": task, "model": model, "attribution": key.attribution, "ratio": key.ratio,
+                               "objective": key.objective_text, "config": key.config, "key": key,
+                               "label": names[key]}
         row["seeds"] = " ".join(str(s) for s in sorted(r["spec"].get("seed") for r in runs))
         row["n"] = len(runs)
         spec = runs[0]["spec"]

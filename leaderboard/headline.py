@@ -10,7 +10,8 @@ from leaderboard.verdicts import CompareConfig, min_pairs
 
 
 def method_label(row: dict[str, Any]) -> str:
-    return f"{row['attribution']} ({row['ratio']:g}) + {row['objective']}"
+    """A method row's name (harness.method: unique on its board)."""
+    return row["label"]
 
 
 def lr_label(row: dict[str, Any]) -> str:
@@ -47,8 +48,8 @@ def diff_label(d: dict[str, Any] | None) -> str:
 
 def paired_lookup(paired: list[dict[str, Any]], row: dict[str, Any], baseline: str, metric: str) -> dict | None:
     for d in paired:
-        if (d["baseline"], d["metric"], d["attribution"], d["ratio"], d["objective"], d["config"]) == \
-                (baseline, metric, row["attribution"], row["ratio"], row["objective"], row["config"]):
+        if (d["baseline"], d["metric"], d["task"], d["model"], d["key"]) == \
+                (baseline, metric, row["task"], row["model"], row["key"]):
             return d
     return None
 
@@ -73,7 +74,7 @@ def findings(paired: list[dict[str, Any]]) -> list[str]:
     when undecided, what these seeds could have detected; a line saying so when nothing was declared."""
     lines = []
     for d in (d for d in paired if d.get("role") == "primary"):
-        label = f"{d['attribution']} ({d['ratio']:g}) + {d['objective']}"
+        label = d["label"]
         if not d["n"]:
             lines.append(f"- {label} vs {d['baseline']}, {d['metric']}: no seed pairs, no verdict.")
             continue
@@ -110,7 +111,7 @@ def paired_cells(d: dict[str, Any]) -> list[str]:
 
     interval = "" if d["mean"] is None else (f"{d['mean']:+.3g}" + (
         "" if d["ci_low"] is None else f" [{d['ci_low']:+.3g}, {d['ci_high']:+.3g}]"))
-    return [f"{d['attribution']} ({d['ratio']:g}) + {d['objective']}", d["baseline"], d["metric"], str(d["n"]),
+    return [d["label"], d["baseline"], d["metric"], str(d["n"]),
             interval, num("sd"), num("p"), num("p_adj"), num("p_tost_adj"), d["verdict"] or "(no verdict)",
             num("mde"), "" if d.get("seeds_needed") is None else str(d["seeds_needed"]),
             "" if d.get("two_level_low") is None else f"[{d['two_level_low']:+.3g}, {d['two_level_high']:+.3g}]",

@@ -15,8 +15,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from harness.method import MethodKey, labels
 from leaderboard import questions, verdicts
-from leaderboard.aggregate import config_key, objective_label
+from leaderboard.aggregate import method_key
 from leaderboard.verdicts import CompareConfig
 
 STATS = ("n", "mean", "sd", "ci_low", "ci_high", "family", "margin", "alpha", "p", "p_adj", "p_tost", "p_tost_adj",
@@ -24,27 +25,25 @@ STATS = ("n", "mean", "sd", "ci_low", "ci_high", "family", "margin", "alpha", "p
          "question_share")
 
 
-def _method(spec: dict[str, Any]) -> tuple:
-    return (spec.get("task"), spec.get("model"), spec.get("attribution"), spec.get("ratio"), objective_label(spec),
-            config_key(spec))
+Method = tuple[str, str, MethodKey]  # (task, model, method): aggregate.method_key
 
 
-def _by_method(records: list[dict[str, Any]]) -> dict[tuple, dict[int, dict[str, Any]]]:
-    out: dict[tuple, dict[int, dict[str, Any]]] = {}
+def _by_method(records: list[dict[str, Any]]) -> dict[Method, dict[int, dict[str, Any]]]:
+    out: dict[Method, dict[int, dict[str, Any]]] = {}
     for r in records:
         if r.get("kind") == "run" and r.get("status") == "finished":
-            out.setdefault(_method(r["spec"]), {})[r["spec"].get("seed")] = r
+            out.setdefault(method_key(r), {})[r["spec"].get("seed")] = r
     return out
 
 
-def _baseline(method: tuple, name: str, methods: list[tuple]) -> tuple | None:
-    """The baseline method `name` for `method`: same task, model, objective, and the same ratio unless the
-    baseline has no mask (dense, LoRA: ratio 1 as keyed)."""
-    task, model, attribution, ratio, objective, _ = method
-    if attribution == name:
+def _baseline(method: Method, name: str, methods: list[Method]) -> Method | None:
+    """The baseline method `name` for `method`: same task, model, objective, update rule and mode, and the
+    same ratio unless the baseline has no mask (dense, LoRA: ratio 1 as keyed)."""
+    task, model, key = method
+    if key.attribution == name:
         return None
-    found = sorted((m for m in methods if m[0] == task and m[1] == model and m[2] == name and m[4] == objective
-                    and m[3] in (ratio, 1.0)), key=lambda m: tuple(str(x) for x in m))
+    found = sorted(m for m in methods if m[:2] == (task, model) and m[2].attribution == name
+                   and m[2].objective_text == key.objective_text and m[2].ratio in (key.ratio, 1.0))
     return found[0] if found else None
 
 
@@ -70,7 +69,8 @@ def paired_rows(records: list[dict[str, Any]], cfg: CompareConfig | None = None)
     methods that are not baselines carry their family's verdicts. Sorted by method, baseline, metric."""
     cfg = cfg or CompareConfig()
     by_method = _by_method(records)
-    methods = sorted(by_method, key=lambda m: tuple(str(x) for x in m))
+    methods = sorted(by_method)
+    names = labels([m[2] for m in methods])
     rows, family, diffs = [], {}, {}
     for m in methods:
         for name in cfg.baselines:
@@ -82,9 +82,13 @@ def paired_rows(records: list[dict[str, Any]], cfg: CompareConfig | None = None)
                     continue
                 pairs = record_pairs(by_method[m], by_method[base], metric)
                 d = [finite_value(a, metric) - finite_value(b, metric) for a, b in pairs]
-                row = {"task": m[0], "model": m[1], "attribution": m[2], "ratio": m[3], "objective": m[4],
-                       "config": m[5], "baseline": name, "metric": metric,
-                       "role": "primary" if metric == cfg.primary and m[2] not in cfg.baselines else "secondary",
+                key = m[2]
+                row = {"task": m[0], "model": m[1], "attribution": key.attribution, "ratio": key.ratio,
+                       "objective": key.objective_text, "config": key.config, "key": key, "label": names[key],
+                       "baseline": name,
+                       "metric": metric,
+                       "role": "primary" if metric == cfg.primary and key.attribution not in cfg.baselines
+                       else "secondary",
                        **dict.fromkeys(STATS), "verdict": "", **verdicts.describe(d)}
                 if metric in questions.METRICS:  # seeds and questions resampled together (leaderboard/questions.py)
                     row.update(questions.two_level(pairs, metric) or {})

@@ -7,6 +7,7 @@ import io
 from typing import Any
 
 from harness.mask_report import density_heatmap
+from harness.method import MethodKey, labels
 
 
 def _oriented(value: float, direction: str) -> float:
@@ -36,8 +37,7 @@ def tradeoff_points(rows: list[dict[str, Any]], references: list[dict[str, Any]]
     for row in rows:
         m = row["metrics"]
         if fx in m and fy in m:
-            label = f"{row['attribution']} ({row['ratio']:g}) + {row['objective']}"
-            points.append({"label": label, "x": m[fx]["mean"], "y": m[fy]["mean"], "kind": "run"})
+            points.append({"label": row["label"], "x": m[fx]["mean"], "y": m[fy]["mean"], "kind": "run"})
     return points
 
 
@@ -101,15 +101,20 @@ def tradeoff_png(task: str, points: list[dict[str, Any]], headline: dict[str, st
     return _png(fig)
 
 
+def trajectory_series(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The matched-forgetting runs that kept their probe curve, by method label (one legend entry each)."""
+    by_key: dict[MethodKey, list[dict[str, Any]]] = {}
+    for r in sorted(runs, key=lambda r: (MethodKey.of(r["spec"]), r["spec"].get("seed"))):
+        if (r.get("match") or {}).get("probe") == "utility" and (r.get("curves") or {}).get("probe"):
+            by_key.setdefault(MethodKey.of(r["spec"]), []).append(r)
+    names = labels(list(by_key))
+    return {names[k]: group for k, group in by_key.items()}
+
+
 def trajectory_png(task: str, runs: list[dict[str, Any]], references: list[dict[str, Any]]) -> bytes | None:
     """Utility (÷ the retain model's, or the target's where there is none) against forget efficacy (0 = target,
     1 = the level) along each matched-forgetting run: one colour per method, one line per seed."""
-    series: dict[str, list[dict[str, Any]]] = {}
-    for r in sorted(runs, key=lambda r: (r["spec"].get("attribution"), r["spec"].get("ratio"),
-                                         r["spec"].get("objective"), r["spec"].get("seed"))):
-        if (r.get("match") or {}).get("probe") == "utility" and (r.get("curves") or {}).get("probe"):
-            s = r["spec"]
-            series.setdefault(f"{s.get('attribution')} ({s.get('ratio'):g}) + {s.get('objective')}", []).append(r)
+    series = trajectory_series(runs)
     if not series:
         return None
     ax = _pyplot().subplots(figsize=(9, 5))[1]
@@ -137,8 +142,7 @@ def ratio_png(task: str, rows: list[dict[str, Any]]) -> bytes | None:
     lines: dict[str, list[tuple[float, dict[str, Any]]]] = {}
     for r in rows:
         if "tradeoff_score" in r["metrics"]:
-            label = f"{r['attribution']} + {r['objective']}"
-            lines.setdefault(label, []).append((r["ratio"], r["metrics"]["tradeoff_score"]))
+            lines.setdefault(r["key"].family, []).append((r["ratio"], r["metrics"]["tradeoff_score"]))
     if not any(len({x for x, _ in v}) > 1 for v in lines.values()):
         return None
     ax = _pyplot().subplots(figsize=(9, 5))[1]

@@ -10,6 +10,7 @@ from typing import Any
 
 from harness import records
 from harness.cache import stable_hash
+from harness.method import MethodKey
 from leaderboard import aggregate, html, paired, plots, verdicts
 from leaderboard.headline import (
     PAIRED_HEAD,
@@ -45,7 +46,7 @@ def _row(record: dict[str, Any]) -> dict[str, Any]:
         "task": spec.get("task"),
         "model": spec.get("model"), "attribution": "" if reference else spec.get("attribution"),
         "ratio": "" if reference else spec.get("ratio"),
-        "objective": "" if reference else aggregate.objective_label(spec),
+        "objective": "" if reference else MethodKey.of(spec).objective_text,
         "seed": "" if reference else spec.get("seed"), "status": record.get("status"),
     }
     for name, metric in (record.get("metrics") or {}).items():

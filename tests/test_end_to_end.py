@@ -9,6 +9,7 @@ import pytest
 from harness import sweep
 from harness.config import from_dict, to_dict
 from harness.errors import ConfigError
+from harness.method import MethodKey
 from leaderboard import table
 
 SWEEP = {  # NPO as a second grid of the same sweep: the same six runs as both objectives in one grid
@@ -152,10 +153,10 @@ def test_per_method_train_overrides_and_tune_block_checks():
                                           "objectives": ["graddiff"], "seeds": [0, 4], "match": {"enabled": True},
                                           "tune": {"enabled": True, "lr_factors": [0.5, 2.0]}}, "grid")
     grid = sweep.tuning_grid(tuned)
-    assert sorted(grid) == [("dense", 1.0, "graddiff", "adamw"), ("wagle", 0.5, "graddiff", "adamw"),
-                            ("wagle", 0.8, "graddiff", "adamw")]
+    assert [m.label for m in sorted(grid)] == ["dense (1) + graddiff", "wagle (0.5) + graddiff",
+                                               "wagle (0.8) + graddiff"]
     assert all(not s.evaluate for g in grid.values() for s in g)
-    dense = grid[("dense", 1.0, "graddiff", "adamw")]  # each factor of 2e-5 on each fixed tuning seed
+    dense = grid[MethodKey("dense", 1.0, "graddiff")]  # each factor of 2e-5 on each fixed tuning seed
     assert [(s.train.lr, s.seed) for s in dense] == [(1e-5, 1000), (1e-5, 1001), (4e-5, 1000), (4e-5, 1001)]
     assert sweep.TuneConfig().lr_factors == pytest.approx([1 / 3, 1, 3])
     with pytest.raises(ConfigError, match=r"tune\.seeds and seeds share \[1000\]"):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from harness.method import MethodKey
 from leaderboard import aggregate, plots, table
 
 
@@ -255,6 +256,7 @@ def test_headline_fits_a_laptop_screen_and_highlights_resolved_differences(match
 def test_ratio_plot_only_when_an_attribution_ran_several_ratios():
     def row(ratio, mean):
         return {"attribution": "wagle", "objective": "graddiff", "ratio": ratio,
+                "key": MethodKey("wagle", ratio, "graddiff"),
                 "metrics": {"tradeoff_score": {"mean": mean, "ci_low": mean - 0.1, "ci_high": mean + 0.1}}}
 
     assert plots.ratio_png("t", [row(0.5, 0.7)]) is None
@@ -288,8 +290,7 @@ def test_one_seed_pair_has_no_interval_and_ranks_nothing():
     from leaderboard.verdicts import CompareConfig, decide
 
     (one,) = decide([[0.0644]], CompareConfig())
-    one.update(attribution="wagle", ratio=0.5, objective="graddiff", baseline="dense", metric="tradeoff_score",
-               role="primary")
+    one.update(label="wagle (0.5) + graddiff", baseline="dense", metric="tradeoff_score", role="primary")
     assert diff_label(one).startswith("+0.0644 (one pair: no interval) undecided (p 1; detectable ≥ ∞")
     assert findings([one]) == [f"- wagle (0.5) + graddiff vs dense, tradeoff_score: {diff_label(one)} over 1 seed "
                                "pairs; an exact test over a family of 1 needs ≥ 6 pairs."]
@@ -301,9 +302,51 @@ def test_one_seed_pair_has_no_interval_and_ranks_nothing():
 def test_a_baseline_without_a_mask_pairs_with_every_ratio():
     from leaderboard.paired import _baseline
 
-    wagle = ("t", "m", "wagle", 0.5, "graddiff", "c1")
-    methods = [wagle, ("t", "m", "lora", 1.0, "graddiff", "c2"), ("t", "m", "random", 0.8, "graddiff", "c3"),
-               ("t", "m", "random", 0.5, "graddiff", "c4"), ("t", "m", "dense", 1.0, "npo", "c5")]
-    assert _baseline(wagle, "lora", methods)[2] == "lora"  # LoRA has no mask: keyed at ratio 1
-    assert _baseline(wagle, "random", methods)[3] == 0.5  # a mask baseline at the method's own ratio
-    assert _baseline(wagle, "dense", methods) is None  # dense ran another objective only
+    def method(attribution, ratio, objective, optimizer="adamw"):
+        return "t", "m", MethodKey(attribution, ratio, objective, optimizer)
+
+    wagle = method("wagle", 0.5, "graddiff")
+    methods = [wagle, method("lora", 1.0, "graddiff"), method("random", 0.8, "graddiff"),
+               method("random", 0.5, "graddiff"), method("dense", 1.0, "npo"), method("dense", 1.0, "graddiff", "soul")]
+    assert _baseline(wagle, "lora", methods)[2].attribution == "lora"  # LoRA has no mask: keyed at ratio 1
+    assert _baseline(wagle, "random", methods)[2].ratio == 0.5  # a mask baseline at the method's own ratio
+    assert _baseline(wagle, "dense", methods) is None  # dense ran another objective, or another update rule
+
+
+def _variant(runs: Path, rid: str, seed: int, **spec_fields) -> None:
+    """A matched dense + GradDiff run with a probe curve, its spec changed by `spec_fields`."""
+    spec = {"task": "tofu-mini", "model": "m", "attribution": "dense", "ratio": 1.0, "objective": "graddiff",
+            "seed": seed, "train": {"lr": 1e-4}, **spec_fields}
+    metrics = {"forget_rouge": {"value": 0.3, "direction": "lower", "group": "forget"},
+               "match_utility": {"value": 0.4, "direction": "higher", "group": "match"},
+               "tradeoff_score": {"value": 0.8, "direction": "higher", "group": "match"}}
+    record = {"record_version": 1, "id": rid, "kind": "run", "spec": spec, "status": "finished",
+              "headline": {"forget": "forget_rouge", "utility": "match_utility"}, "metrics": metrics,
+              "match": {"probe": "utility", "start": 0.9, "level": 0.1, "reference": 0.5},
+              "curves": {"probe": [{"step": 0, "forget": 0.9, "utility": 0.5},
+                                   {"step": 2, "forget": 0.1, "utility": 0.4}]}}
+    runs.mkdir(parents=True, exist_ok=True)
+    (runs / f"{rid}.json").write_text(json.dumps(record))
+
+
+def test_one_method_definition_splits_rows_and_legends(tmp_path):
+    """AdamW, SOUL and offset runs of one mask and objective are three methods: three rows, three labels, three
+    legend entries, three points; the same method probed on one seed only, or run on another device, stays one."""
+    runs = tmp_path / "results" / "runs"
+    for seed in (0, 1):
+        _variant(runs, f"adamw-{seed}", seed, device="cpu" if seed else "cuda",
+                 probes=["relearn"] if seed == 0 else [], full_evaluation=seed == 0)
+        _variant(runs, f"soul-{seed}", seed, optimizer="soul")
+        _variant(runs, f"offset-{seed}", seed, offset={"enabled": True, "small_model": "smollm2-offset"})
+    records = table.read_records(tmp_path / "results")
+    rows = aggregate.method_rows(records)
+    assert [r["label"] for r in rows] == ["dense (1) + graddiff", "dense (1) + graddiff [offset via smollm2-offset]",
+                                          "dense (1) + graddiff [soul]"]
+    assert all(r["n"] == 2 for r in rows)
+    assert sorted(plots.trajectory_series(records)) == sorted(r["label"] for r in rows)
+    points = plots.tradeoff_points(rows, [], {"forget": "forget_rouge", "utility": "match_utility"})
+    assert sorted(p["label"] for p in points) == sorted(r["label"] for r in rows)
+    # two methods that differ in a setting the label does not show get the setting's digest, never one name
+    _variant(runs, "slow-0", 0, train={"lr": 1e-5})
+    labels = [r["label"] for r in aggregate.method_rows(table.read_records(tmp_path / "results"))]
+    assert len(set(labels)) == 4 and sum(label.startswith("dense (1) + graddiff #") for label in labels) == 2

@@ -240,8 +240,8 @@ def test_a_sweep_probes_the_seeds_it_names_and_never_a_tuning_run():
     assert all(s.probes == [] for runs in sweep.tuning_grid(cfg).values() for s in runs)
     # probing some seeds only leaves them one method on the leaderboard (one row, paired seed by seed)
     from harness.config import to_dict
-    from leaderboard import aggregate
-    assert aggregate.config_key(to_dict(specs[0])) == aggregate.config_key(to_dict(specs[1]))
+    from harness.method import MethodKey
+    assert MethodKey.of(to_dict(specs[0])) == MethodKey.of(to_dict(specs[1]))
     with pytest.raises(UnknownPluginError, match="mia"):
         sweep.expand(from_dict(sweep.SweepConfig, {**base, "probes": ["mai"]}, "test"))
     with pytest.raises(ConfigError, match="probe_seeds names mia"):

@@ -34,3 +34,22 @@ def test_vllm_respects_stop_strings(smol):
     hf = Hf(HfConfig()).generate(model, tok, PROMPTS[:4], 32, batch_size=1, stop=stop)
     vl = Vllm(VllmConfig(dtype="float32", max_model_len=256)).generate(model, tok, PROMPTS[:4], 32, 4, stop=stop)
     assert vl == hf
+
+
+def test_a_sweep_generates_with_vllm_and_records_it(tmp_path):
+    """`generation: vllm` in a sweep file reaches every run: the records carry the backend and its config."""
+    import json
+
+    from harness import sweep
+    from harness.config import from_dict
+
+    data = {"task": "tofu-mini", "model": "tiny-llama", "attributions": ["dense"], "objectives": ["graddiff"],
+            "seeds": [0], "generation": "vllm", "generation_config": {"dtype": "float32", "max_model_len": 512},
+            "task_config": {"utility_limit": 4, "eval_limit": 8, "max_new_tokens": 4, "retain_authors": 1},
+            "train": {"epochs": 1, "batch_size": 8, "lr": 1e-3}, "prepare": {"epochs": 1}}
+    results = tmp_path / "results"
+    assert sweep.run(from_dict(sweep.SweepConfig, data, "sweep"), results)["finished"] == 1
+    records = [json.loads(p.read_text()) for p in sorted((results / "runs").glob("*.json"))]
+    (run,) = [r for r in records if r["kind"] == "run"]
+    assert run["spec"]["generation"] == "vllm" and run["spec"]["generation_config"]["max_model_len"] == 512
+    assert run["metrics"]["forget_rouge"]["value"] is not None
