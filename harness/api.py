@@ -112,6 +112,7 @@ class Objective:
     name: ClassVar[str]
     Config: ClassVar[type]
     needs_reference: ClassVar[bool] = False  # True: the harness passes a frozen copy of the target model
+    needs_retain: ClassVar[bool] = True  # False: the loss has no retain term (gradient ascent), an empty set is fine
 
     def __init__(self, config: Any) -> None:
         self.config = config

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from harness.io import shared_mode
+
 CACHE_ENV = "UNLEARN_BENCH_CACHE"
 
 
@@ -28,34 +30,70 @@ def stable_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
+COMPLETE = ".complete"  # written last in every entry, after its files reached the disk: only then is it a hit
+
+
+def _sync_tree(root: Path) -> None:
+    """fsync every file under `root`, then every folder (so a crash cannot leave a renamed, truncated entry)."""
+    for folder, _, files in os.walk(root, topdown=False):
+        for name in files:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def complete(path: Path) -> bool:
+    """Whether a cache entry was published whole (COMPLETE), not a folder left by a crash or an older harness."""
+    return (path / COMPLETE).is_file()
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Rename the built entry into place, moving aside an incomplete one that holds the name."""
+    (tmp / COMPLETE).write_text("")
+    _sync_tree(tmp)
+    if final.is_dir() and not complete(final):
+        stale = final.with_name(f".stale.{final.name}.{os.getpid()}")
+        os.rename(final, stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        os.rename(tmp, final)
+    except OSError:  # another process published it first
+        if not complete(final):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def cached_dir(kind: str, key: str, build: Callable[[Path], None]) -> tuple[Path, bool]:
     """Return cache folder `kind/key`, building it with `build(tmp)` first if absent.
 
-    The folder is built under a temporary name and renamed into place, so an interrupted build never
-    leaves a half-written entry. Returns (path, hit). Under a multi-process launch the main process's view
-    decides, so all processes build together (builds may be collective: attribution, fine-tuning), and only
-    the main process's folder is published: other processes may write partial folders (transformers'
-    save_pretrained writes weights on rank 0 only), which are discarded.
+    The folder is built under a temporary name, synced to disk, marked COMPLETE and renamed into place, so an
+    interrupted build never leaves an entry that counts as a hit. Returns (path, hit). Under a multi-process
+    launch the main process's view decides, so all processes build together (builds may be collective:
+    attribution, fine-tuning), and only the main process's folder is published: other processes may write
+    partial folders (transformers' save_pretrained writes weights on rank 0 only), which are discarded.
     """
     from harness import distributed
 
     final = cache_root() / kind / key
-    if distributed.broadcast(final.is_dir()):
+    if distributed.broadcast(complete(final)):
         return final, True
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
     try:
+        os.chmod(tmp, shared_mode(0o777))
         build(tmp)
         if not distributed.is_main():
             shutil.rmtree(tmp, ignore_errors=True)
             distributed.barrier()  # the main process's folder is in place after this
             return final, False
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another process published it first
-            if not final.is_dir():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
+        _publish(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

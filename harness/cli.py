@@ -11,15 +11,9 @@ from pathlib import Path
 
 import yaml
 
-from harness import __version__, distributed
+from harness import __version__, distributed, offline
 from harness.config import describe, from_dict
 from harness.errors import UnlearnBenchError
-
-
-def _offline_defaults() -> None:
-    # Built-in hub datasets fail fast offline instead of retrying for half a minute (lm-eval, datasets).
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -79,12 +73,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def _spec_from_args(args: argparse.Namespace):
     from harness.spec import RunSpec
 
-    data = {}
-    if args.spec:
-        path = Path(args.spec)
-        if not path.is_file():
-            raise UnlearnBenchError(f"spec file not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
+    data = _yaml_mapping(args.spec, "spec")
     for key in ("task", "model", "attribution", "ratio", "objective", "seed"):
         value = getattr(args, key, None)
         if value is not None:
@@ -133,7 +122,10 @@ def _yaml_mapping(path_text: str | None, what: str) -> dict:
     path = Path(path_text)
     if not path.is_file():
         raise UnlearnBenchError(f"{what} file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UnlearnBenchError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(data, dict):
         raise UnlearnBenchError(f"{path}: expected a mapping of {what} fields")
     return data
@@ -193,6 +185,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from harness import sweep
 
     cfg = sweep.load(Path(args.file))
+    named = sweep.addresses(cfg) - {args.address}
+    if named and not args.trust_file_address:
+        raise UnlearnBenchError(
+            f"{args.file} names the cluster address {', '.join(sorted(named))}: the driver runs what a cluster "
+            "sends back, so a sweep file cannot choose one alone. Repeat it with --address, or pass "
+            "--trust-file-address (docs/scale.md: run Ray only on a network you control)")
     if args.executor:
         cfg.executor = args.executor
     if args.address:
@@ -309,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unlearn-bench", description="Benchmark harness for LLM unlearning.")
     p.add_argument("--version", action="version", version=f"unlearn-bench {__version__}")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    p.add_argument("--online", action="store_true", help="allow downloads from the Hugging Face hub (models, "
+                                                         "datasets); default: offline, local files and the hub "
+                                                         "cache only (also: UNLEARN_BENCH_ONLINE=1)")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("export", help="write a finished run's unlearned model as a Hugging Face folder, from "
@@ -370,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "plugin's executor")
     s.add_argument("--address", help="the cluster to join (overrides executor_config.address), e.g. "
                                      "head-node:6379 for Ray")
+    s.add_argument("--trust-file-address", action="store_true",
+                   help="join the cluster address the sweep file names (otherwise it must be repeated with --address)")
     s.set_defaults(func=cmd_sweep)
 
     s = sub.add_parser("memory", help="memory per phase of a run, estimated from the model's config alone")
@@ -417,11 +420,11 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("TQDM_DISABLE", "1")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     args = build_parser().parse_args(argv)
+    offline.configure(args.online)  # before any command imports huggingface_hub, which reads them once
     quiet = args.quiet or not distributed.is_main()  # under a launch, progress is logged once
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("absl").setLevel(logging.WARNING)  # rouge-score's "Using default tokenizer." on every load
-    _offline_defaults()
     try:
         return args.func(args)
     except UnlearnBenchError as exc:

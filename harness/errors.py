@@ -36,3 +36,11 @@ class UnknownPluginError(UnlearnBenchError):
         super().__init__(f"unknown {kind} {name!r}.{hint} Known {kind}s: {', '.join(sorted(known)) or '(none)'}"
                          f"{skipped}")
         self.kind, self.name, self.known = kind, name, known
+
+
+class NoUnlearningError(UnlearnBenchError):
+    """A run that cannot have unlearned: nothing to forget, no retain set for a retain term, no weight moved."""
+
+
+class UnsafeNameError(UnlearnBenchError):
+    """A name that would become a file name outside its folder, or a hidden one."""

@@ -22,8 +22,8 @@ from harness.hookspecs import hookimpl
 log = logging.getLogger(__name__)
 
 # passed to Ray workers, which do not inherit the driver's environment on a remote cluster
-FORWARDED_ENV = ("UNLEARN_BENCH_CACHE", "UNLEARN_BENCH_LOAD_PLUGINS", "HF_HOME", "HF_HUB_OFFLINE",
-                 "HF_DATASETS_OFFLINE", "TOKENIZERS_PARALLELISM")
+FORWARDED_ENV = ("UNLEARN_BENCH_CACHE", "UNLEARN_BENCH_LOAD_PLUGINS", "UNLEARN_BENCH_ONLINE", "HF_HOME",
+                 "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TOKENIZERS_PARALLELISM")
 
 
 @dataclass

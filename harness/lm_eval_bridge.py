@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -150,8 +149,6 @@ def evaluate(model, tokenizer, tasks: Sequence[str], limit: int | None = None, b
              local: Sequence[LocalGroup] = ()) -> dict[str, Any]:
     """lm-eval's zero-shot numbers for `tasks` on the in-memory `model`: {task: {acc, acc_stderr, n}}, plus
     lm-eval's version. `limit` caps the questions per (sub)task. `local` adds task groups built in code."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     started = time.perf_counter()
     log.info("lm-eval: %s%s", ", ".join([*tasks, *(g.name for g in local)]),
              f" (at most {limit} questions per task)" if limit else "")

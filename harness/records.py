@@ -23,8 +23,8 @@ from typing import Any, Literal
 
 import torch
 
-from harness.errors import UnlearnBenchError
-from harness.io import atomic_write_json
+from harness.errors import UnlearnBenchError, UnsafeNameError
+from harness.io import atomic_write_json, check_name, inside
 
 RECORD_VERSION = 2  # 2: spec_key, resolved component configs, plugin code digests
 READABLE_VERSIONS = (1, 2)
@@ -127,6 +127,7 @@ class Record:
         unknown = sorted(set(data) - known)
         if unknown:
             raise RecordError(f"{where}: unknown record fields {unknown}")
+        _check_fields(data, where)
         return cls(**data)
 
     @property
@@ -137,13 +138,28 @@ class Record:
         return (self.metrics.get(metric) or {}).get("value")
 
 
+def _check_fields(data: dict[str, Any], where: str) -> None:
+    """The fields a leaderboard turns into file names or numbers: safe names, numeric metric values."""
+    spec = data["spec"] if isinstance(data["spec"], dict) else {}
+    try:
+        for field, value in (("id", data.get("id")), *((f, spec.get(f)) for f in ("task", "attribution", "objective"))):
+            if value:
+                check_name(value, field)
+    except UnsafeNameError as exc:
+        raise RecordError(f"{where}: {exc}") from None
+    for name, metric in (data.get("metrics") or {}).items():
+        value = metric.get("value") if isinstance(metric, dict) else metric
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise RecordError(f"{where}: metric {name!r} has value {value!r}, not a number")
+
+
 class RecordError(UnlearnBenchError):
     pass
 
 
 def write(results_dir: Path, record_id: str, record: Record) -> Path:
     """Write `record` as RESULTS/runs/<record_id>.json, atomically, at the current version."""
-    path = Path(results_dir) / "runs" / f"{record_id}.json"
+    path = inside(Path(results_dir) / "runs", f"{check_name(record_id, 'record id')}.json")
     record.id, record.record_version = record_id, RECORD_VERSION
     atomic_write_json(path, record.to_json())
     return path
@@ -197,5 +213,8 @@ def supersede(results_dir: Path, older: list[Record], run_id: str) -> None:
         source = Path(results_dir) / "runs" / f"{old.id}.json"
         target = Path(results_dir) / SUPERSEDED / source.name
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(source, target)
+        try:
+            os.replace(source, target)
+        except FileNotFoundError:  # another sweep on this folder moved it first
+            continue
         log.warning("record %s is superseded by %s: moved to %s", old.id, run_id, target)

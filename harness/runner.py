@@ -29,6 +29,7 @@ from harness.api import AttributionData, EvalContext, Evaluation, Metric, Task
 from harness.cache import cached_dir, stable_hash
 from harness.config import from_dict, to_dict
 from harness.data import examples_hash, make_batches
+from harness.errors import NoUnlearningError
 from harness.plugins import Registry, get_registry
 from harness.probes import run as run_probes
 from harness.spec import PrepareConfig, RunSpec
@@ -50,6 +51,24 @@ def _retain_sample(task: Task, n: int, seed: int) -> list:
     retain = task.retain_examples()
     g = torch.Generator().manual_seed(seed)
     return [retain[i] for i in torch.randint(len(retain), (n,), generator=g).tolist()]
+
+
+def check_sets(spec: RunSpec, objective: Any, forget: list, retain: list) -> None:
+    """A run needs something to forget, and a retain set when its objective has a retain term."""
+    if not forget:
+        raise NoUnlearningError(f"task {spec.task!r} gave an empty forget set (task_config "
+                                f"{spec.task_config}): nothing to unlearn")
+    if not retain and objective.needs_retain:
+        raise NoUnlearningError(f"task {spec.task!r} gave an empty retain set (task_config "
+                                f"{spec.task_config}), and objective {spec.objective!r} has a retain term")
+
+
+def weight_sums(model: torch.nn.Module) -> list[tuple[float, float]]:
+    """Per trained tensor, its sum and sum of squares in float64: the same before and after training means
+    that no weight moved."""
+    with torch.no_grad():
+        return [(float(p.double().sum()), float(p.double().square().sum()))
+                for p in model.parameters() if p.requires_grad]
 
 
 def build_plan(spec: RunSpec, task: Task, attribution: Any, target: str, model, tok) -> tuple[UpdatePlan, dict]:
@@ -96,6 +115,8 @@ def execute(spec: RunSpec, results_dir: Path, save_to: Path | None = None) -> re
     """Run `spec` and write its record; a failure is recorded (status failed, traceback) and re-raised. The
     unlearned model is saved as a Hugging Face folder when the spec says `save_model` (RESULTS/models/<id>)
     or `save_to` names a folder."""
+    if save_to is not None:  # before any work: never replace a folder the harness did not write
+        export.check_destination(save_to)
     registry = get_registry()
     spec = canonical(spec, registry)
     run_id = identity.run_id(spec, registry)
@@ -156,6 +177,7 @@ def execute(spec: RunSpec, results_dir: Path, save_to: Path | None = None) -> re
                              "Face folder is not supported")
         record.mask["trained_fraction"] = plan.trained_fraction()
         forget, retain, refusal = task.forget_examples(), task.retain_examples(), task.refusal_examples()
+        check_sets(spec, objective, forget, retain)
         record.data = {"forget": examples_hash(forget), "retain": examples_hash(retain),
                        "refusal": examples_hash(refusal), "refusals_file": task.config.refusals_file}
         matcher = Matcher(task, spec, target, retain_model, tok, composer) if spec.match.enabled else None
@@ -179,6 +201,7 @@ def execute(spec: RunSpec, results_dir: Path, save_to: Path | None = None) -> re
             return row or None
 
         checkpoint = Path(results_dir) / "checkpoints" / f"{run_id}.pt"
+        sums_before = weight_sums(model) if not distributed.active() else None
         if spec.spunge.enabled:
             if plan.lora is not None:
                 raise ValueError("spunge merges weight task vectors: it does not combine with LoRA adapters")
@@ -202,6 +225,10 @@ def execute(spec: RunSpec, results_dir: Path, save_to: Path | None = None) -> re
                                            for row in train_log.steps if "questions" in row.get("eval", {})]
             matched = matcher.bisect(model, train_log.stopped_at) if spec.match.bisect else None
             record.match = matcher.summary(record.curves["probe"], train_log.stopped_at, matched)
+        if not distributed.active() and sums_before == weight_sums(model):
+            raise NoUnlearningError(f"no weight changed in {len(sums_before)} trained tensors: the run cannot "
+                                    "have unlearned (a learning rate too small for the dtype, a mask of nothing, "
+                                    "a loss without gradient?)")
         model = plan.merge(model)
         timings["unlearning_s"] = time.perf_counter() - t
         record.bf16_autocast = train_log.bf16_autocast

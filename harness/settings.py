@@ -3,6 +3,7 @@ rate schedule they describe. Specs and sweeps read these without importing the t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -45,8 +46,15 @@ class TrainConfig:
                                                "25x slower than fp32)")
 
     def validate(self) -> None:
-        if self.lr <= 0 or self.batch_size < 1 or self.grad_accum < 1 or self.epochs < 1:
-            raise ValueError("lr must be > 0; batch_size, grad_accum and epochs must be >= 1")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        if self.batch_size < 1 or self.grad_accum < 1 or self.epochs < 1:
+            raise ValueError("batch_size, grad_accum and epochs must be >= 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1 or null (epochs decide), got {self.max_steps}")
+        if self.max_grad_norm is not None and not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
+            raise ValueError(f"max_grad_norm must be a finite number > 0 or null (no clipping), got "
+                             f"{self.max_grad_norm}: a negative norm flips every gradient, 0 freezes the model")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.schedule not in SCHEDULES:

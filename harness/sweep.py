@@ -156,6 +156,11 @@ def grids(cfg: SweepConfig, where: str = "sweep") -> list[SweepConfig]:
     return out
 
 
+def addresses(cfg: SweepConfig) -> set[str]:
+    """The cluster addresses the file's grids name in executor_config (joining one runs what it sends back)."""
+    return {str(g.executor_config["address"]) for g in grids(cfg) if g.executor_config.get("address")}
+
+
 def _check(cfg: SweepConfig, where: str) -> None:
     registry = get_registry()
     for name in cfg.attributions:
@@ -360,9 +365,12 @@ def log_event(results_dir: Path, event: str, run_id: str, **extra: Any) -> None:
 
 
 def remove_stale_temporaries(results_dir: Path) -> int:
-    """Delete temporary files left by writers that died (their pid is in the name and no longer alive)."""
+    """Delete temporary files left by writers that died (their pid is in the name and no longer alive): records,
+    checkpoints, kept weights. (Pids are this host's: across hosts, a live writer elsewhere could look dead, so
+    one results folder takes sweeps from one host at a time, or a cluster's driver alone.)"""
     removed = 0
-    for tmp in (results_dir / "runs").glob(".*.tmp"):
+    temporaries = [p for sub in ("runs", "checkpoints", "weights") for p in (results_dir / sub).glob(".*.tmp")]
+    for tmp in temporaries:
         pid = stale_pid(tmp.name)
         if pid is not None and not _alive(pid):
             tmp.unlink(missing_ok=True)
@@ -442,13 +450,14 @@ def run(cfg: SweepConfig, results_dir: Path, retry_failed: bool = False) -> dict
     several sweeps can share a results directory and never run the same spec twice; a failed run is
     recorded and the sweep goes on."""
     counts = {"finished": 0, "skipped": 0, "failed": 0, "busy": 0}
+    results_dir = Path(results_dir).resolve()  # absolute: executors' workers may start in another folder
     every = grids(cfg)
-    declare(cfg.compare, Path(results_dir))
+    declare(cfg.compare, results_dir)
     for i, one in enumerate(every):
         if len(every) > 1:
             log.info("grid %d of %d: %s x %s", i + 1, len(every), ", ".join(one.attributions),
                      ", ".join(one.objectives))
-        for outcome, n in _run_grid(one, Path(results_dir), retry_failed).items():
+        for outcome, n in _run_grid(one, results_dir, retry_failed).items():
             counts[outcome] += n
     return counts
 

@@ -25,6 +25,7 @@ from harness import distributed, fsdp
 from harness.api import Batch, Example, LossOutput, Optimizer, UnlearnBatch
 from harness.data import collate, encode, to_device
 from harness.errors import NonFiniteLossError, UnlearnBenchError
+from harness.io import temp_path
 from harness.settings import SCHEDULES, TrainConfig, lr_factor
 from harness.update import Attached, UpdatePlan
 
@@ -167,7 +168,7 @@ def _save_checkpoint(path: Path, step: int, update: Attached, optimizer, lr_sche
     FSDP each process writes its own file with its shards. Tensors and plain numbers only, the log as JSON
     text, so the file loads with `weights_only=True`: a results folder never executes code."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temp_path(path)
     params = {n: fsdp.local(p).detach().cpu().clone() for n, p in update.params.items()}
     torch.save({"step": step, "params": params,
                 "optimizer": optimizer.state_dict(), "scheduler": lr_sched.state_dict(),

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from harness.io import spreadsheet_safe
 from harness.method import MethodKey
 from leaderboard.paired import finite_value
 
@@ -142,8 +143,8 @@ def summary_csv(rows: list[dict[str, Any]]) -> str:
     writer = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: ("" if r[k] is None else f"{r[k]:.6g}" if isinstance(r[k], float) else r[k])
-                         for k in FIELDS})
+        writer.writerow({k: ("" if r[k] is None else f"{r[k]:.6g}" if isinstance(r[k], float)
+                             else spreadsheet_safe(r[k])) for k in FIELDS})
     return buf.getvalue()
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from harness import records
 from harness.cache import stable_hash
+from harness.io import markdown_text, spreadsheet_safe
 from harness.method import MethodKey
 from leaderboard import aggregate, html, paired, plots, verdicts
 from leaderboard.headline import (
@@ -72,7 +73,7 @@ def runs_csv(records: list[dict[str, Any]]) -> str:
     writer = csv.DictWriter(buf, fieldnames=KEY_COLUMNS + metric_cols + TIME_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: row.get(k, "") for k in writer.fieldnames})
+        writer.writerow({k: spreadsheet_safe(row.get(k, "")) for k in writer.fieldnames})
     return buf.getvalue()
 
 
@@ -91,7 +92,7 @@ def methods_csv(rows: list[dict[str, Any]]) -> str:
         for name, _ in metrics:
             s = r["metrics"].get(name)
             line += ["", "", ""] if s is None else [f"{s['mean']:.6g}", f"{s['ci_low']:.6g}", f"{s['ci_high']:.6g}"]
-        writer.writerow(line)
+        writer.writerow([spreadsheet_safe(x) for x in line])
     return buf.getvalue()
 
 
@@ -132,7 +133,8 @@ def headline_rows(rows: list[dict[str, Any]], refs: list[dict[str, Any]], paired
 
 
 def _md_table(head: list[str], body: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(head) + " |", "| --- " * len(head) + "|", *("| " + " | ".join(r) + " |" for r in body)]
+    return ["| " + " | ".join(head) + " |", "| --- " * len(head) + "|",
+            *("| " + " | ".join(markdown_text(c) for c in r) + " |" for r in body)]
 
 
 def markdown(tasks: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, str]]],
@@ -194,11 +196,12 @@ def _metric_table(rows: list[dict[str, Any]], refs: list[dict[str, Any]], direct
     out = list(head)
     for ref in refs:
         vals = [((ref.get("metrics") or {}).get(m) or {}).get("value") for m in metrics]
-        out.append(f"| {ref.get('role')} | | | | | " + " | ".join("" if v is None else f"{v:.4g}" for v in vals)
-                   + " |")
+        out.append(f"| {markdown_text(ref.get('role'))} | | | | | "
+                   + " | ".join("" if v is None else f"{v:.4g}" for v in vals) + " |")
     for r in rows:
         cells = [_ci(r["metrics"].get(m), r["n"]) for m in metrics]
-        out.append(f"| {r['attribution']} | {r['ratio']:g} | {r['objective']} | {lr_label(r)} | {r['n']} | "
+        out.append(f"| {markdown_text(r['attribution'])} | {r['ratio']:g} | {markdown_text(r['objective'])} | "
+                   f"{lr_label(r)} | {r['n']} | "
                    + " | ".join(cells) + " |")
     out.append("")
     return out
@@ -213,8 +216,8 @@ def paired_csv(rows: list[dict[str, Any]]) -> str:
     writer = csv.DictWriter(buf, fieldnames=PAIRED_FIELDS, lineterminator="\n")
     writer.writeheader()
     for d in rows:
-        writer.writerow({k: ("" if d.get(k) is None else f"{d[k]:.6g}" if isinstance(d[k], float) else d[k])
-                         for k in PAIRED_FIELDS})
+        writer.writerow({k: ("" if d.get(k) is None else f"{d[k]:.6g}" if isinstance(d[k], float)
+                             else spreadsheet_safe(d[k])) for k in PAIRED_FIELDS})
     return buf.getvalue()
 
 
@@ -254,7 +257,7 @@ def write_all(results_dir: Path, out_dir: Path, task: str | None = None,
     """Every leaderboard file into `out_dir`: runs.csv, methods.csv, leaderboard.md, index.html and the
     per-task plots (a second trade-off plot on `axes`, e.g. a probed forget metric against utility). A pure
     function of the records: the same records give byte-identical files."""
-    from harness.io import atomic_write_bytes, atomic_write_text
+    from harness.io import atomic_write_bytes, atomic_write_text, inside
 
     records = [r for r in read_records(results_dir) if task is None or r["spec"].get("task") == task]
     rows = aggregate.method_rows(records)
@@ -286,7 +289,7 @@ def write_all(results_dir: Path, out_dir: Path, task: str | None = None,
             if points:
                 tradeoff = plots.tradeoff_png(name, points, headline,
                                               (directions[headline["forget"]], directions[headline["utility"]]))
-                written.append(out_dir / f"tradeoff-{name}.png")
+                written.append(inside(out_dir, f"tradeoff-{name}.png"))
                 atomic_write_bytes(written[-1], tradeoff)
         pair = probed_axes(headline, directions, axes) if headline else None
         if pair:
@@ -294,18 +297,18 @@ def write_all(results_dir: Path, out_dir: Path, task: str | None = None,
             points = plots.tradeoff_points(task_rows, refs, chosen)
             if points:
                 second = plots.tradeoff_png(name, points, chosen, (directions[pair[0]], directions[pair[1]]))
-                written.append(out_dir / f"tradeoff-{name}-{pair[0]}-{pair[1]}.png")
+                written.append(inside(out_dir, f"tradeoff-{name}-{pair[0]}-{pair[1]}.png"))
                 atomic_write_bytes(written[-1], second)
         runs = [r for r in records if r["spec"].get("task") == name and r.get("kind") == "run"
                 and r.get("status") == "finished"]
         density = plots.density_png(runs)
         if density:
-            written.append(out_dir / f"masks-{name}.png")
+            written.append(inside(out_dir, f"masks-{name}.png"))
             atomic_write_bytes(written[-1], density)
         extra = {"trajectory": plots.trajectory_png(name, runs, refs), "ratios": plots.ratio_png(name, task_rows)}
         for kind, png in extra.items():
             if png:
-                written.append(out_dir / f"{kind}-{name}.png")
+                written.append(inside(out_dir, f"{kind}-{name}.png"))
                 atomic_write_bytes(written[-1], png)
         task_pairs = [d for d in pairs if d["task"] == name]
         sections.append(html.task_section(name, task_rows, refs, directions, tradeoff, density, task_pairs,

@@ -20,6 +20,7 @@ class GradientAscent(Objective):
 
     name = "ga"
     Config = AscentConfig
+    needs_retain = False
 
     def loss(self, model, batch: UnlearnBatch, reference=None) -> LossOutput:
         f = mean_nll(model, batch.forget)

@@ -53,7 +53,7 @@ def load_corpus(source: str, limit: int | None) -> list[str]:
         raise DataError(f"corpus {source!r} could not be loaded ({type(exc).__name__}: {exc}). Download it into "
                         "the datasets cache first, or give a local .jsonl path with a 'text' field") from None
     texts = data["text"]
-    return list(texts[:limit] if limit else texts)
+    return list(texts if limit is None else texts[:limit])
 
 
 @dataclass
@@ -95,6 +95,8 @@ class WmdpConfig(TaskConfig):
         if self.forget_max_lengths is not None and len(self.forget_max_lengths) != len(self.forget_corpora):
             raise ValueError(f"forget_max_lengths has {len(self.forget_max_lengths)} caps for "
                              f"{len(self.forget_corpora)} forget corpora")
+        if self.corpus_limit is not None and self.corpus_limit < 1:
+            raise ValueError(f"corpus_limit must be >= 1 or null (every document), got {self.corpus_limit}")
         if self.chunk_words is not None and self.chunk_words < 1:
             raise ValueError(f"chunk_words must be >= 1 or null, got {self.chunk_words}")
 

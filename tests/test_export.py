@@ -83,3 +83,70 @@ def test_lm_eval_command_line_scores_the_saved_folder(saved):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "mmlu_bundled" in out.stdout and "acc" in out.stdout
     json.dumps(record.to_json())  # the record stays plain JSON with the saved paths in it
+
+
+def _listing(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_an_export_never_replaces_what_the_harness_did_not_write(saved, tmp_path, monkeypatch):
+    """`.`, a results folder and a folder with a stray file are refused before anything is written or removed;
+    an absent folder, an empty one and an earlier export are written."""
+    results, record = saved
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "notes.txt").write_text("mine")
+    copy = tmp_path / "results-copy"
+    copy.mkdir()
+    (copy / "runs").mkdir()
+    (copy / "runs" / f"{record.id}.json").write_text((results / "runs" / f"{record.id}.json").read_text())
+    monkeypatch.chdir(stray)
+    for out in (Path("."), copy, stray, stray / "notes.txt"):
+        before = _listing(out if out.is_dir() else out.parent)
+        assert cli.main(["-q", "export", record.id, str(out), "--results", str(results)]) == 2
+        assert _listing(out if out.is_dir() else out.parent) == before  # nothing touched
+    (tmp_path / "empty").mkdir()
+    for out in (tmp_path / "new", tmp_path / "empty", tmp_path / "new"):  # the third: an earlier export
+        assert cli.main(["-q", "export", record.id, str(out), "--results", str(results)]) == 0
+    assert (tmp_path / "new" / "model.safetensors").is_file()
+
+
+def test_run_save_model_refuses_a_foreign_folder_before_it_runs(tmp_path, capsys):
+    other = tmp_path / "other-model"
+    other.mkdir()
+    (other / "model.safetensors").write_bytes(b"another model")
+    code = cli.main(["-q", "run", "--task", "tofu-mini", "--model", "tiny-llama", "--results", str(tmp_path / "r"),
+                     "--save-model", str(other)])
+    assert code == 2 and "not an earlier export" in capsys.readouterr().err
+    assert (other / "model.safetensors").read_bytes() == b"another model"
+    assert not (tmp_path / "r" / "runs").exists()  # refused before the run started
+
+
+def test_an_exported_folder_holds_no_forget_set_text(saved):
+    """The record in a published model folder leaves the evaluation's questions, answers and generations out
+    and says so; the results folder keeps them."""
+    results, record = saved
+    full = json.loads((results / "runs" / f"{record.id}.json").read_text())
+    forget_text = [s["question"] for s in full["samples"]] + [s["answer"] for s in full["samples"]]
+    assert forget_text
+    folder = Path(record.saved_model)
+    published = "".join(p.read_text(errors="ignore") for p in folder.iterdir() if p.suffix in (".json", ".md"))
+    assert not [t for t in forget_text if t in published]
+    kept = json.loads((folder / "unlearn_bench_record.json").read_text())
+    assert "samples" not in kept and "samples" in kept["omitted"] and kept["metrics"] == full["metrics"]
+
+
+def test_files_and_folders_follow_the_umask(saved, tmp_path):
+    """Records, pages and exported folders are readable by others under the default umask 022 (mkstemp and
+    mkdtemp alone would make them 0600 / 0700)."""
+    from harness.io import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "page.html", "<p>")
+        assert (tmp_path / "page.html").stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)
+    results, record = saved
+    assert (results / "runs" / f"{record.id}.json").stat().st_mode & 0o777 == 0o644 & ~old
+    assert Path(record.saved_model).stat().st_mode & 0o777 == 0o755 & ~old

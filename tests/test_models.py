@@ -27,7 +27,7 @@ def test_missing_model_names_the_argument_and_the_aliases(tmp_path):
     missing = r"model folder not found: .*nowhere \(aliases: smollm2-135m, smollm2-offset, tiny-llama\)"
     with pytest.raises(ModelNotFoundError, match=missing):
         models.load(str(tmp_path / "nowhere"))
-    with pytest.raises(ModelNotFoundError, match=r"cannot load model 'no-such-org/no-such-model'.*not a local folder"):
+    with pytest.raises(ModelNotFoundError, match=r"'no-such-org/no-such-model' not found locally.*--online"):
         models.load("no-such-org/no-such-model")
     with pytest.raises(ModelNotFoundError, match="dtype 'float8'"):
         models.load("tiny-llama", dtype="float8")
@@ -45,3 +45,38 @@ def test_prepare_is_cached(tmp_path):
     assert again == first and hit_again
     other, _ = prepare.ensure_model(task, "tiny-llama", "retain", PrepareConfig(epochs=2))
     assert other != first  # the key hashes the fine-tuning settings
+
+
+def test_a_typo_is_not_a_download(tmp_path, monkeypatch):
+    """Offline (the default), a model string that is neither a folder, an alias nor in the hub cache fails
+    naming the closest folders and aliases, instead of fetching a hub repository of that name."""
+    (tmp_path / "ckpt" / "run-1").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("UNLEARN_BENCH_ONLINE", raising=False)
+    with pytest.raises(ModelNotFoundError, match=r"'ckpt/run1' not found locally.*closest: ckpt/run-1"):
+        models.resolve("ckpt/run1")
+    with pytest.raises(ModelNotFoundError, match=r"closest: tiny-llama"):
+        models.resolve("tiny-lama")
+    monkeypatch.setenv("UNLEARN_BENCH_ONLINE", "1")  # asked for: a hub id is passed on to transformers
+    assert models.resolve("ckpt/run1") == "ckpt/run1"
+
+
+def test_the_command_line_sets_the_hub_offline_before_it_is_imported(monkeypatch):
+    """huggingface_hub reads HF_HUB_OFFLINE once, at import: the command line sets it first (a fresh process
+    shows it); `--online` asks for the hub."""
+    import os
+    import subprocess
+    import sys
+
+    from harness import offline
+
+    code = ("from harness import cli; cli.main(['-q', 'verify', 'no-such-folder']); "
+            "import huggingface_hub.constants as c; print(c.HF_HUB_OFFLINE)")
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
+                                                            "UNLEARN_BENCH_ONLINE")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "True"
+    for name in (*offline.HUB_VARIABLES, offline.ONLINE_ENV):
+        monkeypatch.setenv(name, "")  # restored after the test, whatever configure sets
+    offline.configure(ask_online=True)
+    assert offline.online() and all(os.environ[name] == "0" for name in offline.HUB_VARIABLES)
