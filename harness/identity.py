@@ -2,8 +2,12 @@
 it uses. Run ids and mask cache keys hash this, so a plugin whose code, version or defaults change gets a
 new mask and a new run id, and nothing earlier is reused or overwritten by mistake.
 
-A plugin's code digest is the hash of its module's syntax tree without docstrings: editing a comment or a
-docstring keeps results, editing a statement or a default does not.
+A plugin's code digest is the hash of its module's syntax tree without docstrings and imports: editing a
+comment, a docstring or where a module lives keeps results, editing a statement or a default does not. The
+harness's own code that a run's numbers depend on (CORE: the training loop, masks, losses, scoring, metrics,
+matching, the model loading and fine-tuning, ...) has one digest too, in every run id, cache key and record:
+a fix there reruns what it touched and never mixes with records made before it. The command line, sweeps,
+records and the leaderboard (OUTSIDE) are not in it: they do not change a number.
 """
 
 from __future__ import annotations
@@ -11,9 +15,11 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import importlib.util
 import inspect
 import sys
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.cache import stable_hash
@@ -31,27 +37,58 @@ COMPONENTS = {"task": ("task", "task", "task_config"), "attribution": ("attribut
               "optimizer": ("optimizer", "optimizer", "optimizer_config")}
 
 
-def _strip_docstrings(tree: ast.AST) -> ast.AST:
+# Modules whose code decides a run's numbers, beside the plugins' own modules (digested per plugin).
+CORE = ("harness.adapters", "harness.api", "harness.attribution", "harness.data", "harness.fsdp",
+        "harness.generation", "harness.lm_eval_bridge", "harness.masks", "harness.match", "harness.metrics",
+        "harness.models", "harness.offset", "harness.prepare", "harness.refusals", "harness.runner",
+        "harness.scoring", "harness.settings", "harness.spunge", "harness.train", "harness.update",
+        "methods.losses", "tasks.text")
+# Modules that do not change a number: interfaces to the user, bookkeeping, reporting.
+OUTSIDE = ("harness", "harness.backends", "harness.cache", "harness.cli", "harness.config", "harness.conformance",
+           "harness.distributed", "harness.errors", "harness.evaluate", "harness.executors", "harness.export",
+           "harness.hookspecs", "harness.identity", "harness.io", "harness.mask_report", "harness.memory",
+           "harness.method", "harness.offline", "harness.optim", "harness.plugins", "harness.probes",
+           "harness.progress", "harness.records", "harness.spec", "harness.sweep", "harness.verify", "methods",
+           "tasks")
+
+
+def _strip(tree: ast.AST) -> ast.AST:
+    """The tree without docstrings and imports (where a module lives is not what it computes)."""
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
-        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
-                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
-            node.body = body[1:] or [ast.Pass()]
+        if not isinstance(body, list):
+            continue
+        body = [n for n in body if not isinstance(n, (ast.Import, ast.ImportFrom))]
+        if (body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            body = body[1:]
+        node.body = body or [ast.Pass()]
     return tree
 
 
 @functools.cache
 def code_digest(module_name: str) -> str:
-    """Digest of a module's code (syntax tree, docstrings and comments left out); "?" if it has no source."""
+    """Digest of a module's code (syntax tree; docstrings, comments and imports left out); "?" if it has no
+    source."""
     module = sys.modules.get(module_name)
     try:
-        source = inspect.getsource(module) if module is not None else None
-    except (OSError, TypeError):
+        if module is not None:
+            source = inspect.getsource(module)
+        else:  # not imported yet: read its file (importing CORE's modules would load lm-eval and more)
+            spec = importlib.util.find_spec(module_name)
+            source = Path(spec.origin).read_text() if spec is not None and spec.origin else None
+    except (OSError, TypeError, ValueError, ImportError):
         source = None
     if source is None:
         return "?"
-    tree = _strip_docstrings(ast.parse(source))
+    tree = _strip(ast.parse(source))
     return hashlib.sha256(ast.dump(tree).encode()).hexdigest()[:16]
+
+
+@functools.cache
+def core_digest() -> str:
+    """One digest over CORE's modules: the harness code a run's numbers depend on."""
+    return stable_hash({name: code_digest(name) for name in CORE}, 16)
 
 
 def fingerprint(entry: Entry) -> dict[str, str]:
@@ -102,9 +139,12 @@ def spec_key(spec: RunSpec, registry: Registry) -> str:
 
 
 def run_id(spec: RunSpec, registry: Registry) -> str:
-    """`task-attribution-objective-hash`, the hash over the resolved spec and the plugins' fingerprints
-    (where it runs and how memory is spent do not count: device, attribution_buffers,
-    train.gradient_checkpointing)."""
+    """`task-attribution-objective-hash`, the hash over the resolved spec, the plugins' fingerprints, the
+    harness's core digest and the base model's version (its contents for a folder, its revision for a hub
+    id: models.versioned); where it runs and how memory is spent do not count (harness/method.py)."""
+    from harness import models
+
     spec = canonical(spec, registry)
-    digest = stable_hash({"spec": keyed(resolved(spec, registry)), "plugins": plugins(spec, registry)}, 12)
+    digest = stable_hash({"spec": keyed(resolved(spec, registry)), "plugins": plugins(spec, registry),
+                          "core": core_digest(), "model": models.versioned(spec.model)}, 12)
     return f"{spec.task}-{spec.attribution}-{spec.objective}-{digest}"

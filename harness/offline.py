@@ -50,6 +50,18 @@ def in_hub_cache(repo_id: str, revision: str | None = None) -> bool:
     return isinstance(found, str)
 
 
+def cached_revision(repo_id: str) -> str | None:
+    """The commit the local hub cache resolves `repo_id` (its main branch, or `repo@revision`) to, if cached."""
+    from huggingface_hub import try_to_load_from_cache
+
+    repo, _, revision = repo_id.partition("@")
+    try:
+        found = try_to_load_from_cache(repo, "config.json", revision=revision or None)
+    except ValueError:
+        return None
+    return Path(found).parent.name if isinstance(found, str) else None
+
+
 def closest(name: str, aliases: list[str]) -> list[str]:
     """The aliases, cached repositories and sibling folders nearest to `name`."""
     parent = Path(name).expanduser().parent

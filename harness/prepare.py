@@ -17,7 +17,7 @@ from harness.api import EvalContext, LossOutput, Task
 from harness.cache import cache_root, cached_dir, stable_hash
 from harness.config import to_dict
 from harness.data import examples_hash
-from harness.identity import code_digest
+from harness.identity import code_digest, core_digest
 from harness.io import atomic_write_json
 from harness.scoring import mean_nll
 from harness.spec import PrepareConfig
@@ -36,7 +36,7 @@ def model_key(task: Task, base: str, which: Which, cfg: PrepareConfig) -> str:
     max_length = task.max_length
     return stable_hash({"base": models.versioned(base), "task": task.name, "which": which,
                         "examples": examples_hash(examples),
-                        "max_length": max_length, "prepare": _determining(cfg), "format": 1})
+                        "max_length": max_length, "prepare": _determining(cfg), "core": core_digest(), "format": 1})
 
 
 def _determining(cfg: PrepareConfig) -> dict:
@@ -80,8 +80,8 @@ def reference_eval(task: Task, model_path: str, batch_size: int, against: dict |
     `against` is the retain model's reference evaluation, for forget quality (None for the retain model
     itself).
     """
-    key = stable_hash({"model": model_path, "task": task.name, "config": to_dict(task.config),
-                       "code": code_digest(type(task).__module__),
+    key = stable_hash({"model": models.versioned(model_path), "task": task.name, "config": to_dict(task.config),
+                       "code": code_digest(type(task).__module__), "core": core_digest(),
                        "against": against["model"] if against else None, "dtype": dtype, "format": 1})
 
     def compute() -> dict:
@@ -100,8 +100,8 @@ def _reference_probe(task: Task, model_path: str, batch_size: int, dtype: str, d
     question and combined, cached by model and task config."""
     from harness import match
 
-    key = stable_hash({"model": model_path, "task": task.name, "config": to_dict(task.config), "dtype": dtype,
-                       "code": code_digest(type(task).__module__),
+    key = stable_hash({"model": models.versioned(model_path), "task": task.name, "config": to_dict(task.config),
+                       "dtype": dtype, "code": code_digest(type(task).__module__), "core": core_digest(),
                        "format": 4})  # 4: per-question values kept beside the combined ones
 
     def compute() -> dict:
@@ -135,8 +135,8 @@ def reference_utility(model_path: str, tasks: list[str], limit: int | None, batc
 
     from harness import lm_eval_bridge
 
-    key = stable_hash({"model": model_path, "tasks": sorted(tasks), "limit": limit, "dtype": dtype,
-                       "lm_eval": version("lm_eval")})
+    key = stable_hash({"model": models.versioned(model_path), "tasks": sorted(tasks), "limit": limit,
+                       "dtype": dtype, "lm_eval": version("lm_eval"), "core": core_digest()})
 
     def compute() -> dict:
         log.info("lm-eval utility of %s on %s (once: the result is cached)", model_path, ", ".join(tasks))

@@ -50,10 +50,17 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+def _core_digest() -> str:
+    from harness.identity import core_digest
+
+    return core_digest()
+
+
 def provenance(plugins: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
     return {
         "packages": {d: _version(d) for d in ("unlearn-bench", "torch", "transformers", "lm-eval", "pluggy")},
         "plugins": plugins or {},
+        "core": _core_digest(),
         "git_commit": git_commit(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),

@@ -230,3 +230,83 @@ def test_names_in_tables_cannot_become_formulas_or_markup(tmp_path):
     (runs / "r0.json").write_text(json.dumps(record))
     table.write_all(runs.parent, tmp_path / "board")
     assert ",'=cmd|' /C calc'!A0," in (tmp_path / "board" / "runs.csv").read_text()
+
+
+def _modules(package: str) -> set[str]:
+    import pkgutil
+    from pathlib import Path
+
+    root = Path(__file__).parents[1] / package
+    return {package, *(f"{package}.{m.name}" for m in pkgutil.iter_modules([str(root)]))}
+
+
+def test_every_module_is_digested_or_declared_outside():
+    """Each module of the harness, the methods and the tasks is a plugin's own module (digested with the
+    plugin), in CORE (the harness digest in every run id) or declared OUTSIDE: a new module must choose."""
+    from harness import identity
+    from harness.plugins import get_registry
+
+    registry = get_registry()
+    plugin_modules = {e.cls.__module__ for kind in registry.entries.values() for e in kind.values()}
+    every = _modules("harness") | _modules("methods") | _modules("tasks")
+    undecided = sorted(every - plugin_modules - set(identity.CORE) - set(identity.OUTSIDE))
+    assert not undecided, f"modules neither plugin, CORE nor OUTSIDE: {undecided}"
+    assert not set(identity.CORE) & set(identity.OUTSIDE)
+
+
+def test_a_fix_in_the_harness_core_changes_run_ids_but_not_the_experiment(monkeypatch):
+    from harness import identity
+    from harness.plugins import get_registry
+    from harness.spec import RunSpec
+
+    spec, registry = RunSpec(task="tofu-mini", model="tiny-llama"), get_registry()
+    before, key = identity.run_id(spec, registry), identity.spec_key(spec, registry)
+    original = identity.code_digest
+    monkeypatch.setattr(identity, "code_digest", lambda name: "fixed" if name == "methods.losses" else original(name))
+    identity.core_digest.cache_clear()
+    try:
+        assert identity.run_id(spec, registry) != before and identity.spec_key(spec, registry) == key
+    finally:
+        identity.core_digest.cache_clear()
+
+
+def test_a_digest_ignores_docstrings_comments_and_imports():
+    import ast
+
+    from harness.identity import _strip
+
+    def dump(source: str) -> str:
+        return ast.dump(_strip(ast.parse(source)))
+
+    base = dump("def f(x):\n    return x + 1\n")
+    moved = '"""Doc."""\nimport os\nfrom a.b import c  # moved\n\ndef f(x):\n    """f."""\n    return x + 1\n'
+    assert dump(moved) == base
+    assert dump("def f(x):\n    return x + 2\n") != base
+
+
+def test_models_are_keyed_on_their_contents_and_revision(tmp_path, monkeypatch):
+    import shutil
+
+    import huggingface_hub.constants
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from harness import models
+
+    source = models.resolve("tiny-llama")
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(source, a)
+    shutil.copytree(source, b)
+    assert models.versioned(str(a)) == models.versioned(str(b))  # the same weights in two places: one model
+    weights = load_file(str(a / "model.safetensors"))
+    weights = {k: v + 1e-3 if v.dtype == torch.float32 else v for k, v in weights.items()}
+    save_file(weights, str(a / "model.safetensors"), metadata={"format": "pt"})
+    assert models.versioned(str(a)) != models.versioned(str(b))  # overwritten in place: a new model
+    repo = tmp_path / "hub" / "models--org--name"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    (repo / "snapshots" / "abc123" / "config.json").write_text("{}")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert models.versioned("org/name") == "hub:org/name@abc123"
+    assert models.versioned("org/other") == "hub:org/other@unresolved"

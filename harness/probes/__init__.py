@@ -16,6 +16,7 @@ from harness import distributed, models, prepare
 from harness.api import EvalContext, Evaluation, Metric, ProbeContext, Task
 from harness.cache import cache_root, stable_hash
 from harness.config import to_dict
+from harness.identity import core_digest
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,8 @@ def context(spec, task: Task, tok, evaluation: Evaluation, references: dict[str,
         return task.evaluate(m, tok, EvalContext(retain_eval["stats"], task.eval_batch_size, backend))
 
     def cached(name: str, key: dict[str, Any], compute) -> dict[str, Any]:
-        path = cache_root() / "probes" / f"{name}-{stable_hash(dict(key, task=task.name, dtype=spec.dtype), 16)}.json"
+        full = dict(key, task=task.name, dtype=spec.dtype, core=core_digest())
+        path = cache_root() / "probes" / f"{name}-{stable_hash(full, 16)}.json"
         return prepare.cached_json(path, compute)
 
     retain = {"model": references["retain"], "metrics": retain_eval["metrics"]} if references["retain"] else None
