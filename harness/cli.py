@@ -237,6 +237,9 @@ def _write_leaderboard(results: Path, out: Path, task: str | None, axes: str | N
             raise UnlearnBenchError(f"--tradeoff-axes {axes!r}: give two metric names, X,Y")
     for path in table.write_all(results, out, task, pair):
         print(path)
+    print("Verdicts (declared before the runs; leaderboard.md says how they are decided):")
+    for line in table.verdict_lines(results, task):
+        print(line)
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:

@@ -252,6 +252,12 @@ def references(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(best.values(), key=lambda r: ({"target": 0, "retain": 1}.get(r.get("role"), 2), r.get("id") or ""))
 
 
+def verdict_lines(results_dir: Path, task: str | None = None) -> list[str]:
+    """The declared comparisons' verdicts in words (the leaderboard's "Verdicts" list), for the command line."""
+    records = [r for r in read_records(results_dir) if task is None or r["spec"].get("task") == task]
+    return findings(paired.paired_rows(records, verdicts.load_protocol(results_dir)))
+
+
 def write_all(results_dir: Path, out_dir: Path, task: str | None = None,
               axes: tuple[str, str] | None = None) -> list[Path]:
     """Every leaderboard file into `out_dir`: runs.csv, methods.csv, leaderboard.md, index.html and the

@@ -350,3 +350,15 @@ def test_one_method_definition_splits_rows_and_legends(tmp_path):
     _variant(runs, "slow-0", 0, train={"lr": 1e-5})
     labels = [r["label"] for r in aggregate.method_rows(table.read_records(tmp_path / "results"))]
     assert len(set(labels)) == 4 and sum(label.startswith("dense (1) + graddiff #") for label in labels) == 2
+
+
+def test_the_command_line_ends_with_the_verdicts(matched_results, tmp_path, capsys):
+    """`leaderboard` (and `sweep --leaderboard`, as `make demo` runs it) prints the verdict lines last."""
+    from harness import cli
+
+    assert cli.main(["-q", "leaderboard", str(matched_results), "--out", str(tmp_path / "board")]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    verdict_lines = [line for line in out if line.startswith("- wagle (0.5) + graddiff vs")]
+    assert out[-2:] == verdict_lines and [line.split(" vs ")[1].split(",")[0] for line in verdict_lines] == [
+        "dense", "random"]
+    assert all(w in " ".join(verdict_lines) for w in ("tradeoff_score", "seed pairs"))
