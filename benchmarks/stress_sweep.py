@@ -76,9 +76,13 @@ def main() -> int:
     p.add_argument("--seeds", type=int, default=12, help="seeds of the 3-attribution grid (runs: 3 per seed)")
     p.add_argument("--results", help="results folder (default: a new temporary one)")
     p.add_argument("--seed", type=int, default=0, help="seed of the kill times")
+    p.add_argument("--min-wait", type=float, default=1.0, help="shortest wait between kills, seconds")
+    p.add_argument("--max-wait", type=float, default=12.0, help="longest wait between kills, seconds (kills fall in "
+                                                               "start-up, fine-tuning, unlearning and writing)")
     args = p.parse_args()
     rng = random.Random(args.seed)
     work = Path(args.results or tempfile.mkdtemp(prefix="stress-"))
+    work.mkdir(parents=True, exist_ok=True)
     results, cfg = work / "results", work / "grid.yaml"
     cfg_dict = grid(args.seeds)
     cfg.write_text(yaml.safe_dump(cfg_dict))
@@ -86,7 +90,7 @@ def main() -> int:
     procs = [start(cfg, results, work / f"sweep{i}.log") for i in range(args.processes)]
     kills = 0
     while kills < args.kills and time.monotonic() < deadline:
-        time.sleep(rng.uniform(0.2, 4.0))
+        time.sleep(rng.uniform(args.min_wait, args.max_wait))
         i = rng.randrange(len(procs))
         if procs[i].poll() is None:
             procs[i].kill()
