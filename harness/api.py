@@ -79,6 +79,9 @@ class Attribution:
     Config: ClassVar[type]
     ignores_ratio: ClassVar[bool] = False  # True: the ratio means nothing to it (runs are keyed with ratio 1)
     needs_data: ClassVar[bool] = True  # False: no data pass, nothing to cache (dense, LoRA)
+    # None: it selects weights of the model; "lora": adapters merged into the weights before evaluation;
+    # "layers": modules of its own that stay in the model (they cannot be saved as a plain model folder)
+    adds_modules: ClassVar[str | None] = None
 
     def __init__(self, config: Any) -> None:
         self.config = config

@@ -30,7 +30,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                 for field, typ, default, help_text in describe(e.cls.Config):
                     print(f"      {field} ({typ}, default {default!r}): {help_text}")
     if args.verbose:
-        from harness.match import MatchConfig
+        from harness.features import MatchConfig
         from harness.settings import TrainConfig
         from harness.spec import PrepareConfig
 
@@ -306,15 +306,8 @@ def _add_spec_arguments(s: argparse.ArgumentParser) -> None:
                                                         "level (the spec's `match:`, docs/metrics.md)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="unlearn-bench", description="Benchmark harness for LLM unlearning.")
-    p.add_argument("--version", action="version", version=f"unlearn-bench {__version__}")
-    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    p.add_argument("--online", action="store_true", help="allow downloads from the Hugging Face hub (models, "
-                                                         "datasets); default: offline, local files and the hub "
-                                                         "cache only (also: UNLEARN_BENCH_ONLINE=1)")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _run_commands(sub) -> None:
+    """One run and its parts: list, check, prepare, run, eval, mask, export."""
     s = sub.add_parser("export", help="write a finished run's unlearned model as a Hugging Face folder, from "
                                       "the weights it kept (spec keep_weights: true)")
     s.add_argument("run_id")
@@ -364,6 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--plot", help="also write a layer x module density heatmap PNG here")
     s.set_defaults(func=cmd_mask_report)
 
+
+
+def _sweep_commands(sub) -> None:
+    """Grids of runs and what they will cost: sweep, memory."""
     s = sub.add_parser("sweep", help="run a grid from a YAML file; runs with a record are skipped")
     s.add_argument("file")
     s.add_argument("--results", default="results")
@@ -388,6 +385,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="unlearning sharded over this many processes (accelerate launch --use_fsdp)")
     s.set_defaults(func=cmd_memory)
 
+
+
+def _report_commands(sub) -> None:
+    """From records: leaderboard, verify, summary."""
     s = sub.add_parser("leaderboard", help="write leaderboard files from stored run records alone")
     s.add_argument("results_dir")
     s.add_argument("--out", help="folder for runs.csv, methods.csv, leaderboard.md, index.html and plots "
@@ -415,6 +416,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="folder for summary.csv, summary.md and profile.png")
     s.add_argument("--baseline", default="dense", help="attribution the probability of improvement is against")
     s.set_defaults(func=cmd_summary)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="unlearn-bench", description="Benchmark harness for LLM unlearning.")
+    p.add_argument("--version", action="version", version=f"unlearn-bench {__version__}")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    p.add_argument("--online", action="store_true", help="allow downloads from the Hugging Face hub (models, "
+                                                         "datasets); default: offline, local files and the hub "
+                                                         "cache only (also: UNLEARN_BENCH_ONLINE=1)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    _run_commands(sub)
+    _sweep_commands(sub)
+    _report_commands(sub)
     return p
 
 

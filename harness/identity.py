@@ -39,15 +39,16 @@ COMPONENTS = {"task": ("task", "task", "task_config"), "attribution": ("attribut
 
 # Modules whose code decides a run's numbers, beside the plugins' own modules (digested per plugin).
 CORE = ("harness.adapters", "harness.api", "harness.attribution", "harness.data", "harness.fsdp",
-        "harness.generation", "harness.lm_eval_bridge", "harness.masks", "harness.match", "harness.metrics",
-        "harness.models", "harness.offset", "harness.prepare", "harness.refusals", "harness.runner",
-        "harness.scoring", "harness.settings", "harness.spunge", "harness.train", "harness.update",
-        "methods.losses", "tasks.text")
+        "harness.generation", "harness.lm_eval_bridge", "harness.masks", "harness.match", "harness.matcher",
+        "harness.metrics", "harness.models", "harness.offset", "harness.prepare", "harness.refusals",
+        "harness.runner", "harness.scoring", "harness.settings", "harness.spunge", "harness.train",
+        "harness.update", "methods.losses", "tasks.text")
 # Modules that do not change a number: interfaces to the user, bookkeeping, reporting.
-OUTSIDE = ("harness", "harness.backends", "harness.cache", "harness.cli", "harness.config", "harness.conformance",
+OUTSIDE = ("harness", "harness.backends", "harness.cache", "harness.cli", "harness.combine", "harness.config",
+           "harness.conformance",
            "harness.distributed", "harness.errors", "harness.evaluate", "harness.executors", "harness.export",
-           "harness.hookspecs", "harness.identity", "harness.io", "harness.mask_report", "harness.memory",
-           "harness.method", "harness.offline", "harness.optim", "harness.plugins", "harness.probes",
+           "harness.features", "harness.hookspecs", "harness.identity", "harness.io", "harness.mask_report",
+           "harness.memory", "harness.method", "harness.offline", "harness.optim", "harness.plugins", "harness.probes",
            "harness.progress", "harness.records", "harness.spec", "harness.sweep", "harness.verify", "methods",
            "tasks")
 

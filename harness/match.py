@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,32 +31,7 @@ import torch
 
 from harness import metrics, scoring
 from harness.api import ProbeSets
-from harness.config import option
-
-
-@dataclass
-class MatchConfig:
-    enabled: bool = option(False, "unlearn until the forget probe reaches the retain model's level (or "
-                                  "train.max_steps runs out), then evaluate there; records the trajectory, "
-                                  "utility at the match and the trade-off score")
-    check_every: int = option(1, "optimizer steps between two probes")
-    level: float | None = option(None, "forget-probe level to reach; null: the retain model's own forget probe, "
-                                       "or the task's declared level where it has no retain model (WMDP: "
-                                       "its probe_level, near chance)")
-    bisect: bool = option(True, "when a check crosses the level, bisect in weight space between the last two "
-                                "checked states (forget probe only) until forget efficacy is within ±tolerance of "
-                                "1; the evaluation and the probes then run on that model")
-    tolerance: float = option(0.02, "bisection's target: |forget efficacy − 1| at most this")
-    max_bisections: int = option(12, "forget probes bisection may spend; past them it keeps the closest state "
-                                     "at or past the level and records that it missed the tolerance")
-
-    def validate(self) -> None:
-        if self.check_every < 1:
-            raise ValueError(f"check_every must be >= 1, got {self.check_every}")
-        if not 0.0 < self.tolerance < 1.0:
-            raise ValueError(f"tolerance must be in (0, 1), got {self.tolerance}")
-        if self.max_bisections < 1:
-            raise ValueError(f"max_bisections must be >= 1, got {self.max_bisections}")
+from harness.features import MatchConfig
 
 
 def probe_questions(model, tokenizer, sets: ProbeSets, parts: Sequence[str], batch_size: int,

@@ -17,28 +17,11 @@ setting (a 13B black box, a 7B pair) is `experiments/tofu-forget10-llama2-offset
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any
 
 import torch
 
-from harness.config import option
-
-
-@dataclass
-class OffsetConfig:
-    enabled: bool = option(False, "unlearn a small model and shift the large model's logits by the small "
-                                  "pair's difference (δ-unlearning)")
-    small_model: str = option("smollm2-offset", "the small model (alias, folder or hub id) sharing the large "
-                                                "model's tokenizer; fine-tuned on the task as the target is")
-    alpha: float = option(1.0, "α, the weight of the offset S_unlearned − S_original")
-    prepare: dict[str, Any] = option({}, "fine-tuning settings of the small model replacing the run's `prepare` "
-                                         "(a model built from a config needs a larger rate and more epochs)")
-
-    def validate(self) -> None:
-        if self.alpha <= 0:
-            raise ValueError(f"offset.alpha must be > 0, got {self.alpha}")
+from harness.features import OffsetConfig
 
 
 class OffsetModel(torch.nn.Module):

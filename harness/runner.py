@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import time
 import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from harness import (
+    combine,
     distributed,
     export,
     fsdp,
@@ -18,7 +23,6 @@ from harness import (
     lm_eval_bridge,
     mask_report,
     masks,
-    match,
     models,
     offset,
     prepare,
@@ -30,6 +34,7 @@ from harness.cache import cached_dir, stable_hash
 from harness.config import from_dict, to_dict
 from harness.data import examples_hash, make_batches
 from harness.errors import NoUnlearningError
+from harness.matcher import Matcher, match_metrics, reference_probes
 from harness.plugins import Registry, get_registry
 from harness.probes import run as run_probes
 from harness.spec import PrepareConfig, RunSpec
@@ -111,17 +116,85 @@ def build_plan(spec: RunSpec, task: Task, attribution: Any, target: str, model, 
     return UpdatePlan(mask), dict(saved, cache_hit=hit, path=str(folder))
 
 
+@dataclass
+class Run:
+    """What one run builds as it goes, phase by phase (`execute`)."""
+
+    spec: RunSpec
+    registry: Registry
+    record: records.Record
+    results_dir: Path
+    save_to: Path | None
+    redone: list[records.Record]
+    task: Task = None  # type: ignore[assignment]  # the components (phase `components`)
+    attribution: Any = None
+    objective: Any = None
+    backend: Any = None
+    rule: Any = None
+    target: str = ""  # the reference models (phase `models`)
+    retain_model: str | None = None
+    retain_eval: dict[str, Any] = field(default_factory=dict)
+    start_from: str = ""  # the model unlearning trains: the target, or offset unlearning's small model
+    model: Any = None
+    tok: Any = None
+    composer: offset.Composer | None = None  # offset unlearning: the model evaluated is a composition
+    plan: UpdatePlan | None = None
+    matcher: Matcher | None = None
+    evaluation: Evaluation = field(default_factory=lambda: Evaluation({}))
+    checkpoint: Path | None = None
+
+    @contextlib.contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.record.timings[phase] = time.perf_counter() - t
+
+    def evaluated(self, model) -> Any:
+        """The model a probe or an evaluation scores: the trained one, or its composition (offset)."""
+        return model if self.composer is None else self.composer.around(model)
+
+
 def execute(spec: RunSpec, results_dir: Path, save_to: Path | None = None) -> records.Record:
     """Run `spec` and write its record; a failure is recorded (status failed, traceback) and re-raised. The
     unlearned model is saved as a Hugging Face folder when the spec says `save_model` (RESULTS/models/<id>)
     or `save_to` names a folder."""
     if save_to is not None:  # before any work: never replace a folder the harness did not write
         export.check_destination(save_to)
+    run = begin(spec, Path(results_dir), save_to)
+    started = time.perf_counter()
+    try:
+        components(run)
+        with run.timed("prepare_s"):
+            load_models(run)
+        with run.timed("attribution_s"):
+            plan(run)
+        with run.timed("unlearning_s"):
+            unlearn(run)
+        with run.timed("evaluation_s"):
+            evaluate(run)
+        if run.spec.probes:
+            with run.timed("probes_s"):
+                attack(run)
+        finish(run)
+    except Exception as exc:
+        run.record.status = "failed"
+        run.record.error = {"type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc()}
+        raise
+    finally:
+        run.record.timings["total_s"] = time.perf_counter() - started
+        close(run)
+    return run.record
+
+
+def begin(spec: RunSpec, results_dir: Path, save_to: Path | None) -> Run:
+    """The spec resolved once (identity), the combination rules checked, the record started."""
     registry = get_registry()
     spec = canonical(spec, registry)
-    run_id = identity.run_id(spec, registry)
-    spec_key = identity.spec_key(spec, registry)
-    plugins = identity.plugins(spec, registry)
+    combine.run_rules(spec, registry, save_to, distributed.world_size() if distributed.active() else 1)
+    run_id, spec_key, plugins = (identity.run_id(spec, registry), identity.spec_key(spec, registry),
+                                 identity.plugins(spec, registry))
     record = records.Record(
         kind="run" if spec.evaluate else "tune", id=run_id, spec=identity.resolved(spec, registry), spec_key=spec_key,
         headline=dict(zip(("forget", "utility"), registry.get("task", spec.task).cls.headline, strict=True)),
@@ -129,154 +202,166 @@ def execute(spec: RunSpec, results_dir: Path, save_to: Path | None = None) -> re
     redone = records.same_spec(results_dir, spec_key, run_id) if distributed.is_main() else []
     for old in redone:
         log.warning("%s redoes %s (same spec): %s", run_id, old.id, records.what_changed(old, plugins))
-    timings = record.timings
-    started = time.perf_counter()
-    try:
-        task = registry.build("task", spec.task, spec.task_config, f"run {run_id}: task_config")
-        attribution = registry.build("attribution", spec.attribution, spec.attribution_config,
-                                     f"run {run_id}: attribution_config")
-        objective = registry.build("objective", spec.objective, spec.objective_config,
-                                   f"run {run_id}: objective_config")
-        backend = registry.build("backend", spec.generation, spec.generation_config,
-                                 f"run {run_id}: generation_config")
-        rule = registry.build("optimizer", spec.optimizer, spec.optimizer_config, f"run {run_id}: optimizer_config")
-        t = time.perf_counter()
-        target, retain_model, retain_eval = references(task, spec)
-        start_from, composer = target, None  # the model unlearning trains; offset: the small one
-        if spec.offset.enabled:
-            if distributed.active():
-                raise ValueError("offset unlearning runs in a single process")
-            small_prepare = from_dict(PrepareConfig, {**to_dict(spec.prepare), **spec.offset.prepare},
-                                      f"run {run_id}: offset.prepare")
-            start_from = prepare.ensure_model(task, spec.offset.small_model, "target", small_prepare, spec.dtype,
-                                              spec.device, provided=False)[0]
-        timings["prepare_s"] = time.perf_counter() - t
-        record.models = {"target": target, "retain": retain_model}
+    return Run(spec, registry, record, results_dir, save_to, redone)
 
-        model, tok = models.load(start_from, spec.dtype, spec.device)
-        if spec.offset.enabled:
-            record.models["offset_small"] = start_from
-            composer = offset.Composer(spec.offset, target, start_from, tok, spec.dtype, spec.device)
-        t = time.perf_counter()
-        plan, mask_meta = build_plan(spec, task, attribution, start_from, model, tok)
-        timings["attribution_s"] = time.perf_counter() - t
-        record.mask = {k: v for k, v in mask_meta.items() if k not in ("config",)}
-        if plan.mask is not None:  # for the leaderboard's density heatmaps, which read records only
-            record.mask["layer_module_density"] = {f"{layer}.{module}": d for (layer, module), d
-                                                      in sorted(mask_report.layer_module_density(plan.mask).items())}
 
-        t = time.perf_counter()
-        reference = None
-        if objective.needs_reference:
-            reference = fsdp.frozen_copy(model)  # sharded too under FSDP
-        model = plan.wrap(model, objective)
-        if plan.lora is not None or plan.adapters is not None:
-            record.mask["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        if plan.adapters is not None and (spec.save_model or spec.keep_weights or save_to is not None):
-            raise ValueError("unlearning layers stay in the model as modules of their own: saving it as a Hugging "
-                             "Face folder is not supported")
-        record.mask["trained_fraction"] = plan.trained_fraction()
-        forget, retain, refusal = task.forget_examples(), task.retain_examples(), task.refusal_examples()
-        check_sets(spec, objective, forget, retain)
-        record.data = {"forget": examples_hash(forget), "retain": examples_hash(retain),
-                       "refusal": examples_hash(refusal), "refusals_file": task.config.refusals_file}
-        matcher = Matcher(task, spec, target, retain_model, tok, composer) if spec.match.enabled else None
-        if matcher is not None:
-            matcher.remember(model, 0)
+def components(run: Run) -> None:
+    """The task, attribution, objective, generation backend and update rule, each from its config."""
+    spec, where = run.spec, f"run {run.record.id}"
+    build = run.registry.build
+    run.task = build("task", spec.task, spec.task_config, f"{where}: task_config")
+    run.attribution = build("attribution", spec.attribution, spec.attribution_config, f"{where}: attribution_config")
+    run.objective = build("objective", spec.objective, spec.objective_config, f"{where}: objective_config")
+    run.backend = build("backend", spec.generation, spec.generation_config, f"{where}: generation_config")
+    run.rule = build("optimizer", spec.optimizer, spec.optimizer_config, f"{where}: optimizer_config")
 
-        def during(step: int, trained) -> dict[str, Any] | None:
-            row: dict[str, Any] = {}
-            net = trained if composer is None else composer.around(trained)
-            if spec.eval_every and step % spec.eval_every == 0:
-                ev = task.evaluate(net, tok, EvalContext(retain_eval["stats"], task.eval_batch_size, backend))
-                row["metrics"] = {k: m.value for k, m in ev.metrics.items()}
-            if matcher is not None and step % spec.match.check_every == 0:
-                row["probe"] = matcher.check(trained)
-                row["questions"] = matcher.last  # in the train log: kept across a resume
-                row["stop"] = row["probe"]["forget"] <= matcher.level
-                log.info("probe at step %d: forget %.4g (level %.4g), %s %.4g%s", step, row["probe"]["forget"],
-                         matcher.level, matcher.key, row["probe"][matcher.key], ", reached" if row["stop"] else "")
-                if not row["stop"]:
-                    matcher.remember(trained, step)
-            return row or None
 
-        checkpoint = Path(results_dir) / "checkpoints" / f"{run_id}.pt"
-        sums_before = weight_sums(model) if not distributed.active() else None
-        if spec.spunge.enabled:
-            if plan.lora is not None:
-                raise ValueError("spunge merges weight task vectors: it does not combine with LoRA adapters")
-            train_log, record.spunge = spunge.unlearn(
-                model, task, tok, (forget, retain, refusal), lambda m, b: objective.loss(m, b, reference),
-                spec.train, plan, spec.seed, spec.spunge, rule)
-        else:
-            batches = unlearn_batches(tok, forget, retain, spec.train, task.max_length, spec.seed, refusal)
-            train_log = train(model, batches, lambda m, b: objective.loss(m, b, reference), spec.train, plan,
-                              spec.seed, progress=log_step, checkpoint=checkpoint, on_step=during, optimizer=rule)
-        reference = None  # free the frozen copy before evaluation
-        record.curves = {
-            "train": [{k: v for k, v in row.items() if k != "eval"} for row in train_log.steps],
-            "eval": [{"step": row["step"], **row["eval"]["metrics"]} for row in train_log.steps
-                     if "metrics" in row.get("eval", {})]}
-        if matcher is not None:
-            probes = [{"step": row["step"], **row["eval"]["probe"]} for row in train_log.steps
-                      if "probe" in row.get("eval", {})]
-            record.curves["probe"] = [{"step": 0, **matcher.start}, *probes]
-            matcher.questions["checks"] = [{"step": row["step"], **row["eval"]["questions"]}
-                                           for row in train_log.steps if "questions" in row.get("eval", {})]
-            matched = matcher.bisect(model, train_log.stopped_at) if spec.match.bisect else None
-            record.match = matcher.summary(record.curves["probe"], train_log.stopped_at, matched)
-        if not distributed.active() and sums_before == weight_sums(model):
-            raise NoUnlearningError(f"no weight changed in {len(sums_before)} trained tensors: the run cannot "
-                                    "have unlearned (a learning rate too small for the dtype, a mask of nothing, "
-                                    "a loss without gradient?)")
-        model = plan.merge(model)
-        timings["unlearning_s"] = time.perf_counter() - t
-        record.bf16_autocast = train_log.bf16_autocast
-        record.master_weights = train_log.master_weights
+def load_models(run: Run) -> None:
+    """The target and retain models (built on first use), and the model unlearning trains: the target, or
+    offset unlearning's small model with the composition around it."""
+    spec = run.spec
+    run.target, run.retain_model, run.retain_eval = references(run.task, spec)
+    run.record.models = {"target": run.target, "retain": run.retain_model}
+    start_from = run.target
+    if spec.offset.enabled:
+        small_prepare = from_dict(PrepareConfig, {**to_dict(spec.prepare), **spec.offset.prepare},
+                                  f"run {run.record.id}: offset.prepare")
+        start_from = prepare.ensure_model(run.task, spec.offset.small_model, "target", small_prepare, spec.dtype,
+                                          spec.device, provided=False)[0]
+        run.record.models["offset_small"] = start_from
+    run.model, run.tok = models.load(start_from, spec.dtype, spec.device)
+    if spec.offset.enabled:
+        run.composer = offset.Composer(spec.offset, run.target, start_from, run.tok, spec.dtype, spec.device)
+    run.start_from = start_from
 
-        t = time.perf_counter()
-        evaluation = Evaluation({})
-        if spec.evaluate and spec.full_evaluation:
-            log.info("%s: evaluating the unlearned model on %s", run_id, spec.task)
-            evaluated = model if composer is None else composer.around(model)
-            evaluation = task.evaluate(evaluated, tok, EvalContext(retain_eval["stats"], task.eval_batch_size,
-                                                                   backend))
-        if spec.evaluate and spec.utility and distributed.is_main():  # only the main process writes the record
-            record.lm_eval = lm_eval_bridge.evaluate(model, tok, spec.utility, spec.utility_limit,
-                                                        task.eval_batch_size)
-            evaluation.metrics.update(lm_eval_bridge.metrics(record.lm_eval))
-        if matcher is not None:
-            evaluation.metrics.update(match_metrics(record.match))
-        timings["evaluation_s"] = time.perf_counter() - t
-        if spec.probes:
-            t = time.perf_counter()
-            found, record.probes = run_probes(spec, registry, task, model, tok, evaluation,
-                                              {"target": target, "retain": retain_model, "retain_eval": retain_eval},
-                                              backend)
-            evaluation.metrics.update(found)
-            timings["probes_s"] = time.perf_counter() - t
-        record.metrics = {k: vars(m) for k, m in evaluation.metrics.items()}
-        record.stats = evaluation.stats  # per-sample numbers and, for lm-eval tasks, lm-eval's results
-        record.samples = evaluation.samples
-        record.status = "finished"
-        if distributed.is_main():
-            keep(record, spec, plan, model, tok, results_dir, save_to)
-        remove_checkpoint(checkpoint)
-    except Exception as exc:
-        record.status = "failed"
-        record.error = {"type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc()}
-        raise
-    finally:
-        timings["total_s"] = time.perf_counter() - started
-        record.memory = records.peak_memory_mb()
-        if distributed.active():
-            record.processes = distributed.world_size()
-            record.parallelism = "fsdp" if fsdp.enabled() else "ddp"
-        if distributed.is_main():
-            records.write(results_dir, run_id, record)
-            if record.status == "finished":
-                records.supersede(results_dir, redone, run_id)
-    return record
+
+def plan(run: Run) -> None:
+    """The mask (or adapters) of the attribution, cached for the same inputs, and its report in the record."""
+    run.plan, meta = build_plan(run.spec, run.task, run.attribution, run.start_from, run.model, run.tok)
+    run.record.mask = {k: v for k, v in meta.items() if k not in ("config",)}
+    if run.plan.mask is not None:  # for the leaderboard's density heatmaps, which read records only
+        run.record.mask["layer_module_density"] = {
+            f"{layer}.{module}": d for (layer, module), d in sorted(mask_report.layer_module_density(
+                run.plan.mask).items())}
+
+
+def unlearn(run: Run) -> None:
+    """Train through the plan (the plain loop, or SPUNGE's split-and-merge) with the matched-forgetting
+    checks, bisect back to the level, check that weights moved, merge adapters."""
+    spec, task, record = run.spec, run.task, run.record
+    reference = fsdp.frozen_copy(run.model) if run.objective.needs_reference else None  # sharded under FSDP
+    model = run.plan.wrap(run.model, run.objective)
+    if run.plan.lora is not None or run.plan.adapters is not None:
+        record.mask["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    record.mask["trained_fraction"] = run.plan.trained_fraction()
+    sets = task.forget_examples(), task.retain_examples(), task.refusal_examples()
+    check_sets(spec, run.objective, sets[0], sets[1])
+    record.data = {"forget": examples_hash(sets[0]), "retain": examples_hash(sets[1]),
+                   "refusal": examples_hash(sets[2]), "refusals_file": task.config.refusals_file}
+    if spec.match.enabled:
+        run.matcher = Matcher(task, spec, run.target, run.retain_model, run.tok, run.composer)
+        run.matcher.remember(model, 0)
+    run.checkpoint = run.results_dir / "checkpoints" / f"{record.id}.pt"
+    sums_before = weight_sums(model) if not distributed.active() else None
+    loss = lambda m, b: run.objective.loss(m, b, reference)  # noqa: E731
+    if spec.spunge.enabled:
+        train_log, record.spunge = spunge.unlearn(model, task, run.tok, sets, loss, spec.train, run.plan, spec.seed,
+                                                  spec.spunge, run.rule)
+    else:
+        batches = unlearn_batches(run.tok, sets[0], sets[1], spec.train, task.max_length, spec.seed, sets[2])
+        train_log = train(model, batches, loss, spec.train, run.plan, spec.seed, progress=log_step,
+                          checkpoint=run.checkpoint, on_step=functools.partial(during, run), optimizer=run.rule)
+    record.curves = {"train": [{k: v for k, v in row.items() if k != "eval"} for row in train_log.steps],
+                     "eval": [{"step": row["step"], **row["eval"]["metrics"]} for row in train_log.steps
+                              if "metrics" in row.get("eval", {})]}
+    if run.matcher is not None:
+        matched_level(run, model, train_log)
+    if sums_before is not None and sums_before == weight_sums(model):
+        raise NoUnlearningError(f"no weight changed in {len(sums_before)} trained tensors: the run cannot have "
+                                "unlearned (a learning rate too small for the dtype, a mask of nothing, a loss "
+                                "without gradient?)")
+    run.model = run.plan.merge(model)
+    record.bf16_autocast, record.master_weights = train_log.bf16_autocast, train_log.master_weights
+
+
+def during(run: Run, step: int, trained) -> dict[str, Any] | None:
+    """After each optimizer step: the evaluation every `eval_every` steps, the matched-forgetting check every
+    `check_every` (its `stop` ends training)."""
+    row: dict[str, Any] = {}
+    spec, matcher = run.spec, run.matcher
+    if spec.eval_every and step % spec.eval_every == 0:
+        ev = run.task.evaluate(run.evaluated(trained), run.tok, EvalContext(run.retain_eval["stats"],
+                                                                            run.task.eval_batch_size, run.backend))
+        row["metrics"] = {k: m.value for k, m in ev.metrics.items()}
+    if matcher is not None and step % spec.match.check_every == 0:
+        row["probe"] = matcher.check(trained)
+        row["questions"] = matcher.last  # in the train log: kept across a resume
+        row["stop"] = row["probe"]["forget"] <= matcher.level
+        log.info("probe at step %d: forget %.4g (level %.4g), %s %.4g%s", step, row["probe"]["forget"],
+                 matcher.level, matcher.key, row["probe"][matcher.key], ", reached" if row["stop"] else "")
+        if not row["stop"]:
+            matcher.remember(trained, step)
+    return row or None
+
+
+def matched_level(run: Run, model, train_log) -> None:
+    """The probe trajectory, the bisection back to the level, and the match summary in the record."""
+    matcher, record = run.matcher, run.record
+    probes = [{"step": row["step"], **row["eval"]["probe"]} for row in train_log.steps
+              if "probe" in row.get("eval", {})]
+    record.curves["probe"] = [{"step": 0, **matcher.start}, *probes]
+    matcher.questions["checks"] = [{"step": row["step"], **row["eval"]["questions"]}
+                                   for row in train_log.steps if "questions" in row.get("eval", {})]
+    matched = matcher.bisect(model, train_log.stopped_at) if run.spec.match.bisect else None
+    record.match = matcher.summary(record.curves["probe"], train_log.stopped_at, matched)
+
+
+def evaluate(run: Run) -> None:
+    """The task's full evaluation (test runs), lm-eval utility, and the matched-forgetting metrics."""
+    spec, task = run.spec, run.task
+    if spec.evaluate and spec.full_evaluation:
+        log.info("%s: evaluating the unlearned model on %s", run.record.id, spec.task)
+        run.evaluation = task.evaluate(run.evaluated(run.model), run.tok,
+                                       EvalContext(run.retain_eval["stats"], task.eval_batch_size, run.backend))
+    if spec.evaluate and spec.utility and distributed.is_main():  # only the main process writes the record
+        run.record.lm_eval = lm_eval_bridge.evaluate(run.model, run.tok, spec.utility, spec.utility_limit,
+                                                     task.eval_batch_size)
+        run.evaluation.metrics.update(lm_eval_bridge.metrics(run.record.lm_eval))
+    if run.matcher is not None:
+        run.evaluation.metrics.update(match_metrics(run.record.match))
+
+
+def attack(run: Run) -> None:
+    """The post-unlearning probes (quantization, relearning, membership inference, ...)."""
+    refs = {"target": run.target, "retain": run.retain_model, "retain_eval": run.retain_eval}
+    found, run.record.probes = run_probes(run.spec, run.registry, run.task, run.model, run.tok, run.evaluation,
+                                          refs, run.backend)
+    run.evaluation.metrics.update(found)
+
+
+def finish(run: Run) -> None:
+    """The record's results, what the spec asks to keep of the model, the checkpoint removed."""
+    record, evaluation = run.record, run.evaluation
+    record.metrics = {k: vars(m) for k, m in evaluation.metrics.items()}
+    record.stats = evaluation.stats  # per-sample numbers and, for lm-eval tasks, lm-eval's results
+    record.samples = evaluation.samples
+    record.status = "finished"
+    if distributed.is_main():
+        keep(record, run.spec, run.plan, run.model, run.tok, run.results_dir, run.save_to)
+    remove_checkpoint(run.checkpoint)
+
+
+def close(run: Run) -> None:
+    """Memory and launch in the record; the record written (finished or failed); older records superseded."""
+    record = run.record
+    record.memory = records.peak_memory_mb()
+    if distributed.active():
+        record.processes = distributed.world_size()
+        record.parallelism = "fsdp" if fsdp.enabled() else "ddp"
+    if distributed.is_main():
+        records.write(run.results_dir, record.id, record)
+        if record.status == "finished":
+            records.supersede(run.results_dir, run.redone, record.id)
 
 
 def keep(record: records.Record, spec: RunSpec, plan: UpdatePlan, model, tok, results_dir: Path,
@@ -289,98 +374,6 @@ def keep(record: records.Record, spec: RunSpec, plan: UpdatePlan, model, tok, re
         path = export.weights_path(results_dir, record.id)
         export.keep_weights(model, plan.touched, path)
         record.kept_weights = str(path)
-
-
-class Matcher:
-    """The run's matched-forgetting probe: the level, the reference probes, the check after each step, and
-    the bisection back to the level once a check crosses it. A test run probes forget and utility; a tuning
-    run (spec.evaluate false) forget and validation. With offset unlearning (`composer`) the probes score the
-    composition, and the weights remembered and bisected are the small model's."""
-
-    def __init__(self, task: Task, spec: RunSpec, target: str, retain_model: str | None, tok,
-                 composer: Any = None) -> None:
-        self.task, self.tok, self.cfg, self.composer = task, tok, spec.match, composer
-        self.key = "utility" if spec.evaluate else "validation"
-        self.sets = task.probe_sets()
-        refs = reference_probes(task, spec, target, retain_model)
-        levels = (spec.match.level, refs["retain"]["forget"] if "retain" in refs else None, self.sets.level)
-        self.level = next((v for v in levels if v is not None), None)
-        if self.level is None:
-            raise ValueError(f"task {spec.task!r} has no retain model to read the forgetting level from and "
-                             "declares none: set match.level")
-        self.reference = refs["retain"][self.key] if "retain" in refs else refs["target"][self.key]
-        self.start = {k: refs["target"][k] for k in ("forget", self.key)}
-        match.efficacy(self.start["forget"], self.start["forget"], self.level)  # fails now if nothing to unlearn
-        self.seconds = 0.0
-        self.before: tuple[int, dict[str, torch.Tensor]] | None = None
-        wanted = ("forget", self.key, "utility/")
-        self.questions: dict[str, Any] = {  # per question, for the leaderboard's question-level bootstrap
-            "clusters": self.sets.clusters,
-            **{role: {k: v for k, v in prepare.reference_probe_questions(
-                task, path, task.eval_batch_size, spec.dtype, spec.device).items() if k.startswith(wanted)}
-               for role, path in (("target", target), ("retain", retain_model)) if path is not None},
-            "checks": []}
-        self.last: dict[str, list[float]] = {}
-
-    def check(self, trained, parts: tuple[str, ...] | None = None) -> dict[str, float]:
-        """The probe of the trained model (the composition, with offset unlearning); its per-question values
-        are kept as `last`."""
-        t = time.perf_counter()
-        net = trained if self.composer is None else self.composer.around(trained)
-        self.last = match.probe_questions(net, self.tok, self.sets, parts or ("forget", self.key),
-                                          self.task.eval_batch_size, self.task.max_length)
-        self.seconds += time.perf_counter() - t
-        return match.combine(self.last)
-
-    def remember(self, trained, step: int) -> None:
-        """The trained weights at a check still above the level: one end of bisection's bracket."""
-        if self.cfg.bisect and not distributed.active():
-            self.before = (step, match.snapshot(trained))
-
-    def bisect(self, trained, stopped_at: int | None) -> dict[str, Any] | None:
-        """Back to the level between the last check above it and the one that crossed it (match.bisect);
-        None when the level was not reached, under several processes, or when the bracket's first end is not
-        the check before the stop (a run resumed from a checkpoint)."""
-        if stopped_at is None or self.before is None:
-            return None
-        step, before = self.before
-        if step != stopped_at - self.cfg.check_every:
-            log.warning("no bisection: the last remembered state is of step %d, not the check before %d", step,
-                        stopped_at)
-            return None
-        t = time.perf_counter()
-        found = match.bisect(trained, before, lambda m: self.check(m, ("forget",))["forget"], self.start["forget"],
-                             self.level, self.cfg)
-        self.before = None
-        probe = self.check(trained)
-        self.questions["matched"] = self.last
-        log.info("bisected to α %.4g between steps %d and %d: forget %.4g (level %.4g), %s %.4g", found["alpha"],
-                 step, stopped_at, probe["forget"], self.level, self.key, probe[self.key])
-        return dict(found, from_step=step, to_step=stopped_at, probe=probe, seconds=time.perf_counter() - t)
-
-    def summary(self, trajectory: list[dict[str, Any]], stopped_at: int | None,
-                matched: dict[str, Any] | None = None) -> dict[str, Any]:
-        return dict(match.summarize(trajectory, self.key, self.level, self.reference, matched),
-                    stopped_at=stopped_at, probe_s=self.seconds, questions=self.questions)
-
-
-def match_metrics(summary: dict[str, Any]) -> dict[str, Metric]:
-    """A run's matched-forgetting numbers as metrics: test runs compare utility, tuning runs validation."""
-    prefix = "" if summary["probe"] == "utility" else "validation_"
-    return {f"{prefix}match_utility": Metric(summary["at_match"], "higher", "match"),
-            f"{prefix}tradeoff_score": Metric(summary["tradeoff"], "higher", "match"),
-            "match_reached": Metric(float(summary["reached"]), "higher", "info"),
-            "match_step": Metric(summary["step"], "lower", "info"),
-            "match_efficacy": Metric(summary["efficacy_at_stop"], "info", "info"),
-            "match_forget": Metric(summary["forget_at_stop"], "info", "info")}
-
-
-def reference_probes(task: Task, spec: RunSpec, target: str, retain_model: str | None) -> dict[str, dict]:
-    """The probe of the target (and of the retain model when the task has one)."""
-    out = {"target": prepare.reference_probe(task, target, task.eval_batch_size, spec.dtype, spec.device)}
-    if retain_model is not None:
-        out["retain"] = prepare.reference_probe(task, retain_model, task.eval_batch_size, spec.dtype, spec.device)
-    return out
 
 
 def write_reference_records(spec: RunSpec, results_dir: Path) -> None:

@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from harness import combine
 from harness.config import option
-from harness.match import MatchConfig
-from harness.offset import OffsetConfig
+from harness.features import MatchConfig, OffsetConfig, SpungeConfig
 from harness.settings import TrainConfig
-from harness.spunge import SpungeConfig
 
 
 @dataclass
@@ -93,21 +92,7 @@ class RunSpec(RunSettings):
             raise ValueError(f"probe_config names {stray}, which are not in probes {self.probes}")
         if len(set(self.probes)) != len(self.probes):
             raise ValueError(f"probes {self.probes} names a probe twice")
-        if self.spunge.enabled and (self.match.enabled or self.eval_every):
-            raise ValueError("spunge with matched forgetting or eval_every is not supported: the parts train "
-                             "apart and only their merge is the unlearned model (run spunge at a fixed budget)")
-        if self.offset.enabled and (self.probes or self.save_model or self.keep_weights or self.utility):
-            raise ValueError("offset unlearning evaluates a composition of three models: probes, saved models "
-                             "and lm-eval utility (which load one model) do not apply to it")
-        if self.probes and not self.evaluate:
-            raise ValueError("probes run after the test evaluation: a tuning run (evaluate: false) has none")
-        if not self.full_evaluation and not (self.match.enabled and self.evaluate):
-            raise ValueError("full_evaluation: false keeps only the matched-forgetting probe: it needs match.enabled "
-                             "and a test run (evaluate: true)")
-        if not self.full_evaluation and (self.probes or self.utility):
-            raise ValueError("full_evaluation: false runs no probes and no lm-eval utility")
-        if not self.evaluate and not self.match.enabled:
-            raise ValueError("evaluate: false (a tuning run) needs match.enabled: it records only the probes")
+        combine.spec_rules(self)
 
     def run_id(self) -> str:
         """`task-attribution-objective-hash` over the resolved spec and its plugins' code (harness/identity.py)."""

@@ -18,13 +18,12 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from harness.api import Example, Optimizer, Task
-from harness.config import option
+from harness.features import MERGES, SpungeConfig  # noqa: F401  (the run spec's config of this feature)
 from harness.settings import TrainConfig
 
 if TYPE_CHECKING:  # the spec reads SpungeConfig without importing the training loop
@@ -32,27 +31,6 @@ if TYPE_CHECKING:  # the spec reads SpungeConfig without importing the training 
     from harness.update import UpdatePlan
 
 log = logging.getLogger(__name__)
-MERGES = ("ties", "average", "fusion")
-
-
-@dataclass
-class SpungeConfig:
-    enabled: bool = option(False, "split the forget set, unlearn each part from the same model, merge them")
-    by: str = option("task", "task (the task's own split: TOFU per author) or chunks (`parts` equal parts)")
-    parts: int = option(2, "number of parts when by is chunks")
-    merge: str = option("ties", "ties (TIES-merging), average (the mean task vector) or fusion (EUL's fusion of "
-                                "linear layers: the weight that best reproduces each part's outputs on its own "
-                                "forget inputs)")
-    density: float = option(1.0, "TIES: share of each task vector's largest-magnitude entries kept")
-    scale: float = option(1.0, "λ on the merged task vector")
-
-    def validate(self) -> None:
-        if self.by not in ("task", "chunks"):
-            raise ValueError(f"spunge.by {self.by!r}: choose task or chunks")
-        if self.merge not in MERGES:
-            raise ValueError(f"spunge.merge {self.merge!r}: choose {' or '.join(MERGES)}")
-        if not 0 < self.density <= 1 or self.parts < 2:
-            raise ValueError("spunge.density must be in (0, 1] and spunge.parts >= 2")
 
 
 def split(task: Task, n_forget: int, cfg: SpungeConfig) -> dict[str, list[int]]:
@@ -124,9 +102,6 @@ def unlearn(model: torch.nn.Module, task: Task, tok, examples: tuple[list[Exampl
     from harness.train import TrainLog, train, unlearn_batches
 
     forget, retain, refusal = examples
-    if cfg.merge == "fusion" and plan.mask is not None:
-        raise ValueError("spunge's fusion refits whole linear layers: it does not combine with a mask (use "
-                         "unlearning layers or dense)")
     parts = split(task, len(forget), cfg)
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     start = {n: p.detach().clone() for n, p in params.items()}

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from harness import distributed, records, runner
+from harness import combine, distributed, records, runner
 from harness.config import from_dict, option, to_dict
 from harness.errors import ConfigError, UnlearnBenchError
 from harness.io import atomic_write_text
@@ -229,6 +229,7 @@ def _spec(cfg: SweepConfig, method: MethodKey, seed: int, train: TrainConfig, wh
         "probe_config": {p: c for p, c in cfg.probe_config.items() if p in probes}, **extra}))
     try:
         spec.validate()
+        combine.run_rules(spec, get_registry())
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     return spec

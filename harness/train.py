@@ -193,6 +193,48 @@ def _load_checkpoint(path: Path, update: Attached, optimizer, lr_sched, log: Tra
     return int(state["step"])
 
 
+def _accumulate(update: Attached, micro_batches: Sequence[Any], loss_fn: Callable[[torch.nn.Module, Any], LossOutput],
+                cfg: TrainConfig, step: int, n_steps: int, bf16: bool) -> tuple[float, dict[str, float]]:
+    """One optimizer step's gradients: the loss of each of its micro-batches, backward; (mean loss, parts)."""
+    parts: dict[str, float] = {}
+    total = 0.0
+    for index in range(step * cfg.grad_accum, min((step + 1) * cfg.grad_accum, len(micro_batches))):
+        batch = to_device(distributed.rows(micro_batches[index]), update.device)
+        with torch.autocast(update.device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = loss_fn(update.net, batch)
+        names = sorted(out.parts)
+        value, *part_values = distributed.mean([float(out.loss.detach()), *(out.parts[k] for k in names)])
+        if not math.isfinite(value):
+            raise NonFiniteLossError(
+                f"loss is {value} at optimizer step {step + 1}/{n_steps} (micro-batch {index}); "
+                f"loss parts: {out.parts}. Lower the learning rate or check the objective's config.")
+        (out.loss / cfg.grad_accum).backward()
+        total += value / cfg.grad_accum
+        for k, v in zip(names, part_values, strict=True):
+            parts[k] = parts.get(k, 0.0) + v / cfg.grad_accum
+    return total, parts
+
+
+def _log_step(log: TrainLog, row: dict[str, Any], update: Attached,
+              on_step: Callable[[int, torch.nn.Module], dict[str, Any] | None] | None,
+              progress: Callable[[int, int, dict[str, float]], None] | None, n_steps: int) -> bool:
+    """The step's row with what `on_step` returned, in the log and the progress; whether training stops."""
+    step = row["step"]
+    extra = None
+    if on_step is not None:
+        extra = on_step(step, update.whole())
+        update.resume()
+        if extra is not None:
+            row["eval"] = extra
+    log.steps.append(row)
+    if progress is not None:
+        progress(step, n_steps, row)
+    if extra is not None and extra.get("stop"):
+        log.stopped_at = step
+        return True
+    return False
+
+
 def train(model: torch.nn.Module, micro_batches: Sequence[Any],
           loss_fn: Callable[[torch.nn.Module, Any], LossOutput], cfg: TrainConfig, plan: UpdatePlan | None = None,
           seed: int = 0, progress: Callable[[int, int, dict[str, float]], None] | None = None,
@@ -227,22 +269,7 @@ def train(model: torch.nn.Module, micro_batches: Sequence[Any],
     update.net.train()
     try:
         for step in range(first, n_steps):
-            parts: dict[str, float] = {}
-            total = 0.0
-            for index in range(step * cfg.grad_accum, min((step + 1) * cfg.grad_accum, len(micro_batches))):
-                batch = to_device(distributed.rows(micro_batches[index]), update.device)
-                with torch.autocast(update.device.type, dtype=torch.bfloat16, enabled=bf16):
-                    out = loss_fn(update.net, batch)
-                names = sorted(out.parts)
-                value, *part_values = distributed.mean([float(out.loss.detach()), *(out.parts[k] for k in names)])
-                if not math.isfinite(value):
-                    raise NonFiniteLossError(
-                        f"loss is {value} at optimizer step {step + 1}/{n_steps} (micro-batch {index}); "
-                        f"loss parts: {out.parts}. Lower the learning rate or check the objective's config.")
-                (out.loss / cfg.grad_accum).backward()
-                total += value / cfg.grad_accum
-                for k, v in zip(names, part_values, strict=True):
-                    parts[k] = parts.get(k, 0.0) + v / cfg.grad_accum
+            total, parts = _accumulate(update, micro_batches, loss_fn, cfg, step, n_steps, bf16)
             lr = stepper.param_groups[0]["lr"]
             stepper.step()
             lr_sched.step()
@@ -250,17 +277,7 @@ def train(model: torch.nn.Module, micro_batches: Sequence[Any],
             row: dict[str, Any] = {"step": step + 1, "loss": total, "lr": lr, **parts}
             if stepper.last_grad_norm is not None:
                 row["grad_norm"] = stepper.last_grad_norm
-            extra = None
-            if on_step is not None:
-                extra = on_step(step + 1, update.whole())
-                update.resume()
-                if extra is not None:
-                    row["eval"] = extra
-            log.steps.append(row)
-            if progress is not None:
-                progress(step + 1, n_steps, row)
-            if extra is not None and extra.get("stop"):
-                log.stopped_at = step + 1
+            if _log_step(log, row, update, on_step, progress, n_steps):
                 break
             if checkpoint is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
                 if _writes_checkpoint():  # under DDP every process holds the same state

@@ -37,6 +37,7 @@ class UnlearningLayers(Attribution):
     """Train EUL's unlearning layers (an adapter after each MLP) in place of the frozen weights."""
 
     name = "unlearning-layers"
+    adds_modules = "layers"
     Config = LayersConfig
     ignores_ratio = True
     needs_data = False

@@ -26,6 +26,7 @@ class Lora(Attribution):
     """Train rank-r adapters on the target modules only; the ratio is ignored."""
 
     name = "lora"
+    adds_modules = "lora"
     Config = LoraConfig
     ignores_ratio = True
     needs_data = False

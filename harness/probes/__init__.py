@@ -12,7 +12,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from harness import distributed, models, prepare
+from harness import models, prepare
 from harness.api import EvalContext, Evaluation, Metric, ProbeContext, Task
 from harness.cache import cache_root, stable_hash
 from harness.config import to_dict
@@ -26,8 +26,6 @@ def run(spec, registry, task: Task, model, tok, evaluation: Evaluation, referenc
     """Every probe of `spec` on the unlearned `model`: (their metrics, group "probe"; per-probe settings and
     seconds). `references`: {"target": path, "retain": path or None, "retain_eval": the retain model's
     evaluation}."""
-    if distributed.active():
-        raise ValueError("probes run in a single process; launch the run without torchrun/accelerate to probe it")
     ctx = context(spec, task, tok, evaluation, references, backend)
     metrics: dict[str, Metric] = {}
     info: dict[str, Any] = {}
