@@ -258,6 +258,18 @@ def verdict_lines(results_dir: Path, task: str | None = None) -> list[str]:
     return findings(paired.paired_rows(records, verdicts.load_protocol(results_dir)))
 
 
+def _per_task(records: list[dict[str, Any]], rows: list[dict[str, Any]]) -> dict[str, tuple[list, list, dict]]:
+    """Per task: its method rows, its reference records, and the direction of each metric its runs have."""
+    per_task: dict[str, tuple[list, list, dict[str, str]]] = {}
+    for name in sorted({r["spec"].get("task") or "" for r in records}):
+        task_records = [r for r in records if r["spec"].get("task") == name]
+        directions = {m: v.get("direction", "") for r in task_records if r.get("kind") != "tune"
+                      for m, v in aggregate.run_metrics(r).items()}
+        per_task[name] = ([r for r in rows if r["task"] == name], references(task_records),
+                          dict(sorted(directions.items())))
+    return per_task
+
+
 def write_all(results_dir: Path, out_dir: Path, task: str | None = None,
               axes: tuple[str, str] | None = None) -> list[Path]:
     """Every leaderboard file into `out_dir`: runs.csv, methods.csv, leaderboard.md, index.html and the
@@ -269,13 +281,7 @@ def write_all(results_dir: Path, out_dir: Path, task: str | None = None,
     rows = aggregate.method_rows(records)
     cfg = verdicts.load_protocol(results_dir)
     pairs = paired.paired_rows(records, cfg)
-    per_task: dict[str, tuple[list, list, dict[str, str]]] = {}
-    for name in sorted({r["spec"].get("task") or "" for r in records}):
-        task_records = [r for r in records if r["spec"].get("task") == name]
-        refs = references(task_records)
-        directions = {m: v.get("direction", "") for r in task_records if r.get("kind") != "tune"
-                      for m, v in aggregate.run_metrics(r).items()}
-        per_task[name] = ([r for r in rows if r["task"] == name], refs, dict(sorted(directions.items())))
+    per_task = _per_task(records, rows)
     out_dir = Path(out_dir)
     written = [out_dir / "runs.csv", out_dir / "methods.csv", out_dir / "leaderboard.md", out_dir / "index.html",
                out_dir / "paired.csv"]
