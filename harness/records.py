@@ -199,6 +199,40 @@ def read_all(results_dir: Path) -> list[Record]:
     return out
 
 
+TIMINGS = ("attribution_s", "unlearning_s", "evaluation_s")  # phase times a leaderboard reports as metrics
+
+
+def tidy(records: list[dict[str, Any]]):
+    """Records (their JSON form) as one tidy pandas DataFrame: a row per record and metric (its phase times as
+    metrics `time_<phase>` of group "timing"), with the record's id, kind, role, status, task, model, seed and
+    method (harness.method.MethodKey; None for reference models)."""
+    import pandas as pd
+
+    from harness.method import MethodKey
+
+    rows = []
+    for r in records:
+        spec = r["spec"]
+        key = MethodKey.of(spec) if r.get("kind") in ("run", "tune") else None
+        common = {"id": r.get("id"), "kind": r.get("kind"), "role": r.get("role"), "status": r.get("status"),
+                  "task": spec.get("task"), "model": spec.get("model"), "seed": spec.get("seed"), "method": key}
+        metrics = dict(r.get("metrics") or {})
+        metrics.update({f"time_{k}": {"value": v, "direction": "lower", "group": "timing"}
+                        for k, v in (r.get("timings") or {}).items() if k in TIMINGS and v is not None})
+        for name, m in metrics.items():
+            rows.append({**common, "metric": name, "value": m.get("value"), "direction": m.get("direction", ""),
+                         "group": m.get("group", "")})
+    columns = ["id", "kind", "role", "status", "task", "model", "seed", "method", "metric", "value", "direction",
+               "group"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def frame(results_dir: Path):
+    """Every readable record of a results folder as one tidy DataFrame (`tidy`): for a notebook, e.g.
+    `frame("results/demo").query("kind == 'run'").groupby(["method", "metric"]).value.mean()`."""
+    return tidy([r.to_json() for r in read_all(results_dir)])
+
+
 def same_spec(results_dir: Path, spec_key: str, run_id: str) -> list[Record]:
     """Records in results_dir/runs of the same spec under another run id: made by other plugin code."""
     return [r for r in read_all(results_dir) if r.spec_key == spec_key and r.id != run_id]

@@ -7,11 +7,12 @@ from typing import Any
 
 import numpy as np
 
+from harness import records as records_mod
 from harness.method import MethodKey, labels
 from leaderboard.verdicts import t_interval
 
 GROUP_COLUMNS = ["task", "model", "attribution", "ratio", "objective", "config"]
-TIMINGS = ("attribution_s", "unlearning_s", "evaluation_s")
+TIMINGS = records_mod.TIMINGS
 
 
 def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float]:
@@ -30,37 +31,33 @@ def method_key(record: dict[str, Any]) -> tuple[str, str, MethodKey]:
 
 
 def method_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per method configuration: n seeds, then per metric mean / ci_low / ci_high; sorted."""
-    groups: dict[tuple, list[dict[str, Any]]] = {}
-    for r in records:
-        if r.get("kind") != "run" or r.get("status") != "finished":
-            continue
-        groups.setdefault(method_key(r), []).append(r)
+    """One row per method configuration (finished test runs grouped by task, model and MethodKey, with
+    pandas over the records' tidy frame, harness.records.tidy): n seeds, then per metric mean / ci_low /
+    ci_high; sorted."""
+    done = [r for r in records if r.get("kind") == "run" and r.get("status") == "finished"]
+    by_id = {r["id"]: r for r in done}
+    values = records_mod.tidy(done).dropna(subset=["value"])
+    groups: dict[tuple, list[str]] = {}
+    for r in done:
+        groups.setdefault(method_key(r), []).append(r["id"])
     names = labels([k for _, _, k in groups])
     rows = []
     for task, model, key in sorted(groups, key=lambda k: (str(k[0]), str(k[1]), k[2])):
-        runs = groups[(task, model, key)]
+        runs = [by_id[i] for i in groups[(task, model, key)]]
+        spec = runs[0]["spec"]
         row: dict[str, Any] = {"task": task, "model": model, "attribution": key.attribution, "ratio": key.ratio,
                                "objective": key.objective_text, "config": key.config, "key": key,
-                               "label": names[key]}
-        row["seeds"] = " ".join(str(s) for s in sorted(r["spec"].get("seed") for r in runs))
-        row["n"] = len(runs)
-        spec = runs[0]["spec"]
-        row["lr"] = (spec.get("train") or {}).get("lr")
-        row["tuned_from"] = list(spec.get("tuned_from") or [])
-        row["level"] = (runs[0].get("match") or {}).get("level")
-        metrics: dict[str, tuple[str, str, list[float]]] = {}
-        for r in runs:
-            for name, m in run_metrics(r).items():
-                if m.get("value") is not None:
-                    metrics.setdefault(name, (m.get("direction", ""), m.get("group", ""), []))[2].append(
-                        float(m["value"]))
-        row["metrics"] = {}
-        for name in sorted(metrics):
-            direction, group, values = metrics[name]
-            low, high = mean_ci(values)
-            row["metrics"][name] = {"direction": direction, "group": group, "mean": float(np.mean(values)),
-                                    "ci_low": low, "ci_high": high, "n": len(values)}
+                               "label": names[key],
+                               "seeds": " ".join(str(s) for s in sorted(r["spec"].get("seed") for r in runs)),
+                               "n": len(runs), "lr": (spec.get("train") or {}).get("lr"),
+                               "tuned_from": list(spec.get("tuned_from") or []),
+                               "level": (runs[0].get("match") or {}).get("level"), "metrics": {}}
+        mine = values[values["id"].isin(groups[(task, model, key)])]
+        for name, g in sorted(mine.groupby("metric", sort=False), key=lambda item: item[0]):
+            vals = [float(v) for v in g["value"]]
+            low, high = mean_ci(vals)
+            row["metrics"][name] = {"direction": g["direction"].iloc[0], "group": g["group"].iloc[0],
+                                    "mean": float(np.mean(vals)), "ci_low": low, "ci_high": high, "n": len(vals)}
         rows.append(row)
     return rows
 

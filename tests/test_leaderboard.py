@@ -362,3 +362,19 @@ def test_the_command_line_ends_with_the_verdicts(matched_results, tmp_path, caps
     assert out[-2:] == verdict_lines and [line.split(" vs ")[1].split(",")[0] for line in verdict_lines] == [
         "dense", "random"]
     assert all(w in " ".join(verdict_lines) for w in ("tradeoff_score", "seed pairs"))
+
+
+def test_records_as_one_tidy_frame(results):
+    """harness.records.frame: one row per record and metric, grouped with pandas as a notebook would; the
+    leaderboard's method rows are the same numbers."""
+    from harness.records import frame
+
+    df = frame(results)
+    assert {"id", "kind", "status", "task", "seed", "method", "metric", "value", "direction"} <= set(df.columns)
+    runs = df[(df.kind == "run") & (df.status == "finished") & (df.metric == "forget_rouge")]
+    means = runs.groupby(runs.method.map(lambda k: k.label)).value.mean()
+    assert means["wagle (0.5) + npo"] == pytest.approx((0.5 + 0.7 + 0.6) / 3)
+    assert means["dense (0.5) + npo"] == pytest.approx(0.4)
+    rows = {r["label"]: r for r in aggregate.method_rows(table.read_records(results))}
+    assert rows["wagle (0.5) + npo"]["metrics"]["forget_rouge"]["mean"] == pytest.approx(means["wagle (0.5) + npo"])
+    assert df[df.kind == "reference"].method.isna().all()
