@@ -43,7 +43,7 @@ neighbours: $(STAMP)
 # Two pytest workers (pytest-xdist): much of the suite is process start-up and small tensors, which two
 # cores run side by side (docs/performance.md: the suite's timings).
 test: $(STAMP) browser
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --durations=10
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --dist worksteal --durations=10
 
 # vLLM parity (not part of `make test`): a separate venv with the community CPU build of vLLM, which pins its
 # own transformers (< 5.20). Its torchvision/torchaudio/torchcodec wheels break `import vllm` on this CPU
