@@ -9,7 +9,8 @@ PIP := $(BIN)/python -m pip -q
 QUIET := { grep -v "is ignored" || true; }
 STAMP := $(VENV)/.installed
 RESULTS ?= results/demo
-LEADERBOARD ?= leaderboard/tofu-mini
+# the committed board is leaderboard/tofu-mini, built from the committed records in records/tofu-mini
+LEADERBOARD ?= results/demo/leaderboard
 
 .PHONY: venv browser demo neighbours test test-vllm lint clean
 
