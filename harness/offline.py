@@ -39,15 +39,9 @@ def cached_repos() -> list[str]:
     return sorted(p.name[len("models--"):].replace("--", "/") for p in root.glob("models--*")) if root.is_dir() else []
 
 
-def in_hub_cache(repo_id: str, revision: str | None = None) -> bool:
-    """Whether the local hub cache holds the repository's config (at `revision`, default main)."""
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        found = try_to_load_from_cache(repo_id, "config.json", revision=revision)
-    except ValueError:  # not a valid repository id
-        return False
-    return isinstance(found, str)
+def in_hub_cache(repo_id: str) -> bool:
+    """Whether the local hub cache holds the repository's config (`repo@revision`, default main)."""
+    return cached_revision(repo_id) is not None
 
 
 def cached_revision(repo_id: str) -> str | None:

@@ -103,10 +103,11 @@ def tradeoff_png(task: str, points: list[dict[str, Any]], headline: dict[str, st
 
 def trajectory_series(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """The matched-forgetting runs that kept their probe curve, by method label (one legend entry each)."""
+    keyed = [(MethodKey.of(r["spec"]), r) for r in runs
+             if (r.get("match") or {}).get("probe") == "utility" and (r.get("curves") or {}).get("probe")]
     by_key: dict[MethodKey, list[dict[str, Any]]] = {}
-    for r in sorted(runs, key=lambda r: (MethodKey.of(r["spec"]), r["spec"].get("seed"))):
-        if (r.get("match") or {}).get("probe") == "utility" and (r.get("curves") or {}).get("probe"):
-            by_key.setdefault(MethodKey.of(r["spec"]), []).append(r)
+    for key, r in sorted(keyed, key=lambda kr: (kr[0], kr[1]["spec"].get("seed"))):
+        by_key.setdefault(key, []).append(r)
     names = labels(list(by_key))
     return {names[k]: group for k, group in by_key.items()}
 
