@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from harness import combine, distributed, records, runner
+from harness import combine, distributed, identity, records, runner
 from harness.config import from_dict, option, to_dict
 from harness.errors import ConfigError, UnlearnBenchError
 from harness.io import atomic_write_text
@@ -26,7 +26,7 @@ from harness.method import MethodKey
 from harness.plugins import get_registry
 from harness.settings import TrainConfig
 from harness.spec import RunSettings, RunSpec
-from leaderboard.verdicts import PROTOCOL_FILE, CompareConfig
+from leaderboard.verdicts import PROTOCOL_FILE, CompareConfig, load_protocol
 
 log = logging.getLogger(__name__)
 
@@ -453,7 +453,9 @@ def run(cfg: SweepConfig, results_dir: Path, retry_failed: bool = False) -> dict
     counts = {"finished": 0, "skipped": 0, "failed": 0, "busy": 0}
     results_dir = Path(results_dir).resolve()  # absolute: executors' workers may start in another folder
     every = grids(cfg)
-    declare(cfg.compare, results_dir)
+    if results_dir.is_dir():
+        check_code(results_dir)
+    declare(cfg.compare, cfg.seeds, results_dir)
     for i, one in enumerate(every):
         if len(every) > 1:
             log.info("grid %d of %d: %s x %s", i + 1, len(every), ", ".join(one.attributions),
@@ -463,17 +465,48 @@ def run(cfg: SweepConfig, results_dir: Path, retry_failed: bool = False) -> dict
     return counts
 
 
-def declare(compare: CompareConfig, results_dir: Path) -> None:
-    """Write the declared comparisons into the results folder before any run; a folder that declared other
-    comparisons is refused (a family chosen after seeing results is not a declared family)."""
+def declare(compare: CompareConfig, seeds: list[int], results_dir: Path) -> None:
+    """Write the declared comparisons, with the test seeds the sweep plans, into the results folder before
+    any run. A folder that declared other comparisons is refused (a family chosen after seeing results is not
+    a declared family); its plan may grow (the event is logged: more seeds after a look is the one liberty a
+    growing sweep takes) but not lose seeds (that would decide at a look of one's choosing)."""
     path = results_dir / PROTOCOL_FILE
-    text = json.dumps(to_dict(compare), indent=1, sort_keys=True) + "\n"
+    planned = replace(compare, seeds=sorted(seeds))
+    text = json.dumps(to_dict(planned), indent=1, sort_keys=True) + "\n"
     if path.is_file() and path.read_text() != text:
-        raise SweepError(f"{path} declares other comparisons than this sweep's compare block ({path.read_text()!r} "
-                         f"vs {text!r}): declare them before the runs, in a new results folder")
-    if distributed.is_main() and not path.is_file():
+        before = load_protocol(results_dir)
+        if replace(before, seeds=[]) != replace(planned, seeds=[]):
+            raise SweepError(f"{path} declares other comparisons than this sweep's compare block "
+                             f"({path.read_text()!r} vs {text!r}): declare them before the runs, in a new results "
+                             "folder")
+        dropped = sorted(set(before.seeds) - set(planned.seeds))
+        if dropped:
+            raise SweepError(f"{path} plans seeds {before.seeds} and this sweep drops {dropped}: a plan may grow "
+                             "but not shrink once results exist; run every planned seed, or use a new results folder")
+        log.warning("%s: the planned seeds grow from %d to %d", path, len(before.seeds), len(planned.seeds))
+        if distributed.is_main():
+            log_event(results_dir, "replan", "", seeds_before=len(before.seeds), seeds_after=len(planned.seeds))
+    if distributed.is_main() and (not path.is_file() or path.read_text() != text):
         results_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, text)
+
+
+def check_code(results_dir: Path) -> None:
+    """Refuse to resume a results folder whose finished runs another version of the harness made: their run
+    ids hold that version's core digest, so this code would run every one of them again beside the old ones
+    (and the leaderboard refuses two runs of one seed). Resume from the commit that made them, or start a new
+    folder."""
+    core = identity.core_digest()
+    other = {}
+    for r in records.read_all(results_dir):
+        if r.kind in ("run", "tune") and r.status == "finished" and r.provenance.get("core") != core:
+            other.setdefault(r.provenance.get("core"), (r.provenance.get("git_commit"), r.id))
+    if other:
+        made = "; ".join(f"core {c or 'unrecorded'} (git commit {g or 'unknown'}, e.g. {i})"
+                         for c, (g, i) in sorted(other.items(), key=lambda kv: str(kv[0])))
+        raise SweepError(f"{results_dir} holds finished runs made by other code: {made}. This checkout is core "
+                         f"{core}, so every run would run again beside them. Resume from that commit (git worktree "
+                         "add DIR COMMIT; run the same sweep command in DIR) or use a new results folder")
 
 
 def _run_grid(cfg: SweepConfig, results_dir: Path, retry_failed: bool) -> dict[str, int]:

@@ -33,6 +33,9 @@ def verdict_text(d: dict[str, Any]) -> str:
         return f"resolved, {d['verdict']} (adjusted p {d['p_adj']:.2g})"
     if d["verdict"] == "equivalent":
         return f"equivalent within ±{d['margin']:g} (adjusted TOST p {d['p_tost_adj']:.2g})"
+    if d["verdict"] == "interim":
+        return (f"interim, {d['pending']} planned seed pairs still to run (p {d['p_adj']:.2g} so far; decided "
+                "once the plan is complete)")
     need = "" if d["seeds_needed"] is None else f", {d['seeds_needed']} pairs for ±{d['margin']:g}"
     return f"undecided (p {d['p_adj']:.2g}; detectable ≥ {_num(d['mde'])}{need})"
 

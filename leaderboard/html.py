@@ -96,7 +96,8 @@ def _diff_cell(d: dict[str, Any] | None) -> str:
     text = (f'{d["mean"]:+.3g} <span class="ci">(one pair)</span>' if d["n"] < 2 else
             f'{d["mean"]:+.3g} <span class="ci">[{d["ci_low"]:+.3g}, {d["ci_high"]:+.3g}]</span>')
     if verdict:
-        short = {"higher": "resolved ↑", "lower": "resolved ↓", "equivalent": f"equivalent ±{d['margin']:g}"}.get(
+        short = {"higher": "resolved ↑", "lower": "resolved ↓", "equivalent": f"equivalent ±{d['margin']:g}",
+                 "interim": f"interim, {d.get('pending')} pairs to run"}.get(
             verdict, f"undecided, detectable ≥ {_detectable(d['mde'])}")
         text += f'<br><span class="verdict">{html.escape(short)}</span>'
     title = html.escape(f"{d['n']} seed pairs; {diff_label(d)}", quote=True)

@@ -21,7 +21,7 @@ from leaderboard.aggregate import method_key
 from leaderboard.verdicts import CompareConfig
 
 STATS = ("n", "mean", "sd", "ci_low", "ci_high", "family", "margin", "alpha", "p", "p_adj", "p_tost", "p_tost_adj",
-         "verdict", "mde", "seeds_needed", "two_level_low", "two_level_high", "var_seeds", "var_questions",
+         "verdict", "pending", "mde", "seeds_needed", "two_level_low", "two_level_high", "var_seeds", "var_questions",
          "question_share")
 
 
@@ -33,6 +33,16 @@ def _by_method(records: list[dict[str, Any]]) -> dict[Method, dict[int, dict[str
     for r in records:
         if r.get("kind") == "run" and r.get("status") == "finished":
             out.setdefault(method_key(r), {})[r["spec"].get("seed")] = r
+    return out
+
+
+def _ran(records: list[dict[str, Any]]) -> dict[Method, set[int]]:
+    """Per method, the seeds whose run has ended (finished or failed): a planned seed not among them for both
+    sides of a comparison keeps its verdict interim."""
+    out: dict[Method, set[int]] = {}
+    for r in records:
+        if r.get("kind") == "run" and r.get("status") in ("finished", "failed"):
+            out.setdefault(method_key(r), set()).add(r["spec"].get("seed"))
     return out
 
 
@@ -71,7 +81,8 @@ def paired_rows(records: list[dict[str, Any]], cfg: CompareConfig | None = None)
     by_method = _by_method(records)
     methods = sorted(by_method)
     names = labels([m[2] for m in methods])
-    rows, family, diffs = [], {}, {}
+    ran = _ran(records)
+    rows, family, diffs, missing = [], {}, {}, {}
     for m in methods:
         for name in cfg.baselines:
             base = _baseline(m, name, methods)
@@ -94,9 +105,10 @@ def paired_rows(records: list[dict[str, Any]], cfg: CompareConfig | None = None)
                     row.update(questions.two_level(pairs, metric) or {})
                 rows.append(row)
                 diffs[id(row)] = d
+                missing[id(row)] = sorted(set(cfg.seeds) - (ran.get(m, set()) & ran.get(base, set())))
                 if row["role"] == "primary":
                     family.setdefault((m[0], m[1]), []).append(row)
     for members in family.values():
         for row, decided in zip(members, verdicts.decide([diffs[id(r)] for r in members], cfg), strict=True):
-            row.update(decided)
+            row.update(verdicts.interim(decided, missing[id(row)]))
     return rows

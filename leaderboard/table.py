@@ -35,8 +35,32 @@ TIME_COLUMNS = ["attribution_s", "unlearning_s", "evaluation_s"]
 
 def read_records(results_dir: Path) -> list[dict[str, Any]]:
     """Every readable record under results_dir/runs (version 1 or 2), in its JSON form; corrupt or foreign
-    files are skipped with a warning (harness.records.read_all)."""
-    return [r.to_json() for r in records.read_all(results_dir)]
+    files are skipped with a warning (harness.records.read_all). Two finished runs of one method and seed are
+    refused (`single_runs`)."""
+    found = [r.to_json() for r in records.read_all(results_dir)]
+    single_runs(found, Path(results_dir))
+    return found
+
+
+def single_runs(found: list[dict[str, Any]], results_dir: Path) -> None:
+    """A method's seed has one finished run: two (records of two versions of the code, or copied in from
+    another folder) would pair one of them by file order and count both in the mean."""
+    seen: dict[tuple, str] = {}
+    for r in found:
+        if r.get("kind") in ("run", "tune") and r.get("status") == "finished":
+            key = (r.get("kind"), aggregate.method_key(r), r["spec"].get("seed"))
+            if key in seen:
+                raise records.RecordError(
+                    f"{results_dir}: {seen[key]} and {r.get('id')} are both finished runs of "
+                    f"{key[1][2].label} on {key[1][0]}, seed {key[2]} (made by code {_core(seen[key], found)} and "
+                    f"{_core(r.get('id'), found)}): move one out of the folder")
+            seen[key] = r.get("id")
+
+
+def _core(record_id: str | None, found: list[dict[str, Any]]) -> str:
+    r = next(r for r in found if r.get("id") == record_id)
+    prov = r.get("provenance") or {}
+    return f"core {prov.get('core', 'unrecorded')}, commit {str(prov.get('git_commit', 'unknown'))[:12]}"
 
 
 def _row(record: dict[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,10 @@ Holm), so the chance of any wrong verdict, of either kind, is at most α. The ve
 - **undecided** otherwise, and always below the pairs the exact test needs at α/m, with the minimum
   detectable effect at this n (paired t at α/m, power 0.8, at the observed σ_d: an approximation, optimistic
   for the exact test below about 10 pairs; infinite while 2 / 2^n ≥ α/m) and the number of seeds that would
-  detect a difference of the margin at that σ_d.
+  detect a difference of the margin at that σ_d;
+- **interim** while some of the seeds the sweep planned (`seeds`, written by the sweep with its declaration)
+  have not run for both methods: the statistics are shown, the verdict waits for the plan. A sweep grown over
+  several sessions is then decided once, at the size it declared, and not at whichever look first crosses α.
 
 Secondary metrics get the mean and its t interval, never a verdict. Definitions: docs/metrics.md, "Verdicts".
 """
@@ -59,6 +62,8 @@ class CompareConfig:
     margin: float = option(0.02, "equivalence margin: a difference within ±margin counts as no difference")
     alpha: float = option(0.05, "chance of any wrong verdict in the declared family (Bonferroni over it)")
     power: float = option(0.8, "power at which the minimum detectable effect and the seeds needed are stated")
+    seeds: list[int] = option([], "the test seeds the sweep plans (the sweep writes its own): until every one has "
+                                  "run for both methods a verdict is interim; empty: decided on the seeds found")
 
     def validate(self) -> None:
         if not 0.0 < self.alpha < 1.0:
@@ -71,6 +76,8 @@ class CompareConfig:
             raise ValueError("baselines must name at least one attribution")
         if self.primary in self.secondary:
             raise ValueError(f"{self.primary} is the primary metric; leave it out of secondary")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must not repeat, got {self.seeds}")
 
 
 def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:
@@ -204,6 +211,12 @@ def decide(family: list[list[float]], cfg: CompareConfig) -> list[dict[str, Any]
             row["verdict"] = "undecided"
         out.append(row)
     return out
+
+
+def interim(decided: dict[str, Any], missing: Sequence[int]) -> dict[str, Any]:
+    """A decided comparison whose planned seeds `missing` have not all run: the same statistics, verdict
+    `interim`, and the seeds still to come."""
+    return dict(decided, verdict="interim" if missing else decided["verdict"], pending=len(missing))
 
 
 def load_protocol(results_dir: Path) -> CompareConfig:

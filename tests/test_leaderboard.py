@@ -378,3 +378,39 @@ def test_records_as_one_tidy_frame(results):
     rows = {r["label"]: r for r in aggregate.method_rows(table.read_records(results))}
     assert rows["wagle (0.5) + npo"]["metrics"]["forget_rouge"]["mean"] == pytest.approx(means["wagle (0.5) + npo"])
     assert df[df.kind == "reference"].method.isna().all()
+
+
+def _scored(attribution: str, seed: int, score: float, status: str = "finished") -> dict:
+    spec = {"task": "tofu-mini", "model": "m", "attribution": attribution, "ratio": 0.5, "objective": "graddiff",
+            "seed": seed, "train": {"lr": 1e-4}}
+    return {"kind": "run", "id": f"{attribution}-{seed}", "spec": spec, "status": status,
+            "metrics": {"tradeoff_score": {"value": score, "direction": "higher", "group": "match"}}}
+
+
+def test_a_verdict_waits_for_every_planned_seed():
+    """Eight pairs that would resolve (all +0.1 ± small) stay interim while a ninth planned seed has not run
+    for both methods; a run that ended failed counts as run (its seed then has no pair)."""
+    from leaderboard import paired
+    from leaderboard.headline import findings
+    from leaderboard.verdicts import CompareConfig
+
+    rng = np.random.default_rng(0)
+    found = [_scored("dense", s, 0.9) for s in range(8)]
+    found += [_scored("wagle", s, 1.0 + rng.normal(0, 0.01)) for s in range(8)]
+    planned = CompareConfig(baselines=["dense"], secondary=[], seeds=list(range(9)))
+    (row,) = paired.paired_rows(found, planned)
+    assert row["verdict"] == "interim" and row["pending"] == 1 and row["p_adj"] < 0.05
+    assert "interim, 1 planned seed pairs still to run" in findings([row])[0]
+    (row,) = paired.paired_rows([*found, _scored("dense", 8, 0.9), _scored("wagle", 8, 0.0, "failed")], planned)
+    assert row["verdict"] == "higher" and row["pending"] == 0 and row["n"] == 8
+    (row,) = paired.paired_rows(found, CompareConfig(baselines=["dense"], secondary=[]))  # no plan: as found
+    assert row["verdict"] == "higher"
+
+
+def test_two_finished_runs_of_one_seed_are_refused(results):
+    from harness.records import RecordError
+
+    _record(results / "runs", "wagle-0-again", seed=0, forget=0.1, utility=0.1)
+    with pytest.raises(RecordError, match=r"wagle-0-again and wagle-0 are both finished runs of wagle .* seed 0 "
+                                          r"\(made by code core unrecorded"):
+        table.read_records(results)

@@ -136,6 +136,29 @@ def test_the_sweep_declares_its_comparisons_before_the_runs(protocol):
     _, results, _, _ = protocol
     declared = json.loads((results / "comparisons.json").read_text())
     assert declared["primary"] == "tradeoff_score" and declared["baselines"] == ["dense", "random"]
+    assert declared["seeds"] == [0, 1]  # the plan: a verdict on fewer seed pairs is interim
     other = from_dict(sweep.SweepConfig, {**SWEEP, "compare": {"primary": "match_utility", "secondary": []}}, "other")
     with pytest.raises(sweep.SweepError, match="declares other comparisons"):
         sweep.run(other, results)
+
+
+def test_a_plan_may_grow_but_not_shrink(tmp_path):
+    cfg = from_dict(sweep.SweepConfig, SWEEP, "sweep")
+    sweep.declare(cfg.compare, [0, 1], tmp_path)
+    sweep.declare(cfg.compare, [0, 1, 2, 3], tmp_path)  # grown: logged, written
+    assert json.loads((tmp_path / "comparisons.json").read_text())["seeds"] == [0, 1, 2, 3]
+    assert json.loads((tmp_path / "events.jsonl").read_text())["event"] == "replan"
+    with pytest.raises(sweep.SweepError, match=r"drops \[2, 3\]"):
+        sweep.declare(cfg.compare, [0, 1], tmp_path)
+
+
+def test_a_folder_made_by_other_code_is_not_resumed(protocol, tmp_path):
+    """Runs whose provenance names another core digest would all run again beside the old ones: refused,
+    naming the commit to resume from."""
+    cfg, results, _, _ = protocol
+    (tmp_path / "runs").mkdir()
+    record = json.loads(next((results / "runs").glob("tofu-mini-dense-*.json")).read_text())
+    record["provenance"].update(core="0123456789abcdef", git_commit="feedfacecafe")
+    (tmp_path / "runs" / "old.json").write_text(json.dumps(record))
+    with pytest.raises(sweep.SweepError, match=r"core 0123456789abcdef \(git commit feedfacecafe"):
+        sweep.run(cfg, tmp_path)
