@@ -35,11 +35,13 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/unlearn-bench sweep experiments/demo-tofu-mini.yaml \
 		--results $(RESULTS) --leaderboard $(LEADERBOARD)
 
-# WAGLE's neighbours (SalUn, GRIN, SOUL, EUL, offset unlearning, SPUNGE) against dense and WAGLE, one sweep
-# file of five grids: about 75 minutes on 2 cores (experiments/neighbours-tofu-mini.yaml).
+# WAGLE's neighbours (SalUn, GRIN's mask, SOUL, EUL, offset unlearning, SPUNGE) against dense and WAGLE, one
+# sweep file of six grids: about 90 minutes on 2 cores (experiments/neighbours-tofu-mini.yaml). Its board is
+# written beside its records; the committed one (leaderboard/neighbours-tofu-mini) regenerates from
+# records/neighbours-tofu-mini.
 neighbours: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/unlearn-bench sweep experiments/neighbours-tofu-mini.yaml \
-		--results results/neighbours --leaderboard leaderboard/neighbours-tofu-mini
+		--results results/neighbours --leaderboard results/neighbours/leaderboard
 
 # Two pytest workers (pytest-xdist): much of the suite is process start-up and small tensors, which two
 # cores run side by side (docs/performance.md: the suite's timings).

@@ -294,6 +294,10 @@ class Task:
     default_objective: ClassVar[str] = "graddiff"  # used when a run spec names no objective
     uses_base_model: ClassVar[bool] = False  # True: the base model is the target, no retain model (WMDP)
     headline: ClassVar[tuple[str, str]] = ("", "")  # (forget metric, utility metric) for trade-off plots
+    # the relearning attack's settings (harness/probes/relearn.py): OPTML-Group/Unlearn-Smooth's WMDP
+    # `Relearn+Forget.json` (lr 1e-5, batch 1 x 4 accumulation, 3 epochs); a task whose cited code differs sets
+    # its own (`steps` instead of `epochs`: a fixed number of steps)
+    relearn_settings: ClassVar[dict[str, Any]] = {"lr": 1e-5, "batch_size": 4, "epochs": 3}
 
     def __init__(self, config: Any) -> None:
         self.config = config

@@ -9,12 +9,13 @@ import torch
 from harness import distributed
 from harness.api import Batch
 from harness.data import to_device
-from harness.scoring import mean_nll
+from harness.scoring import exact_mean_nll
 
 
 def summed_gradients(model: torch.nn.Module, batches: Sequence[Batch],
                      buffer_device: torch.device | str | None = None, per: str = "sample") -> dict[str, torch.Tensor]:
-    """G = Σ_samples ∇ CE(sample), CE the token-mean next-token loss of one sample, in fp32; with
+    """G = Σ_samples ∇ CE(sample), CE the token-mean next-token loss of one sample (computed without float32's
+    cancellation: harness.scoring.exact_mean_nll), summed in fp32; with
     `per="batch"`, G = Σ_batches ∇ mean_{samples of the batch} CE (SalUn's `generate_mask.py`, which
     accumulates each batch's mean loss gradient).
 
@@ -34,7 +35,7 @@ def summed_gradients(model: torch.nn.Module, batches: Sequence[Batch],
         for batch in distributed.shard(batches):
             model.zero_grad(set_to_none=True)
             batch = to_device(batch, model.device)
-            losses = mean_nll(model, batch)
+            losses = exact_mean_nll(model, batch)
             (losses.sum() if per == "sample" else losses.mean()).backward()
             for n, p in params.items():
                 if p.grad is not None:

@@ -395,7 +395,7 @@ def _report_commands(sub) -> None:
                                  "(default RESULTS_DIR/leaderboard), or a .csv path for the per-run CSV only")
     s.add_argument("--task", help="only records of this task")
     s.add_argument("--tradeoff-axes", metavar="X,Y", help="a second trade-off plot on these metrics, e.g. "
-                                                          "int4_g128_forget_rouge,model_utility (default: that "
+                                                          "fp4_b64_forget_rouge,model_utility (default: that "
                                                           "pair where runs were probed with 4-bit quantization)")
     s.set_defaults(func=cmd_leaderboard)
 

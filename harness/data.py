@@ -50,6 +50,22 @@ def collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> Batch:
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
 
 
+def swap_answers(questions: Batch, answers: Batch) -> Batch:
+    """Each row of `questions` with its answer replaced by the answer of row i (mod its size) of `answers`:
+    the prompt tokens (those before the first labelled one) followed by the other row's labelled tokens, which
+    are the labels (random-label unlearning: a forget question with a retain answer)."""
+    rows = []
+    for i in range(questions["input_ids"].shape[0]):
+        real = questions["attention_mask"][i].bool()
+        ids, labelled = questions["input_ids"][i][real], questions["labels"][i][real] != IGNORE
+        prompt = ids[: int(labelled.float().argmax()) if bool(labelled.any()) else len(ids)].tolist()
+        j = i % answers["input_ids"].shape[0]
+        answer = answers["input_ids"][j][answers["labels"][j] != IGNORE].tolist()
+        rows.append((prompt + answer, [IGNORE] * len(prompt) + answer))
+    pad = questions["input_ids"][questions["attention_mask"] == 0]
+    return collate(rows, int(pad[0]) if pad.numel() else 0)
+
+
 def make_batches(tokenizer, examples: Sequence[Example], batch_size: int, max_length: int) -> list[Batch]:
     encoded = [encode(tokenizer, ex, max_length) for ex in examples]
     return [collate(encoded[i : i + batch_size], tokenizer.pad_token_id)

@@ -9,7 +9,7 @@ from typing import Any
 
 from harness.config import option
 
-MERGES = ("ties", "average", "fusion")
+MERGES = ("ties", "sum", "average", "fusion")
 
 
 @dataclass
@@ -57,10 +57,12 @@ class SpungeConfig:
     enabled: bool = option(False, "split the forget set, unlearn each part from the same model, merge them")
     by: str = option("task", "task (the task's own split: TOFU per author) or chunks (`parts` equal parts)")
     parts: int = option(2, "number of parts when by is chunks")
-    merge: str = option("ties", "ties (TIES-merging), average (the mean task vector) or fusion (EUL's fusion of "
-                                "linear layers: the weight that best reproduces each part's outputs on its own "
-                                "forget inputs)")
-    density: float = option(1.0, "TIES: share of each task vector's largest-magnitude entries kept")
+    merge: str = option("ties", "ties (TIES-merging), sum (task arithmetic: the sum of the task vectors), average "
+                                "(their mean: each part's update divided by the number of parts) or fusion (EUL's "
+                                "fusion of linear layers: the weight that best reproduces each part's outputs on its "
+                                "own forget inputs)")
+    density: float = option(0.2, "TIES: share of each task vector's largest-magnitude entries kept (TIES-merging's "
+                                 "default, the top 20%; 1 keeps every entry)")
     scale: float = option(1.0, "λ on the merged task vector")
 
     def validate(self) -> None:

@@ -49,6 +49,7 @@ DEFAULT_PLUGINS = (
     "methods.npo",
     "methods.simnpo",
     "methods.po",
+    "methods.random_label",
     "methods.rmu",
     "harness.backends",
     "harness.optim",

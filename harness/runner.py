@@ -7,7 +7,7 @@ import functools
 import logging
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from harness import (
     records,
     spunge,
 )
-from harness.api import AttributionData, EvalContext, Evaluation, Metric, Task
+from harness.api import AttributionData, EvalContext, Evaluation, Metric, Objective, Task
 from harness.cache import cached_dir, stable_hash
 from harness.config import from_dict, to_dict
 from harness.data import examples_hash, make_batches
@@ -249,7 +249,7 @@ def unlearn(run: Run) -> None:
     """Train through the plan (the plain loop, or SPUNGE's split-and-merge) with the matched-forgetting
     checks, bisect back to the level, check that weights moved, merge adapters."""
     spec, task, record = run.spec, run.task, run.record
-    reference = fsdp.frozen_copy(run.model) if run.objective.needs_reference else None  # sharded under FSDP
+    loss = unlearning_loss(run.objective, run.model, run.composer)
     model = run.plan.wrap(run.model, run.objective)
     if run.plan.lora is not None or run.plan.adapters is not None:
         record.mask["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -263,7 +263,6 @@ def unlearn(run: Run) -> None:
         run.matcher.remember(model, 0)
     run.checkpoint = run.results_dir / "checkpoints" / f"{record.id}.pt"
     sums_before = weight_sums(model) if not distributed.active() else None
-    loss = lambda m, b: run.objective.loss(m, b, reference)  # noqa: E731
     if spec.spunge.enabled:
         train_log, record.spunge = spunge.unlearn(model, task, run.tok, sets, loss, spec.train, run.plan, spec.seed,
                                                   spec.spunge, run.rule)
@@ -282,6 +281,19 @@ def unlearn(run: Run) -> None:
                                 "without gradient?)")
     run.model = run.plan.merge(model)
     record.bf16_autocast, record.master_weights = train_log.bf16_autocast, train_log.master_weights
+
+
+def unlearning_loss(objective: Objective, model, composer: offset.Composer | None = None) -> Callable:
+    """The loss training minimises: the objective on the trained model with a frozen copy of it as the
+    reference (where the objective has one; sharded under FSDP); with offset unlearning, the objective on the
+    composition around the small model, L + α(S_u − S_o), whose black-box and original logits are constants
+    (gradients reach the small model only), with the black box as the reference: the composition starts as
+    the target (S_u = S_o), as the method and the ULD implementation (uld/model/offsetllm.py) train it."""
+    if composer is not None:
+        reference = composer.large if objective.needs_reference else None
+        return lambda m, b: objective.loss(composer.around(m), b, reference)
+    reference = fsdp.frozen_copy(model) if objective.needs_reference else None
+    return lambda m, b: objective.loss(m, b, reference)
 
 
 def during(run: Run, step: int, trained) -> dict[str, Any] | None:

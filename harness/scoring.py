@@ -20,19 +20,43 @@ from harness.data import IGNORE, collate, encode
 from harness.progress import Progress
 
 
-def token_nll(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(nll[B, T-1], mask[B, T-1]) for next-token prediction on the batch's labelled tokens."""
+def token_nll(model, batch: Batch, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """(nll[B, T-1], mask[B, T-1]) for next-token prediction on the batch's labelled tokens, the softmax in
+    `dtype` (float32 for the unlearning losses; float64 for a reference; attribution: `exact_token_nll`)."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     labels = batch["labels"][:, 1:]
-    logits = logits[:, :-1].float()
+    logits = logits[:, :-1].to(dtype)
     nll = F.cross_entropy(logits.transpose(1, 2), labels.clamp_min(0), reduction="none")
     mask = labels != IGNORE
     return nll * mask, mask
 
 
-def mean_nll(model, batch: Batch) -> torch.Tensor:
+def mean_nll(model, batch: Batch, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Token-mean NLL per sample [B] (HF's `outputs.loss` for one sample)."""
-    nll, mask = token_nll(model, batch)
+    nll, mask = token_nll(model, batch, dtype)
+    return nll.sum(1) / mask.sum(1).clamp_min(1)
+
+
+def exact_token_nll(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """`token_nll` computed so that a memorised token keeps its precision: NLL = log(1 + Σ_{j≠y} e^{l_j − l_y})
+    = softplus(logsumexp_{j≠y}(l_j − l_y)). Cross-entropy's log-sum-exp minus the answer's logit is a
+    difference of two numbers near 20 for an NLL near 0.01: float32 rounds the sum by ≈ 1e-5 (differently for
+    each kernel and batch layout), ≈ 0.5% of the NLL and of its gradient p − 1, enough to flip the weights near
+    an attribution's threshold. Here the small sum is computed directly, and its gradient p_j = e^{l_j − l_y} /
+    (1 + S) and −S / (1 + S) as well: float64's precision at float32's memory (benchmarks/attribution_precision.py)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labels = batch["labels"][:, 1:]
+    logits = logits[:, :-1].float()
+    answer = labels.clamp_min(0).unsqueeze(-1)
+    others = (logits - logits.gather(-1, answer)).scatter_(-1, answer, float("-inf"))
+    nll = F.softplus(torch.logsumexp(others, -1))
+    mask = labels != IGNORE
+    return nll * mask, mask
+
+
+def exact_mean_nll(model, batch: Batch) -> torch.Tensor:
+    """`mean_nll` from `exact_token_nll`: the attribution losses' (harness.attribution.summed_gradients)."""
+    nll, mask = exact_token_nll(model, batch)
     return nll.sum(1) / mask.sum(1).clamp_min(1)
 
 

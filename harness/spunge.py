@@ -3,13 +3,15 @@ Unlearning in LLMs", arXiv 2406.11780): split the forget set by a data attribute
 same starting model with the run's objective, mask and update rule, and merge the unlearned models' task
 vectors τ_k = θ_k − θ_0 into θ = θ_0 + λ·merge(τ_1..τ_K).
 
-Merges are PEFT's (`peft.utils.merge_utils`): `ties` (TIES-merging: keep each τ_k's largest `density` share
-by magnitude, elect a sign per weight by the summed values, average the values that agree) and `average`
-(task arithmetic with weights 1/K: the mean task vector); or `fusion`, EUL's fusion of the unlearning layers
-trained for several requests (`fuse`: each trainable linear layer's weight that best reproduces every part's
-outputs on that part's forget inputs; λ does not apply to it). The split is the task's (`Task.forget_splits`: TOFU
-per author) or `chunks` (`parts` contiguous equal parts of the forget set). No code was published with the
-paper: docs/metrics.md says what is the paper's and what is ours.
+Merges are PEFT's (`peft.utils.merge_utils`): `ties` (TIES-merging: keep each τ_k's largest `density`
+share by magnitude, by default TIES-merging's top 20%, elect a sign per weight by the summed values, average
+the values that agree), `sum` (task arithmetic, Ilharco et al.: Σ_k τ_k, each part's update whole) and
+`average` (task arithmetic with weights 1/K: the mean task vector, each part's update divided by K); or
+`fusion`, EUL's fusion of the unlearning layers trained for several requests (`fuse`: each trainable linear
+layer's weight that best reproduces every part's outputs on that part's forget inputs; λ does not apply to
+it). The split is the task's (`Task.forget_splits`: TOFU per author) or `chunks` (`parts` contiguous equal
+parts of the forget set). No code was published with the paper: docs/metrics.md says what is the paper's and
+what is ours.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ def merge(deltas: Sequence[torch.Tensor], cfg: SpungeConfig) -> torch.Tensor:
     from peft.utils import merge_utils
 
     k = len(deltas)
+    if cfg.merge == "sum":
+        return merge_utils.task_arithmetic(list(deltas), torch.ones(k)) * cfg.scale
     if cfg.merge != "ties":  # average; fusion merges what is not a linear layer's weight by the mean
         return merge_utils.task_arithmetic(list(deltas), torch.full((k,), 1.0 / k)) * cfg.scale
     with warnings.catch_warnings():  # density 1: PEFT notes that nothing is pruned

@@ -4,6 +4,7 @@ and to run in several processes on one results directory."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import functools
 import itertools
@@ -29,6 +30,7 @@ from harness.spec import RunSettings, RunSpec
 from leaderboard.verdicts import PROTOCOL_FILE, CompareConfig, load_protocol
 
 log = logging.getLogger(__name__)
+OUTCOMES = ("finished", "skipped", "failed", "busy")
 
 
 class SweepError(UnlearnBenchError):
@@ -450,19 +452,49 @@ def run(cfg: SweepConfig, results_dir: Path, retry_failed: bool = False) -> dict
     first and its test runs use the rate the tune rule selects. Each run holds its lock while it runs, so
     several sweeps can share a results directory and never run the same spec twice; a failed run is
     recorded and the sweep goes on."""
-    counts = {"finished": 0, "skipped": 0, "failed": 0, "busy": 0}
     results_dir = Path(results_dir).resolve()  # absolute: executors' workers may start in another folder
     every = grids(cfg)
     if results_dir.is_dir():
         check_code(results_dir)
     declare(cfg.compare, cfg.seeds, results_dir)
+    tally = Tally(sum(planned(one) for one in every))
     for i, one in enumerate(every):
         if len(every) > 1:
             log.info("grid %d of %d: %s x %s", i + 1, len(every), ", ".join(one.attributions),
                      ", ".join(one.objectives))
-        for outcome, n in _run_grid(one, results_dir, retry_failed).items():
-            counts[outcome] += n
-    return counts
+        _run_grid(one, results_dir, retry_failed, tally)
+    return tally.counts
+
+
+def planned(cfg: SweepConfig) -> int:
+    """The runs a grid plans before any has run: its tuning runs (without the extensions an edge may add)
+    and its test runs."""
+    return (sum(len(runs) for runs in tuning_grid(cfg).values()) if cfg.tune.enabled else 0) + len(expand(cfg))
+
+
+@dataclass
+class Tally:
+    """A sweep's outcome counts and its progress: `run 7 of 18 (wagle (0.5) + graddiff, seed 2): finished, 41
+    min elapsed, about 55 min left`, the time left from the mean time of the runs this sweep ran (skipped ones
+    take none)."""
+
+    total: int
+    counts: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
+    start: float = dataclasses.field(default_factory=time.monotonic)
+
+    def add(self, outcome: str, spec: RunSpec | None = None) -> str:
+        self.counts[outcome] += 1
+        done = sum(self.counts.values())
+        self.total = max(self.total, done)
+        ran = done - self.counts["skipped"]
+        elapsed = time.monotonic() - self.start
+        what = "" if spec is None else f" ({MethodKey.of(to_dict(spec), digest=False).label}, seed {spec.seed})"
+        left = f", about {minutes(elapsed / ran * (self.total - done))} left" if ran and done < self.total else ""
+        return f"run {done} of {self.total}{what}: {outcome}, {minutes(elapsed)} elapsed{left}"
+
+
+def minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 def declare(compare: CompareConfig, seeds: list[int], results_dir: Path) -> None:
@@ -509,7 +541,7 @@ def check_code(results_dir: Path) -> None:
                          "add DIR COMMIT; run the same sweep command in DIR) or use a new results folder")
 
 
-def _run_grid(cfg: SweepConfig, results_dir: Path, retry_failed: bool) -> dict[str, int]:
+def _run_grid(cfg: SweepConfig, results_dir: Path, retry_failed: bool, tally: Tally) -> None:
     grid = tuning_grid(cfg) if cfg.tune.enabled else None
     specs = expand(cfg) if grid is None else [s for g in grid.values() for s in g]
     executor = get_registry().build("executor", cfg.executor, cfg.executor_config, "sweep: executor_config")
@@ -520,39 +552,37 @@ def _run_grid(cfg: SweepConfig, results_dir: Path, retry_failed: bool) -> dict[s
     for _, outcome in executor.run([functools.partial(write_references, specs[0], results_dir)]):
         if outcome != "finished":
             raise SweepError(f"the reference models could not be prepared ({outcome}); see the log above")
-    counts = {"finished": 0, "skipped": 0, "failed": 0, "busy": 0}
     done = ("finished", "failed") if not retry_failed else ("finished",)
     if grid is not None:
         log.info("tuning: %d runs (%d methods x lr factors %s x seeds %s)", len(specs), len(grid),
                  cfg.tune.lr_factors, cfg.tune.seeds)
-        _run_specs(specs, results_dir, done, executor, counts)
+        _run_specs(specs, results_dir, done, executor, tally)
         more = extension(cfg, results_dir, grid)
-        _run_specs([s for runs in more.values() for s in runs], results_dir, done, executor, counts)
+        tally.total += sum(len(runs) for runs in more.values())
+        _run_specs([s for runs in more.values() for s in runs], results_dir, done, executor, tally)
         grid = {m: runs + more.get(m, []) for m, runs in grid.items()}
         specs, missing = tuned_specs(cfg, results_dir, grid)
         for method in missing:
             log.error("%s: no tuning run finished, so it has no selected rate and no test runs", method)
-            counts["failed"] += 1
-    _run_specs(specs, results_dir, done, executor, counts)
-    return counts
+            log.info(tally.add("failed"))
+    _run_specs(specs, results_dir, done, executor, tally)
 
 
-def _run_specs(specs: list[RunSpec], results_dir: Path, done: tuple[str, ...], executor: Any,
-               counts: dict[str, int]) -> None:
+def _run_specs(specs: list[RunSpec], results_dir: Path, done: tuple[str, ...], executor: Any, tally: Tally) -> None:
     pending = []
     for spec in specs:  # a first look; run_one decides again under the run's lock
         before = status(results_dir, spec.run_id())
         if before in done:
             log.info("%s: already %s, skipped", spec.run_id(), before)
-            counts["skipped"] += 1
+            log.info(tally.add("skipped", spec))
         else:
             pending.append(spec)
     pending = distributed.broadcast(pending)  # under a launch, every process walks the main process's list
     jobs = [functools.partial(run_one, spec, results_dir, done) for spec in pending]
-    for n, (i, outcome) in enumerate(executor.run(jobs), start=1):
+    for i, outcome in executor.run(jobs):
         run_id = pending[i].run_id()
         if outcome == "lost":  # the worker died before the run could record anything
             log_event(results_dir, "fail", run_id, error="worker lost")
             outcome = "failed"
-        log.info("[%d/%d] %s: %s", n, len(pending), run_id, outcome)
-        counts[outcome] += 1
+        log.info("%s: %s", run_id, outcome)
+        log.info(tally.add(outcome, pending[i]))

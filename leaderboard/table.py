@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 ARROW = html.ARROW
 KEY_COLUMNS = ["id", "kind", "task", "model", "attribution", "ratio", "objective", "seed", "status"]
 TIME_COLUMNS = ["attribution_s", "unlearning_s", "evaluation_s"]
+FOUR_BIT = ("fp4_b64", "nf4_b64", "int4_g128")  # the quantization probe's 4-bit tags, in the order plotted
 
 
 def read_records(results_dir: Path) -> list[dict[str, Any]]:
@@ -257,9 +258,11 @@ def write(results_dir: Path, out: Path, task: str | None = None) -> int:
 def probed_axes(headline: dict[str, str], directions: dict[str, str],
                 axes: tuple[str, str] | None) -> tuple[str, str] | None:
     """The second trade-off plot's (x, y): `axes` where the task has both metrics; by default, where runs were
-    probed with 4-bit quantization, the headline forget metric after it against the headline utility."""
+    probed with 4-bit quantization (bitsandbytes' FP4 or NF4, else RTN in groups of 128), the headline forget
+    metric after it against the headline utility."""
     if axes is None:
-        axes = (f"int4_g128_{headline['forget']}", headline["utility"])
+        found = [f"{t}_{headline['forget']}" for t in FOUR_BIT if f"{t}_{headline['forget']}" in directions]
+        axes = (found[0] if found else f"{FOUR_BIT[0]}_{headline['forget']}", headline["utility"])
     return axes if all(a in directions for a in axes) else None
 
 

@@ -36,12 +36,12 @@ def sample_count(batches) -> int:
 class Grin(Attribution):
     """Scores |Ḡ_f| / (|Ḡ_r| + ε): the gradient ratio of forget to retain loss (GRIN)."""
 
-    name = "grin"
+    name = "grin-mask"
     Config = GrinConfig
 
     def scores(self, data: AttributionData) -> AttributionResult:
         if not data.forget or not data.retain:
-            raise ValueError("grin needs forget and retain batches")
+            raise ValueError("grin-mask needs forget and retain batches")
         g_f = summed_gradients(data.model, data.forget, data.grad_buffers)
         g_r = summed_gradients(data.model, data.retain, data.grad_buffers)
         n_f, n_r = sample_count(data.forget), sample_count(data.retain)

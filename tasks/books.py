@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -46,6 +46,9 @@ class Books(Task):
     """A book the user has on disk (Harry Potter / MUSE-Books): BLEU and ROUGE-L of continuations."""
 
     name = "copyright-books"
+    # MUSE-Books' relearning (Unlearn-Smooth `MUSE/baselines/run_muse_relearn.sh`: lr 1e-5, batch 4, 50, 75 or
+    # 100 steps on the forget text): the first
+    relearn_settings: ClassVar[dict[str, Any]] = {"lr": 1e-5, "batch_size": 4, "steps": 50}
     Config = BooksConfig
     headline = ("forget_rouge", "retain_rouge")
 

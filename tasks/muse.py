@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -88,6 +88,9 @@ class MuseNews(Task):
     """MUSE-News: forget BBC articles; VerbMem, KnowMem (forget and retain) and PrivLeak."""
 
     name = "muse-news"
+    # MUSE's relearning (Unlearn-Smooth `MUSE/baselines/run_muse_relearn.sh`: lr 1e-5, batch 4, News 100, 125 or
+    # 150 steps on the forget text): the first
+    relearn_settings: ClassVar[dict[str, Any]] = {"lr": 1e-5, "batch_size": 4, "steps": 100}
     Config = MuseConfig
     headline = ("verbmem_f", "knowmem_r")
 

@@ -287,8 +287,31 @@ def test_grin_is_the_gradient_ratio_of_sample_means(tiny):
     model, tok = tiny
     eps = 1e-3
     data = AttributionData(model, tok, make_batches(tok, FORGET, 4, 64), make_batches(tok, RETAIN[:4], 4, 64))
-    got = get_registry().build("attribution", "grin", {"eps": eps}).scores(data).scores
+    got = get_registry().build("attribution", "grin-mask", {"eps": eps}).scores(data).scores
     g_f, g_r = _per_sample_grad_sum(model, tok, FORGET), _per_sample_grad_sum(model, tok, RETAIN[:4])
     for name in got:  # 5 forget samples, 4 retain samples
         want = (g_f[name] / 5).abs() / ((g_r[name] / 4).abs() + eps)
         assert torch.allclose(got[name], want, rtol=1e-4, atol=1e-6), name
+
+
+def test_random_label_trains_forget_questions_towards_retain_answers(tiny):
+    """Each forget question with the answer of the retain example its batch pairs it with (row i, modulo the
+    retain rows): the same tokens and labels as encoding that question with that answer, and the loss HF
+    computes on them; retain_weight adds the retain NLL (SalUn's classification RL)."""
+    from harness.data import swap_answers
+
+    model, tok = tiny
+    forget, retain = _batch(tok, FORGET[:3]), _batch(tok, RETAIN[:2])
+    swapped = swap_answers(forget, retain)
+    relabeled = [Example(FORGET[i].prompt, RETAIN[i % 2].completion) for i in range(3)]
+    want = _batch(tok, relabeled)
+    for key in ("input_ids", "labels", "attention_mask"):
+        real = want["attention_mask"].bool()
+        assert torch.equal(swapped[key][real], want[key][real]), key
+    batch = UnlearnBatch(forget, retain)
+    with torch.no_grad():
+        plain = get_registry().build("objective", "random-label").loss(model, batch)
+        mixed = get_registry().build("objective", "random-label", {"retain_weight": 0.5}).loss(model, batch)
+    assert float(plain.loss) == pytest.approx(sum(_hf_losses(model, tok, relabeled)) / 3, rel=1e-5)
+    assert float(mixed.loss) == pytest.approx(float(plain.loss) + 0.5 * sum(_hf_losses(model, tok, RETAIN[:2])) / 2,
+                                              rel=1e-5)

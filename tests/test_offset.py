@@ -87,3 +87,71 @@ def test_the_offset_alias_is_a_small_model_with_smollm2s_tokenizer():
     small, tok = models.load("smollm2-offset")
     assert 3.0e6 < sum(p.numel() for p in small.parameters()) < 3.5e6
     assert tok.get_vocab() == AutoTokenizer.from_pretrained(models.resolve("smollm2-135m")).get_vocab()
+
+
+def _composer(large, original, alpha: float):
+    from harness import offset
+    from harness.features import OffsetConfig
+
+    composer = offset.Composer.__new__(offset.Composer)  # the run loads both from paths; here: in memory
+    composer.cfg, composer.large, composer.original = OffsetConfig(enabled=True, alpha=alpha), large, original
+    for m in (large, original):
+        m.eval().requires_grad_(False)
+    return composer
+
+
+def _batch(tok):
+    from harness.api import Example
+    from harness.settings import TrainConfig
+    from harness.train import unlearn_batches
+
+    forget = [Example("Question: Who wrote the saga?\nAnswer:", " Basil Mahfouz"), Example("Q: Hi\nA:", " hello")]
+    retain = [Example("Question: Capital of France?\nAnswer:", " Paris"), Example("Q: 2+2\nA:", " four")]
+    return unlearn_batches(tok, forget, retain, TrainConfig(batch_size=2, epochs=1), 64, 0)[0]
+
+
+class _HandComposition(torch.nn.Module):
+    """L + α(S_u − S_o) written out again, independently of OffsetModel."""
+
+    def __init__(self, large, small, original, alpha):
+        super().__init__()
+        self.large, self.small, self.original, self.alpha = large, small, original, alpha
+
+    def forward(self, input_ids, attention_mask=None, **_):
+        from types import SimpleNamespace
+
+        args = {"input_ids": input_ids, "attention_mask": attention_mask}
+        with torch.no_grad():
+            constant = self.large(**args).logits - self.alpha * self.original(**args).logits
+        return SimpleNamespace(logits=constant + self.alpha * self.small(**args).logits)
+
+
+def test_offset_unlearning_trains_the_small_model_through_the_composition(tiny):
+    """GradDiff's gradient on the small model is the gradient of the loss of the composed logits (autograd
+    through a hand-written composition), not the one of the small model trained alone; NPO's reference is the
+    black box, so at S_u = S_o its forget term is exactly (2/β)·log 2."""
+    import math
+
+    from harness.plugins import get_registry
+    from harness.runner import unlearning_loss
+
+    large, small, original, tok = _three(tiny)
+    batch, alpha = _batch(tok), 0.7
+    graddiff = get_registry().build("objective", "graddiff", {})
+
+    def grads(loss_of) -> dict[str, torch.Tensor]:
+        small.zero_grad(set_to_none=True)
+        loss_of().backward()
+        return {n: p.grad.clone() for n, p in small.named_parameters()}
+
+    ours = grads(lambda: unlearning_loss(graddiff, small, _composer(large, original, alpha))(small, batch).loss)
+    hand = grads(lambda: graddiff.loss(_HandComposition(large, small, original, alpha), batch).loss)
+    alone = grads(lambda: graddiff.loss(small, batch).loss)
+    for n in ours:
+        assert torch.allclose(ours[n], hand[n], rtol=1e-4, atol=1e-6), n
+    assert not all(torch.allclose(ours[n], alone[n], rtol=1e-2) for n in ours)
+
+    npo = get_registry().build("objective", "npo", {"beta": 0.1, "retain_weight": 0.0})
+    start = copy.deepcopy(original).requires_grad_(True)  # S_u = S_o: the composition is the black box
+    out = unlearning_loss(npo, start, _composer(large, original, alpha))(start, batch)
+    assert out.parts["forget_npo"] == pytest.approx(2 / 0.1 * math.log(2), rel=1e-5)

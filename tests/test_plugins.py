@@ -269,11 +269,12 @@ def test_registry_add_checks_the_contract():
 
 def test_unknown_names_list_the_known_ones():
     registry = get_registry()
-    known = (r"Known attributions: dense, gradient, grin, lora, magnitude, random, salun, snip, unlearning-layers, "
-             r"wagle, wanda")
+    known = (r"Known attributions: dense, gradient, grin-mask, lora, magnitude, random, salun, snip, "
+             r"unlearning-layers, wagle, wanda")
     with pytest.raises(UnknownPluginError, match=r"unknown attribution 'wagel'. Did you mean 'wagle'\? " + known):
         registry.get("attribution", "wagel")
-    with pytest.raises(UnknownPluginError, match=r"Known objectives: eul, ga, graddiff, npo, po, rmu, simnpo"):
+    objectives = r"Known objectives: eul, ga, graddiff, npo, po, random-label, rmu, simnpo"
+    with pytest.raises(UnknownPluginError, match=objectives):
         registry.get("objective", "gd")
     tasks = r"Known tasks: copyright-books, muse-news, muse-news-mini, tofu, tofu-mini, wmdp, wmdp-mini"
     with pytest.raises(UnknownPluginError, match=tasks):

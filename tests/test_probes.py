@@ -155,6 +155,24 @@ def test_relearning_splits_the_forget_set_evenly_and_scores_the_rest():
     assert [a[0].prompt for a in held.alternatives["forget"]] == [FORGET[i].prompt for i in (1, 3, 5)]
     with pytest.raises(ValueError, match=r"lower relearn\.fraction"):
         relearn.held_out(ProbeSets(FORGET[:1], {}), FORGET[:1])
+    # the probe scores a fixed part (TOFU-mini: its stopping author): every other forget example is relearned
+    data, scored = relearn.split(FORGET, ProbeSets(FORGET[4:], {}), 0.5)
+    assert data == FORGET[:4] and scored.forget == FORGET[4:]
+    data, scored = relearn.split(FORGET, sets, 0.5)  # the probe scores them all: half relearned, half scored
+    assert data == [FORGET[i] for i in (0, 2, 4)] and scored.forget == held.forget
+
+
+def test_relearning_takes_its_tasks_settings():
+    from harness.api import Task
+
+    muse = get_registry().get("task", "muse-news").cls
+    cfg = relearn.RelearnConfig()
+    assert relearn.settings(cfg, Task.relearn_settings) == {"lr": 1e-5, "batch_size": 4, "epochs": 3}  # Unlearn-Smooth
+    assert relearn.settings(cfg, muse.relearn_settings) == {"lr": 1e-5, "batch_size": 4, "steps": 100}
+    assert get_registry().get("task", "copyright-books").cls.relearn_settings["steps"] == 50
+    tofu = get_registry().get("task", "tofu-mini").cls.relearn_settings
+    assert relearn.settings(relearn.RelearnConfig(steps=7, lr=1e-4), tofu) == {"lr": 1e-4, "batch_size": 4,
+                                                                                "steps": 7}
 
 
 def test_relearning_moves_a_copy_and_leaves_the_model(tiny):
@@ -164,7 +182,7 @@ def test_relearning_moves_a_copy_and_leaves_the_model(tiny):
     before = copy.deepcopy(model.state_dict())
     held = ProbeSets(FORGET[1::2], {})
     ctx = _context(tok, Evaluation({}), 0.0)
-    ctx.task = type("T", (), {"max_length": 64})()
+    ctx.task = type("T", (), {"max_length": 64, "relearn_settings": {"lr": 1e-5, "batch_size": 4, "epochs": 3}})()
     start = probe.forget_probe(model, ctx, held)
     learner = probe.relearned_copy(model, ctx, FORGET[::2])
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -246,3 +264,52 @@ def test_a_sweep_probes_the_seeds_it_names_and_never_a_tuning_run():
         sweep.expand(from_dict(sweep.SweepConfig, {**base, "probes": ["mai"]}, "test"))
     with pytest.raises(ConfigError, match="probe_seeds names mia"):
         sweep.expand(from_dict(sweep.SweepConfig, {**base, "probe_seeds": {"mia": [0]}}, "test"))
+
+
+def test_fp4_blocks_by_hand():
+    """FP4 in blocks of 4 (the rule of 64, smaller). Block 1, absmax 1: the table itself (magnitudes 0, 1/192,
+    1/6, 1/4, 1/3, 1/2, 2/3, 1); 0.0859375 is the kernel's pivot between 1/192 and 1/6, so it goes to the
+    smaller; -0.001 keeps its sign on a zero magnitude. Block 2, absmax 12: the table × 12 (0, 0.0625, 2, 3,
+    4, 6, 8, 12). An all-zero block stays zero."""
+    from harness.probes.quantization import absmax_4bit, fp4_code
+
+    w = torch.tensor([[1.0, 0.0859375, 0.09, -0.001], [12.0, -7.5, 1.0, 2.9], [0.0, 0.0, 0.0, 0.0]])
+    got = absmax_4bit(w, fp4_code, blocksize=4)
+    want = torch.tensor([[1.0, 1 / 192, 1 / 6, -0.0], [12.0, -8.0, 0.0625, 3.0], [0.0, 0.0, 0.0, 0.0]])
+    assert torch.allclose(got, want, atol=1e-6)
+    assert math.copysign(1.0, got[0, 3].item()) == -1.0  # the sign bit of -0.001
+
+
+def test_nf4_and_llm_int8_by_hand():
+    from harness.probes.quantization import NF4, absmax_4bit, llm_int8, nf4_code
+
+    # NF4, absmax 2: the table × 2; 0.1 / 2 = 0.05 lies above the midpoint of 0 and 0.0796 (0.0398), so it
+    # becomes 0.0796 × 2; -1.9 / 2 = -0.95 is nearest -1
+    w = torch.tensor([2.0, 0.1, -1.9, 0.0])
+    assert torch.allclose(absmax_4bit(w, nf4_code, blocksize=4), torch.tensor([2.0, 2 * NF4[8], -2.0, 0.0]))
+    # LLM.int8: each row × 127 / absmax (here 1), rounded half to even (63.5 → 64, 2.5 → 2, 1.5 → 2, -31.75 →
+    # -32), back; a zero row stays zero
+    w = torch.tensor([[127.0, 63.5, 2.5, 1.5, -31.75], [0.0, 0.0, 0.0, 0.0, 0.0]])
+    want = torch.tensor([[127.0, 64.0, 2.0, 2.0, -32.0], [0.0, 0.0, 0.0, 0.0, 0.0]])
+    assert torch.allclose(llm_int8(w), want, rtol=1e-6)
+
+
+def test_the_4bit_and_8bit_grids_equal_bitsandbytes():
+    """Against bitsandbytes' own CPU kernels (0.50: the exact 4-bit tables), on a SmolLM2-shaped weight. NF4
+    and LLM.int8 agree everywhere; FP4 everywhere but where x/absmax lies within 1e-6 of a pivot: our pivots
+    are the CUDA kernel's literals (dQuantizeFP4, what the paper ran), the CPU backend's are the table's
+    float32 midpoints."""
+    bnb = pytest.importorskip("bitsandbytes.functional")
+    from harness.probes.quantization import FP4_PIVOTS, absmax_4bit, fp4_code, llm_int8, nf4_code
+
+    w = torch.randn(96, 576, generator=torch.Generator().manual_seed(0)) * 0.02
+    q, state = bnb.quantize_4bit(w, blocksize=64, quant_type="nf4")
+    assert torch.equal(absmax_4bit(w, nf4_code, 64), bnb.dequantize_4bit(q, state))
+    q, state = bnb.quantize_4bit(w, blocksize=64, quant_type="fp4")
+    differ = (absmax_4bit(w, fp4_code, 64) != bnb.dequantize_4bit(q, state)).flatten()
+    blocks = w.flatten().view(-1, 64)
+    scaled = (blocks * (1.0 / blocks.abs().amax(1, keepdim=True))).flatten().abs()
+    near = (scaled[:, None] - torch.tensor(FP4_PIVOTS)).abs().amin(1) < 1e-6
+    assert int(differ.sum()) <= 2 and bool(near[differ].all())
+    cb, scb, _ = bnb.int8_vectorwise_quant(w.half())
+    assert torch.allclose(llm_int8(w), bnb.int8_vectorwise_dequant(cb, scb), rtol=1e-6, atol=1e-9)

@@ -17,10 +17,13 @@ def test_merges_by_hand():
     c = torch.tensor([-1.0, 1.0, 1.0, 0.0])
     average = spunge.merge([a, b, c], spunge.SpungeConfig(merge="average"))
     assert average.tolist() == pytest.approx([1.0, 0.0, 1.0 / 3, 0.0])
+    total = spunge.merge([a, b, c], spunge.SpungeConfig(merge="sum", scale=0.5))  # task arithmetic: λ·Σ τ_k
+    assert total.tolist() == pytest.approx([1.5, 0.0, 0.5, 0.0])
+    assert spunge.SpungeConfig().density == 0.2  # TIES-merging's default k: each vector's top 20%
     # TIES, density 1: the sign of each summed entry is elected, the agreeing values averaged
     # entry 0: sum 3 > 0, agreeing 1 and 3 -> 2; entry 1: sum 0 -> +, agreeing 1, 1 -> 1; entry 2: sum 1 > 0,
     # agreeing 0.5, 1 -> 0.75; entry 3: nothing to merge -> 0
-    ties = spunge.merge([a, b, c], spunge.SpungeConfig(merge="ties", scale=2.0))
+    ties = spunge.merge([a, b, c], spunge.SpungeConfig(merge="ties", density=1.0, scale=2.0))
     assert ties.tolist() == pytest.approx([4.0, 2.0, 1.5, 0.0])  # λ = 2
     # density 0.5 keeps each vector's 2 largest magnitudes: a -> [1, -2, 0, 0], b -> [3, 1, 0, 0], and
     # d = [-1.2, 1.5, 1, 0] -> [-1.2, 1.5, 0, 0]; entry 0: sum 2.8 > 0, agreeing 1, 3 -> 2; entry 1: sum 0.5 > 0,

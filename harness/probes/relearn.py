@@ -1,13 +1,18 @@
-"""Relearning probe: a few fine-tuning steps on part of the forget set, then the forget probe on the rest.
-Knowledge that unlearning only hid comes back faster than knowledge the model never had (Hu et al. 2024,
-"Jogging the memory of unlearned LLMs"; Lynch et al. 2024): the retain model, which never saw the forget
+"""Relearning probe: fine-tuning on the forget examples that are not scored, then the forget probe on those
+that are. Knowledge that unlearning only hid comes back faster than knowledge the model never had (Hu et al.
+2024, "Jogging the memory of unlearned LLMs"; Lynch et al. 2024): the retain model, which never saw the forget
 set, relearned on the same data with the same steps, is the reference.
 
-Data: `fraction` of the forget examples, spread evenly over them (0.5: every other one, so each TOFU author
-is half relearned), for `steps` AdamW steps through the harness's training loop (a copy of the model; the
-run's model is untouched). Held out: the task's forget probe (the matched-forgetting probe's forget set:
-TOFU's forget answers, WMDP's questions) less the relearned examples, scored as that probe scores it.
-Metrics: `relearn_forget` (the held-out forget probe after relearning; lower is better),
+Scored: the task's forget probe (the matched-forgetting probe's forget set: on TOFU-mini its stopping author,
+on TOFU with `stop_split: none` every forget row, WMDP's questions), fixed whatever the run. Relearned: every
+forget example the probe does not score (TOFU-mini: the measured author; WMDP: the forget corpus), so the attack
+sees all the data it may see, and each example as often (`epochs`), whatever the size of the task. Where the
+probe scores every forget example, `fraction` of them, spread evenly, are relearned and the rest scored.
+Settings are the task's (`Task.relearn_settings`: the relearning code its benchmark's papers published, by
+default OPTML-Group/Unlearn-Smooth's WMDP setting, lr 1e-5, batch 4, 3 epochs; MUSE: fixed steps), each
+overridable here; a copy of the model is trained through the harness's loop (AdamW, constant rate), the run's
+model is untouched.
+Metrics: `relearn_forget` (the scored forget probe after relearning; lower is better),
 `relearn_forget_before` (before), `relearn_forget_retain_model` (the retain model after the same relearning),
 `relearn_excess` (ours minus the retain model's: 0 is as if never learned), `relearn_undone` ((after - before)
 / (target - before), the share of the forgetting that came back).
@@ -30,16 +35,42 @@ from harness.train import finetune_batches, train
 
 @dataclass
 class RelearnConfig:
-    steps: int = option(10, "AdamW steps of relearning")
-    lr: float = option(1e-4, "relearning rate (constant, no warmup)")
-    batch_size: int = option(4, "examples per relearning step")
-    fraction: float = option(0.5, "share of the forget examples relearned on, spread evenly over them")
+    lr: float | None = option(None, "relearning rate (constant); null: the task's (Task.relearn_settings)")
+    batch_size: int | None = option(None, "examples per relearning step; null: the task's")
+    epochs: int | None = option(None, "passes over the relearned examples; null: the task's")
+    steps: int | None = option(None, "a fixed number of steps instead of epochs; null: the task's")
+    fraction: float = option(0.5, "where the probe scores every forget example: the share relearned on, spread "
+                                  "evenly over them")
 
     def validate(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError("steps and batch_size must be >= 1 and lr > 0")
+        if any(v is not None and v < 1 for v in (self.batch_size, self.epochs, self.steps)):
+            raise ValueError("batch_size, epochs and steps must be >= 1 (or null: the task's)")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
         if not 0 < self.fraction < 1:
             raise ValueError(f"fraction must be in (0, 1), got {self.fraction}")
+
+
+def settings(cfg: RelearnConfig, task_settings: dict) -> dict:
+    """The relearning settings: the task's, with what the config sets in their place (steps replace epochs)."""
+    given = {k: getattr(cfg, k) for k in ("lr", "batch_size", "epochs", "steps") if getattr(cfg, k) is not None}
+    out = {**task_settings, **given}
+    if "steps" in given and "epochs" not in given:
+        out.pop("epochs", None)
+    if "steps" not in out and "epochs" not in out:
+        raise ValueError("relearning needs epochs or steps (Task.relearn_settings or the probe's config)")
+    return out
+
+
+def split(forget: list[Example], sets: ProbeSets, fraction: float) -> tuple[list[Example], ProbeSets]:
+    """(relearned, scored): the forget examples the probe does not score, and the probe's forget set; where
+    the probe scores them all, `fraction` of them spread evenly, and the rest."""
+    scored = set(sets.forget)
+    data = [ex for ex in forget if ex not in scored]
+    if data:
+        return data, sets
+    data = [forget[i] for i in spread(len(forget), fraction)]
+    return data, held_out(sets, data)
 
 
 def spread(n: int, fraction: float) -> list[int]:
@@ -63,7 +94,7 @@ def _nll(model, batch) -> LossOutput:
 
 
 class Relearn(Probe):
-    """Held-out forget probe after k fine-tuning steps on part of the forget set, against the retain model."""
+    """The scored forget probe after relearning on the rest of the forget set, against the retain model."""
 
     name = "relearn"
     Config = RelearnConfig
@@ -72,10 +103,11 @@ class Relearn(Probe):
         return match.probe(model, ctx.tokenizer, held, ("forget",), ctx.batch_size, ctx.task.max_length)["forget"]
 
     def relearn(self, learner, ctx: ProbeContext, data: list[Example]) -> None:
-        """`steps` AdamW steps on `data`, in place, through the harness's training loop."""
-        c = self.config
-        cfg = TrainConfig(lr=c.lr, max_steps=c.steps, batch_size=c.batch_size, epochs=c.steps, warmup_ratio=0.0,
-                          schedule="constant")
+        """The task's relearning on `data`, in place, through the harness's training loop."""
+        s = settings(self.config, ctx.task.relearn_settings)
+        epochs = s.get("epochs") or -(-s["steps"] * s["batch_size"] // len(data))  # enough passes for the steps
+        cfg = TrainConfig(lr=s["lr"], max_steps=s.get("steps"), batch_size=s["batch_size"], epochs=epochs,
+                          warmup_ratio=0.0, schedule="constant")
         train(learner, finetune_batches(ctx.tokenizer, data, cfg, ctx.task.max_length, ctx.seed), _nll, cfg,
               seed=ctx.seed)
 
@@ -87,14 +119,13 @@ class Relearn(Probe):
         return learner
 
     def run(self, model, ctx: ProbeContext) -> dict[str, Metric]:
-        forget = ctx.task.forget_examples()
-        data = [forget[i] for i in spread(len(forget), self.config.fraction)]
-        held = held_out(ctx.task.probe_sets(), data)
+        data, held = split(ctx.task.forget_examples(), ctx.task.probe_sets(), self.config.fraction)
         before = self.forget_probe(model, ctx, held)
         learner = self.relearned_copy(model, ctx, data)
         after = self.forget_probe(learner, ctx, held)
         del learner
-        key = {"config": to_dict(self.config), "seed": ctx.seed, "task_config": to_dict(ctx.task.config)}
+        key = {"config": to_dict(self.config), "settings": settings(self.config, ctx.task.relearn_settings),
+               "seed": ctx.seed, "task_config": to_dict(ctx.task.config)}
         target = ctx.cached("relearn-start", dict(key, model=ctx.target["model"]),
                             lambda: {"before": self.forget_probe(ctx.load(ctx.target["model"]), ctx, held)})
         out = {"relearn_forget": Metric(after, "lower"), "relearn_forget_before": Metric(before, "info"),
