@@ -12,7 +12,7 @@ RESULTS ?= results/demo
 # the committed board is leaderboard/tofu-mini, built from the committed records in records/tofu-mini
 LEADERBOARD ?= results/demo/leaderboard
 
-.PHONY: venv browser demo neighbours test test-vllm lint clean
+.PHONY: gpu-check venv browser demo neighbours test test-vllm lint clean
 
 venv: $(STAMP)
 
@@ -42,6 +42,12 @@ demo: $(STAMP)
 neighbours: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/unlearn-bench sweep experiments/neighbours-tofu-mini.yaml \
 		--results results/neighbours --leaderboard results/neighbours/leaderboard
+
+# One GPU check (benchmarks/gpu_check.py, at most ≈ 8 minutes on one GPU): vLLM against HF generation, a bf16
+# step's FLOP/s against the device's peak, peak memory against `unlearn-bench memory`, one demo run against this
+# CPU's. Parts that cannot run (no CUDA, no vLLM) say so and are skipped.
+gpu-check: $(STAMP)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m benchmarks.gpu_check --out gpu_check.json
 
 # Two pytest workers (pytest-xdist): much of the suite is process start-up and small tensors, which two
 # cores run side by side (docs/performance.md: the suite's timings).

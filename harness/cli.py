@@ -9,10 +9,8 @@ import os
 import sys
 from pathlib import Path
 
-import yaml
-
 from harness import __version__, distributed, offline
-from harness.config import describe, from_dict
+from harness.config import describe, from_dict, yaml_mapping
 from harness.errors import UnlearnBenchError
 
 
@@ -117,18 +115,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _yaml_mapping(path_text: str | None, what: str) -> dict:
-    if not path_text:
-        return {}
-    path = Path(path_text)
-    if not path.is_file():
-        raise UnlearnBenchError(f"{what} file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UnlearnBenchError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(data, dict):
-        raise UnlearnBenchError(f"{path}: expected a mapping of {what} fields")
-    return data
+    return yaml_mapping(Path(path_text), what, empty_ok=True) if path_text else {}
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

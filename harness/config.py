@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import types
 import typing
+from pathlib import Path
 from typing import Any, TypeVar
 
 from harness.errors import ConfigError
@@ -114,3 +115,21 @@ def describe(cls: type) -> list[tuple[str, str, Any, str]]:
         rows.append((f.name, getattr(hints[f.name], "__name__", str(hints[f.name])), default,
                      f.metadata.get("help", "")))
     return rows
+
+
+def yaml_mapping(path: Path, what: str, empty_ok: bool = False) -> dict[str, Any]:
+    """The mapping a YAML file holds (read with `safe_load`), or a ConfigError naming the file: missing, not
+    YAML, or not a mapping (an empty file is an empty mapping when `empty_ok`)."""
+    import yaml
+
+    if not path.is_file():
+        raise ConfigError(f"{what} file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if data is None and empty_ok:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of {what} fields at the top level")
+    return data

@@ -202,6 +202,14 @@ def read_all(results_dir: Path) -> list[Record]:
 TIMINGS = ("attribution_s", "unlearning_s", "evaluation_s")  # phase times a leaderboard reports as metrics
 
 
+def with_timings(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A record's metrics (its JSON form), plus its phase timings as metrics `time_<phase>` of group "timing"."""
+    out, timings = dict(record.get("metrics") or {}), record.get("timings") or {}
+    out.update({f"time_{k}": {"value": timings[k], "direction": "lower", "group": "timing"}
+                for k in TIMINGS if timings.get(k) is not None})
+    return out
+
+
 def tidy(records: list[dict[str, Any]]):
     """Records (their JSON form) as one tidy pandas DataFrame: a row per record and metric (its phase times as
     metrics `time_<phase>` of group "timing"), with the record's id, kind, role, status, task, model, seed and
@@ -216,10 +224,7 @@ def tidy(records: list[dict[str, Any]]):
         key = MethodKey.of(spec) if r.get("kind") in ("run", "tune") else None
         common = {"id": r.get("id"), "kind": r.get("kind"), "role": r.get("role"), "status": r.get("status"),
                   "task": spec.get("task"), "model": spec.get("model"), "seed": spec.get("seed"), "method": key}
-        metrics = dict(r.get("metrics") or {})
-        metrics.update({f"time_{k}": {"value": v, "direction": "lower", "group": "timing"}
-                        for k, v in (r.get("timings") or {}).items() if k in TIMINGS and v is not None})
-        for name, m in metrics.items():
+        for name, m in with_timings(r).items():
             rows.append({**common, "metric": name, "value": m.get("value"), "direction": m.get("direction", ""),
                          "group": m.get("group", "")})
     columns = ["id", "kind", "role", "status", "task", "model", "seed", "method", "metric", "value", "direction",

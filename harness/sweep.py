@@ -17,10 +17,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from harness import combine, distributed, identity, records, runner
-from harness.config import from_dict, option, to_dict
+from harness.config import from_dict, option, to_dict, yaml_mapping
 from harness.errors import ConfigError, UnlearnBenchError
 from harness.io import atomic_write_text
 from harness.method import MethodKey
@@ -107,15 +105,7 @@ DECIDED = {"evaluate": "tune (tuning runs)", "full_evaluation": "evaluate_seeds"
 
 
 def load(path: Path) -> SweepConfig:
-    if not path.is_file():
-        raise ConfigError(f"sweep file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    return from_dict(SweepConfig, data, str(path))
+    return from_dict(SweepConfig, yaml_mapping(path, "sweep"), str(path))
 
 
 # Per-name settings and the grid field whose names they key.

@@ -62,11 +62,4 @@ def method_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def run_metrics(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """A record's metrics, plus its phase timings as metrics of group 'timing'."""
-    out = dict(record.get("metrics") or {})
-    for name in TIMINGS:
-        value = (record.get("timings") or {}).get(name)
-        if value is not None:
-            out[f"time_{name}"] = {"value": value, "direction": "lower", "group": "timing"}
-    return out
+run_metrics = records_mod.with_timings  # a record's metrics with its phase timings (group "timing")
