@@ -358,3 +358,8 @@ class Task:
                  ctx: EvalContext) -> Evaluation:
         raise NotImplementedError
 
+    def evaluation_size(self) -> tuple[int, int]:
+        """(sequences the full evaluation scores, tokens it generates at most): what `sweep --plan` estimates
+        its cost from (harness/plan.py). (0, 0): not said, not estimated."""
+        return 0, 0
+

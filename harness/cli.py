@@ -178,6 +178,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             f"{args.file} names the cluster address {', '.join(sorted(named))}: the driver runs what a cluster "
             "sends back, so a sweep file cannot choose one alone. Repeat it with --address, or pass "
             "--trust-file-address (docs/scale.md: run Ray only on a network you control)")
+    if args.plan:
+        from harness import plan
+
+        print(plan.text(plan.rows(cfg, Path(args.results)), plan.machine_rate(), args.gpu))
+        return 0
     if args.executor:
         cfg.executor = args.executor
     if args.address:
@@ -354,6 +359,10 @@ def _sweep_commands(sub) -> None:
     s.add_argument("--leaderboard", help="also write the leaderboard when done: a folder (CSVs, Markdown, HTML, "
                                          "plots) or a .csv path (the per-run CSV only)")
     s.add_argument("--retry-failed", action="store_true", help="run again the runs whose record says failed")
+    s.add_argument("--plan", action="store_true", help="run nothing: print every run (tuning first) with its id, "
+                                                       "its state in --results and an estimate of its time here "
+                                                       "and on --gpu (harness/plan.py)")
+    s.add_argument("--gpu", default="H100", help="the GPU --plan estimates for (H200, H100, A100, L40S, A10, L4)")
     s.add_argument("--executor", help="where runs execute (overrides the file's `executor`): local, ray, or a "
                                       "plugin's executor")
     s.add_argument("--address", help="the cluster to join (overrides executor_config.address), e.g. "

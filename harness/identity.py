@@ -48,7 +48,8 @@ OUTSIDE = ("harness", "harness.backends", "harness.cache", "harness.cli", "harne
            "harness.conformance",
            "harness.distributed", "harness.errors", "harness.evaluate", "harness.executors", "harness.export",
            "harness.features", "harness.hookspecs", "harness.identity", "harness.io", "harness.mask_report",
-           "harness.memory", "harness.method", "harness.offline", "harness.optim", "harness.plugins", "harness.probes",
+           "harness.memory", "harness.method", "harness.offline", "harness.optim", "harness.plan", "harness.plugins",
+           "harness.probes",
            "harness.progress", "harness.records", "harness.spec", "harness.sweep", "harness.verify", "methods",
            "tasks")
 

@@ -204,6 +204,14 @@ class Tofu(Task):
             "wf": self._rows("world_facts_perturbed", pert)[:limit],
         }
 
+    def evaluation_size(self) -> tuple[int, int]:
+        """Each split's answers (and paraphrases, forget and retain) and perturbed answers scored; a greedy
+        answer of at most max_new_tokens generated per row."""
+        splits = self._eval_splits()
+        scored = sum(len(rows) * ((2 if split in ("forget", "retain") else 1) + len(rows[0]["perturbed_answer"]))
+                     for split, rows in splits.items() if rows)
+        return scored, sum(len(rows) for rows in splits.values()) * self.config.max_new_tokens
+
     def evaluate(self, model, tokenizer, ctx: EvalContext) -> Evaluation:
         c = self.config
         splits = self._eval_splits()
