@@ -12,7 +12,7 @@ RESULTS ?= results/demo
 # the committed board is leaderboard/tofu-mini, built from the committed records in records/tofu-mini
 LEADERBOARD ?= results/demo/leaderboard
 
-.PHONY: gpu-check venv browser demo neighbours test test-vllm lint clean
+.PHONY: gpu-check rehearse venv browser demo neighbours test test-vllm lint clean
 
 venv: $(STAMP)
 
@@ -42,6 +42,12 @@ demo: $(STAMP)
 neighbours: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/unlearn-bench sweep experiments/neighbours-tofu-mini.yaml \
 		--results results/neighbours --leaderboard results/neighbours/leaderboard
+
+# Every experiment file rehearsed on the tiny model, every size cut (harness/rehearse.py): their code paths run
+# (about 20 minutes on 2 cores; the suite rehearses one file of each paper family).
+rehearse: $(STAMP)
+	for f in experiments/*.yaml; do HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/unlearn-bench sweep $$f \
+		--results results/rehearsals --rehearse || exit 1; done
 
 # One GPU check (benchmarks/gpu_check.py, at most ≈ 8 minutes on one GPU): vLLM against HF generation, a bf16
 # step's FLOP/s against the device's peak, peak memory against `unlearn-bench memory`, one demo run against this

@@ -124,6 +124,12 @@ class Objective:
              reference: PreTrainedModel | None = None) -> LossOutput:
         raise NotImplementedError
 
+    @classmethod
+    def rehearsal_config(cls, config: dict[str, Any], layers: int) -> dict[str, Any]:
+        """Config keys a rehearsal (harness/rehearse.py) sets over the file's `config` so that it fits a
+        stand-in model of `layers` decoder layers (RMU: its steered layer and updated modules)."""
+        return {}
+
     def updates(self, parameter_name: str) -> bool:
         """Whether this objective may update the named parameter (the harness intersects it with the mask)."""
         return True
@@ -357,6 +363,12 @@ class Task:
     def evaluate(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                  ctx: EvalContext) -> Evaluation:
         raise NotImplementedError
+
+    @classmethod
+    def rehearsal_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """Config keys a rehearsal (harness/rehearse.py) sets over the file's `config`: a few evaluation rows
+        and generated tokens, and bundled data where the file names data this machine may lack."""
+        return {}
 
     def evaluation_size(self) -> tuple[int, int]:
         """(sequences the full evaluation scores, tokens it generates at most): what `sweep --plan` estimates

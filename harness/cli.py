@@ -178,6 +178,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             f"{args.file} names the cluster address {', '.join(sorted(named))}: the driver runs what a cluster "
             "sends back, so a sweep file cannot choose one alone. Repeat it with --address, or pass "
             "--trust-file-address (docs/scale.md: run Ray only on a network you control)")
+    if args.rehearse:
+        return _rehearse(cfg, args)
     if args.plan:
         from harness import plan
 
@@ -193,6 +195,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
               f"{counts['failed']} failed, {counts['busy']} running in another sweep")
         if args.leaderboard:
             _write_leaderboard(Path(args.results), Path(args.leaderboard), cfg.task)
+    return 1 if counts["failed"] else 0
+
+
+def _rehearse(cfg, args: argparse.Namespace) -> int:
+    """The sweep's grids on a stand-in with every size cut (harness/rehearse.py), into their own folder."""
+    from harness import rehearse, sweep
+
+    grids, notes = rehearse.rehearsal(cfg, args.stand_in)
+    results = Path(args.results) / f"rehearsal-{Path(args.file).stem}"
+    counts = {"finished": 0, "skipped": 0, "failed": 0, "busy": 0}
+    for one in grids:
+        for outcome, n in sweep.run(one, results, retry_failed=args.retry_failed).items():
+            counts[outcome] += n
+    print(f"rehearsal of {args.file} in {results}: {counts['finished']} finished, {counts['skipped']} skipped, "
+          f"{counts['failed']} failed. Substituted: " + "; ".join(notes) + ". Not a result: the records say "
+          "rehearsal: true")
     return 1 if counts["failed"] else 0
 
 
@@ -362,6 +380,11 @@ def _sweep_commands(sub) -> None:
     s.add_argument("--plan", action="store_true", help="run nothing: print every run (tuning first) with its id, "
                                                        "its state in --results and an estimate of its time here "
                                                        "and on --gpu (harness/plan.py)")
+    s.add_argument("--rehearse", action="store_true", help="run the file's whole grid on a stand-in model with every "
+                                                           "size cut, into RESULTS/rehearsal-<file> (harness/"
+                                                           "rehearse.py): its code paths, not a result")
+    s.add_argument("--stand-in", default="tiny-llama", help="the model a rehearsal runs on (smollm2-135m for a "
+                                                            "closer look)")
     s.add_argument("--gpu", default="H100", help="the GPU --plan estimates for (H200, H100, A100, L40S, A10, L4)")
     s.add_argument("--executor", help="where runs execute (overrides the file's `executor`): local, ray, or a "
                                       "plugin's executor")

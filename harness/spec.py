@@ -55,6 +55,8 @@ class RunSettings:
     task_config: dict[str, Any] = option({}, "the task's config")
     train: TrainConfig = option(TrainConfig(), "unlearning optimizer settings")
     prepare: PrepareConfig = option(PrepareConfig(), "fine-tuning settings for the target and retain models")
+    rehearsal: bool = option(False, "set by `sweep --rehearse`: a stand-in model with every size cut, to see that "
+                                    "a file's code paths run; not a result (harness/rehearse.py)")
 
 
 @dataclass

@@ -40,6 +40,10 @@ def read_records(results_dir: Path) -> list[dict[str, Any]]:
     refused (`single_runs`)."""
     found = [r.to_json() for r in records.read_all(results_dir)]
     single_runs(found, Path(results_dir))
+    rehearsed = {bool(r["spec"].get("rehearsal")) for r in found if r.get("kind") in ("run", "tune")}
+    if len(rehearsed) > 1:
+        raise records.RecordError(f"{results_dir} mixes rehearsal runs (a stand-in model, every size cut: "
+                                  "`sweep --rehearse`) with real ones: a leaderboard shows one or the other")
     return found
 
 

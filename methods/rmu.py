@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -58,6 +59,14 @@ class Rmu(Objective):
     name = "rmu"
     Config = RmuConfig
     needs_reference = True
+
+    @classmethod
+    def rehearsal_config(cls, config: dict[str, Any], layers: int) -> dict[str, Any]:
+        """The steered layer moved to the stand-in's last, the updated MLPs to it and the two before it, as
+        the Zephyr recipe updates layers 5-7 and steers 7."""
+        last = min(config.get("layer", RmuConfig().layer), layers - 1)
+        below = "|".join(str(k) for k in range(max(0, last - 2), last + 1))
+        return {"layer": last, "update": [rf"model\.layers\.({below})\.mlp\.down_proj\.weight"]}
 
     def __init__(self, config: RmuConfig) -> None:
         super().__init__(config)

@@ -94,6 +94,13 @@ class MuseNews(Task):
     Config = MuseConfig
     headline = ("verbmem_f", "knowmem_r")
 
+    @classmethod
+    def rehearsal_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """Two texts, questions and VerbMem prompts, two generated tokens; the bundled mini copy where the file
+        names no folder of its own."""
+        return {"texts_limit": 2, "qa_limit": 2, "verbmem_limit": 2, "verbmem_tokens": 2, "knowmem_tokens": 2,
+                "max_length": 128}
+
     def _path(self, rel: str) -> Path:
         return Path(self.config.data_dir or bundled_dir()) / rel
 

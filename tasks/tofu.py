@@ -204,6 +204,11 @@ class Tofu(Task):
             "wf": self._rows("world_facts_perturbed", pert)[:limit],
         }
 
+    @classmethod
+    def rehearsal_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """Two rows of each evaluation set and of the probe, two generated tokens (the data is bundled)."""
+        return {"eval_limit": 2, "utility_limit": 2, "probe_limit": 2, "max_new_tokens": 2}
+
     def evaluation_size(self) -> tuple[int, int]:
         """Each split's answers (and paraphrases, forget and retain) and perturbed answers scored; a greedy
         answer of at most max_new_tokens generated per row."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from harness import lm_eval_bridge
 from harness.api import EvalContext, Evaluation, Example, ProbeSets, Task, TaskConfig
@@ -121,6 +121,17 @@ class Wmdp(Task):
     headline = ("wmdp_bio_acc", "mmlu_bundled_acc")
     default_objective = "rmu"
     uses_base_model = True
+
+    @classmethod
+    def rehearsal_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """The bundled fixtures in place of each hub corpus (one per forget topic, so RMU keeps its topics) and
+        of lm-eval's WMDP questions; four documents, two questions per subject and subtask."""
+        topics = len(config.get("forget_corpora") or [None])
+        return {"forget_corpora": ["bundled:wmdp/forget.jsonl"] * topics,
+                "retain_corpora": ["bundled:wmdp/retain.jsonl"] * len(config.get("retain_corpora") or [None]),
+                "questions_dir": "bundled:wmdp", "corpus_limit": 4, "question_limit": 2, "utility_limit": 2,
+                "probe_limit": 2, "max_length": 64,
+                "forget_max_lengths": None if config.get("forget_max_lengths") is None else [64] * topics}
 
     def _texts(self, source: str) -> list[str]:
         c = self.config

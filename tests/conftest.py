@@ -66,7 +66,8 @@ def records_follow_the_schema():
 # pytest-xdist, work stealing) start them at once instead of ending the run with one of them alone.
 SLOW_FIRST = ("test_ray_executor.py", "test_distributed.py::test_two_processes", "test_distributed.py::test_sharded",
               "test_train.py::test_masked_out_weights_stay_bit_identical", "test_sweep_faults.py::test_kill_9",
-              "test_end_to_end.py", "test_protocol.py", "test_backends.py", "test_plugin_template.py")
+              "test_end_to_end.py", "test_protocol.py", "test_rehearse.py::test_a_paper", "test_backends.py",
+              "test_plugin_template.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -414,3 +414,13 @@ def test_two_finished_runs_of_one_seed_are_refused(results):
     with pytest.raises(RecordError, match=r"wagle-0-again and wagle-0 are both finished runs of wagle .* seed 0 "
                                           r"\(made by code core unrecorded"):
         table.read_records(results)
+
+
+def test_rehearsals_never_mix_with_real_runs(results):
+    from harness.records import RecordError
+
+    record = json.loads((results / "runs" / "wagle-0.json").read_text())
+    record["id"], record["spec"] = "rehearsed", dict(record["spec"], rehearsal=True, seed=9)
+    (results / "runs" / "rehearsed.json").write_text(json.dumps(record))
+    with pytest.raises(RecordError, match=r"mixes rehearsal runs .* with real ones"):
+        table.read_records(results)

@@ -1,0 +1,56 @@
+"""`sweep --rehearse`: a file's whole grid on a stand-in with every size cut, and every shipped experiment file
+rehearsed on the tiny model, so a change that breaks a paper configuration fails here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness import rehearse, sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_rehearsal_keeps_the_grid_and_cuts_the_sizes():
+    cfg = sweep.load(ROOT / "experiments" / "wmdp-zephyr-rmu.yaml")
+    (one,), notes = rehearse.rehearsal(cfg)
+    assert (one.attributions, one.objectives, one.ratios) == (cfg.attributions, cfg.objectives, cfg.ratios)
+    assert (one.model, one.dtype, one.device, one.rehearsal) == ("tiny-llama", "float32", "cpu", True)
+    assert one.train.max_steps == 2 and one.train.order == "topics" and one.prepare.max_steps == 2
+    assert one.task_config["forget_corpora"] == ["bundled:wmdp/forget.jsonl"] * 2  # one per RMU topic
+    assert one.objective_config["rmu"]["layer"] == 1  # the stand-in's last of 2 layers (the file: 7)
+    assert one.objective_config["rmu"]["steering_coeff"] == 6.5  # everything else as the file says
+    assert any("zephyr-7b-beta -> tiny-llama" in n for n in notes)
+    neighbours = sweep.load(ROOT / "experiments" / "neighbours-tofu-mini.yaml")
+    cut, _ = rehearse.rehearsal(neighbours)
+    assert len(cut) == len(sweep.grids(neighbours)) and all(c.seeds == [0] and c.tune.seeds == [1000] for c in cut)
+    offset = next(c for c in cut if c.offset.enabled)
+    assert offset.offset.small_model == "tiny-llama" and offset.offset.prepare["max_steps"] == 2
+
+
+PAPER = sorted(p.name for pattern in ("tofu-forget10-*.yaml", "wmdp-zephyr-*.yaml")
+               for p in (ROOT / "experiments").glob(pattern))
+# Rehearsed in the suite: one file of each paper family (the Llama-2 TOFU masks, the Zephyr WMDP RMU); `make
+# rehearse` rehearses every file in experiments/ (about 20 minutes on 2 cores: docs/performance.md).
+IN_SUITE = ["tofu-forget10-llama2-masks.yaml", "wmdp-zephyr-rmu.yaml"]
+
+
+def test_every_paper_family_is_rehearsed_here():
+    assert len(PAPER) == 12 and set(IN_SUITE) <= set(PAPER)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", IN_SUITE)
+def test_a_paper_scale_file_rehearses(name, tmp_path):
+    """Its whole grid on the tiny model: every run finishes, every record says rehearsal, and the rehearsal's
+    own leaderboard builds."""
+    from harness import records
+    from harness.cli import main
+    from leaderboard import table
+
+    assert main(["sweep", str(ROOT / "experiments" / name), "--results", str(tmp_path), "--rehearse"]) == 0
+    folder = tmp_path / f"rehearsal-{Path(name).stem}"
+    runs = [r for r in records.read_all(folder) if r.kind in ("run", "tune")]
+    assert runs and all(r.status == "finished" and r.spec["rehearsal"] for r in runs)
+    assert table.write_all(folder, tmp_path / "board")
