@@ -49,6 +49,7 @@ OUTSIDE = ("harness", "harness.backends", "harness.cache", "harness.cli", "harne
            "harness.distributed", "harness.errors", "harness.evaluate", "harness.executors", "harness.export",
            "harness.features", "harness.hookspecs", "harness.identity", "harness.io", "harness.mask_report",
            "harness.memory", "harness.method", "harness.offline", "harness.optim", "harness.plan", "harness.plugins",
+           "harness.rehearse",
            "harness.probes",
            "harness.progress", "harness.records", "harness.spec", "harness.sweep", "harness.verify", "methods",
            "tasks")

@@ -466,21 +466,30 @@ def planned(cfg: SweepConfig) -> int:
 class Tally:
     """A sweep's outcome counts and its progress: `run 7 of 18 (wagle (0.5) + graddiff, seed 2): finished, 41
     min elapsed, about 55 min left`, the time left from the mean time of the runs this sweep ran (skipped ones
-    take none)."""
+    take none; preparing the reference models is not a run's time)."""
 
     total: int
     counts: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
     start: float = dataclasses.field(default_factory=time.monotonic)
+    running: float = 0.0  # seconds spent in runs (not in preparing the reference models)
+    since: float | None = None
+
+    def runs_begin(self) -> None:
+        """The runs of a grid start (its reference models are ready)."""
+        self.since = time.monotonic()
 
     def add(self, outcome: str, spec: RunSpec | None = None) -> str:
+        now = time.monotonic()
+        if self.since is not None:
+            self.running, self.since = self.running + now - self.since, now
         self.counts[outcome] += 1
         done = sum(self.counts.values())
         self.total = max(self.total, done)
         ran = done - self.counts["skipped"]
-        elapsed = time.monotonic() - self.start
         what = "" if spec is None else f" ({MethodKey.of(to_dict(spec), digest=False).label}, seed {spec.seed})"
-        left = f", about {minutes(elapsed / ran * (self.total - done))} left" if ran and done < self.total else ""
-        return f"run {done} of {self.total}{what}: {outcome}, {minutes(elapsed)} elapsed{left}"
+        left = (f", about {minutes(self.running / ran * (self.total - done))} left"
+                if ran and self.running and done < self.total else "")
+        return f"run {done} of {self.total}{what}: {outcome}, {minutes(now - self.start)} elapsed{left}"
 
 
 def minutes(seconds: float) -> str:
@@ -543,6 +552,7 @@ def _run_grid(cfg: SweepConfig, results_dir: Path, retry_failed: bool, tally: Ta
         if outcome != "finished":
             raise SweepError(f"the reference models could not be prepared ({outcome}); see the log above")
     done = ("finished", "failed") if not retry_failed else ("finished",)
+    tally.runs_begin()
     if grid is not None:
         log.info("tuning: %d runs (%d methods x lr factors %s x seeds %s)", len(specs), len(grid),
                  cfg.tune.lr_factors, cfg.tune.seeds)

@@ -127,9 +127,27 @@ def test_records_keep_the_probe_per_question_and_replay_their_numbers(protocol):
                 r["metrics"][prefix + metric]["value"], rel=1e-9)
 
 
-def test_rerun_skips_tuning_and_test_runs(protocol):
+def test_rerun_skips_tuning_and_test_runs(protocol, caplog):
     cfg, results, _, _ = protocol
-    assert sweep.run(cfg, results) == {"finished": 0, "skipped": 10, "failed": 0, "busy": 0}
+    with caplog.at_level("INFO", logger="harness.sweep"):
+        assert sweep.run(cfg, results) == {"finished": 0, "skipped": 10, "failed": 0, "busy": 0}
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("run ")]
+    assert lines[0].startswith("run 1 of 8 (dense (1) + graddiff, seed 7): skipped, ")  # planned: 4 + 4
+    assert lines[-1].startswith("run 10 of 10 (random (0.5) + graddiff, seed 1): skipped, ") and "left" not in lines[-1]
+
+
+def test_progress_says_how_much_is_left():
+    """The time left is the mean time of the runs this sweep ran times the runs to come: skipped ones and the
+    reference models' preparation cost none."""
+    import time as clock
+
+    now = clock.monotonic()
+    tally = sweep.Tally(total=4, start=now - 1200)  # 20 minutes ago, of which 10 built the reference models
+    tally.since = now - 600  # the runs began ten minutes ago
+    assert tally.add("skipped").startswith("run 1 of 4: skipped, ")
+    line = tally.add("finished")  # one run in 600 s: two to come, about 20 min
+    assert line.startswith("run 2 of 4: finished, 20 min elapsed, about 20 min left"), line
+    assert sweep.minutes(45) == "45 s" and sweep.minutes(5400) == "90 min"
 
 
 def test_the_sweep_declares_its_comparisons_before_the_runs(protocol):
