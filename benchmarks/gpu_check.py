@@ -30,7 +30,6 @@ from typing import Any
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "L4": 121e12}
 TOKENS, BATCH, PROMPTS = 48, 16, 64
 
 
@@ -45,7 +44,9 @@ def needs_cuda() -> None:
 
 def peak_flops(name: str) -> tuple[float, str]:
     """The device's dense bf16 peak from the table, else the measured bf16 matmul rate."""
-    for key, peak in PEAK_BF16.items():
+    from harness.plan import GPU_PEAK
+
+    for key, peak in GPU_PEAK.items():
         if key in name:
             return peak, f"{key} datasheet, dense bf16"
     from benchmarks.flops import matmul_flops

@@ -70,6 +70,19 @@ def test_letters_sharing_a_prompt_score_as_if_alone(tiny):
     assert sum(x != -100 for x in labels) == 1 and ids[-1] != tok.eos_token_id
 
 
+def _memorised(tiny):
+    """The tiny model trained (60 seeded Adam steps) until it has memorised two examples, and their batch."""
+    model, tok = tiny
+    batch = collate([encode(tok, ex, 128) for ex in EXAMPLES[:2]], tok.pad_token_id)
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-2)
+    for _ in range(60):
+        opt.zero_grad()
+        mean_nll(model, batch).mean().backward()
+        opt.step()
+    return model, batch
+
+
 def test_attribution_nll_is_exact_where_float32_rounds(tiny):
     """A target that has memorised its examples (NLL ≈ 0.007: log-sum-exp minus the answer's logit, a small
     difference of two larger numbers): the attribution loss (log(1 + Σ_{j≠y} e^{l_j − l_y}) in float32) and the
@@ -80,14 +93,7 @@ def test_attribution_nll_is_exact_where_float32_rounds(tiny):
 
     from harness.scoring import exact_mean_nll
 
-    model, tok = tiny
-    batch = collate([encode(tok, ex, 128) for ex in EXAMPLES[:2]], tok.pad_token_id)
-    torch.manual_seed(0)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-2)
-    for _ in range(60):
-        opt.zero_grad()
-        mean_nll(model, batch).mean().backward()
-        opt.step()
+    model, batch = _memorised(tiny)
     with torch.no_grad():
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         exact, rounded = exact_mean_nll(model, batch), mean_nll(model, batch)
@@ -114,14 +120,7 @@ def test_attribution_gradients_are_float64s_at_float32s_memory(tiny):
     (measured 3e-7); float32 cross-entropy's is off by more than 1e-4 (measured 2e-3)."""
     from harness.scoring import exact_mean_nll
 
-    model, tok = tiny
-    batch = collate([encode(tok, ex, 128) for ex in EXAMPLES[:2]], tok.pad_token_id)
-    torch.manual_seed(0)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-2)
-    for _ in range(60):
-        opt.zero_grad()
-        mean_nll(model, batch).mean().backward()
-        opt.step()
+    model, batch = _memorised(tiny)
 
     def gradient(loss) -> torch.Tensor:
         model.zero_grad()
