@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from harness import combine, distributed, identity, records, runner
 from harness.config import from_dict, option, to_dict, yaml_mapping
@@ -45,6 +45,10 @@ class TuneConfig:
                                 "outward (the ratio between the edge and its neighbour) and select again")
     seeds: list[int] = option([1000, 1001], "seeds of the tuning runs, fixed and never a test seed (adding a test "
                                             "seed does not move them); the rule averages over them")
+    metric: Literal["tradeoff_score", "match_utility"] = option(
+        "tradeoff_score", "the validation metric a rate is chosen on among the rates that reached the level: the "
+                          "trade-off score (the whole path to the level, as the verdicts' default primary metric) or "
+                          "utility at the match (the end point only)")
 
     def validate(self) -> None:
         if not self.lr_factors or any(not f > 0 for f in self.lr_factors):
@@ -54,9 +58,9 @@ class TuneConfig:
 
 
 TUNE_RULE = ("per rate, over the tuning seeds: among the rates whose every tuning run reached the retain model's "
-             "forgetting level, the highest mean validation utility at the match (ties: the smaller rate); if "
-             "none did, the highest mean validation trade-off score; with extend, a choice on the grid's edge "
-             "adds one rate outward and the rule runs again over all")
+             "forgetting level, the highest mean validation `tune.metric` (default the trade-off score; ties: the "
+             "smaller rate); if none did, the highest mean validation trade-off score; with extend, a choice on "
+             "the grid's edge adds one rate outward and the rule runs again over all")
 
 
 @dataclass
@@ -258,8 +262,9 @@ def tuning_grid(cfg: SweepConfig, where: str = "sweep") -> dict[MethodKey, list[
     return grid
 
 
-def select(tuning: list[records.Record]) -> dict[str, Any] | None:
-    """The tune rule (TUNE_RULE) over one method's finished tuning records (any seeds); None when none finished."""
+def select(tuning: list[records.Record], metric: str = "tradeoff_score") -> dict[str, Any] | None:
+    """The tune rule (TUNE_RULE) over one method's finished tuning records (any seeds), choosing among the rates
+    that reached the level on validation `metric`; None when none finished."""
     by_lr: dict[float, list[records.Record]] = {}
     for r in tuning:
         if r.finished:
@@ -272,9 +277,9 @@ def select(tuning: list[records.Record]) -> dict[str, Any] | None:
         return float("-inf") if any(v is None for v in values) else sum(values) / len(values)
 
     reached = {lr: runs for lr, runs in by_lr.items() if all(r.match["reached"] for r in runs)}
-    pool, metric = (reached, "validation_match_utility") if reached else (by_lr, "validation_tradeoff_score")
-    lr = max(pool, key=lambda x: (mean(pool[x], metric), -x))
-    return {"lr": lr, "reached": bool(reached), "runs": sorted(r.id for r in pool[lr]), "score": mean(pool[lr], metric)}
+    pool, name = (reached, f"validation_{metric}") if reached else (by_lr, "validation_tradeoff_score")
+    lr = max(pool, key=lambda x: (mean(pool[x], name), -x))
+    return {"lr": lr, "reached": bool(reached), "runs": sorted(r.id for r in pool[lr]), "score": mean(pool[lr], name)}
 
 
 def _found(results_dir: Path, specs: list[RunSpec]) -> list[records.Record]:
@@ -289,7 +294,7 @@ def extension(cfg: SweepConfig, results_dir: Path, grid: dict[MethodKey, list[Ru
     out = {}
     for m, tuning in grid.items() if cfg.tune.extend else ():
         lrs = sorted({s.train.lr for s in tuning})
-        choice = select(_found(results_dir, tuning))
+        choice = select(_found(results_dir, tuning), cfg.tune.metric)
         if choice is None or len(lrs) < 2 or lrs[0] < choice["lr"] < lrs[-1]:
             continue
         edge, inner = (lrs[0], lrs[1]) if choice["lr"] == lrs[0] else (lrs[-1], lrs[-2])
@@ -304,7 +309,7 @@ def tuned_specs(cfg: SweepConfig, results_dir: Path, grid: dict[MethodKey, list[
     runs finished."""
     chosen, missing = {}, []
     for m, tuning in grid.items():
-        choice = select(_found(results_dir, tuning))
+        choice = select(_found(results_dir, tuning), cfg.tune.metric)
         if choice is None:
             missing.append(m.label)
             continue

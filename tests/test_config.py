@@ -32,6 +32,11 @@ def test_wrong_type_names_field():
         from_dict(Demo, {"steps": 2.5}, "cfg")
     with pytest.raises(ConfigError, match=r"cfg\.rate: expected a number"):
         from_dict(Demo, {"rate": "fast"}, "cfg")
+    from harness.sweep import TuneConfig
+
+    assert from_dict(TuneConfig, {"metric": "match_utility"}, "cfg").metric == "match_utility"
+    with pytest.raises(ConfigError, match=r"cfg\.metric: expected one of tradeoff_score, match_utility, got 'utility'"):
+        from_dict(TuneConfig, {"metric": "utility"}, "cfg")
 
 
 def test_nested_config_and_validation():

@@ -78,11 +78,14 @@ def _tune_record(lr, reached, validation_utility, validation_tradeoff, status="f
                            "validation_tradeoff_score": {"value": validation_tradeoff}})
 
 
-def test_tune_rule_prefers_reaching_then_validation_utility_then_smaller_rate():
+def test_tune_rule_prefers_reaching_then_the_validation_metric_then_smaller_rate():
     records = [_tune_record(1e-5, False, None, 0.9), _tune_record(3e-5, True, 0.5, 0.6),
                _tune_record(1e-4, True, 0.7, 0.5), _tune_record(3e-4, True, 0.7, 0.4),
                _tune_record(1e-3, True, 0.99, 0.99, status="failed")]
-    assert select(records) == {"lr": 1e-4, "reached": True, "runs": ["r0.0001-1000"], "score": 0.7}
+    # by default on the verdicts' primary metric, the trade-off score; 1e-5 is better but never reached
+    assert select(records) == {"lr": 3e-5, "reached": True, "runs": ["r3e-05-1000"], "score": 0.6}
+    # on utility at the match: a tie between 1e-4 and 3e-4 goes to the smaller rate
+    assert select(records, "match_utility") == {"lr": 1e-4, "reached": True, "runs": ["r0.0001-1000"], "score": 0.7}
     # none reached: the best validation trade-off score
     assert select([_tune_record(1e-5, False, None, 0.2), _tune_record(3e-5, False, None, 0.4)])["lr"] == 3e-5
     assert select([_tune_record(1e-5, True, 0.5, 0.5, status="failed")]) is None
@@ -90,8 +93,8 @@ def test_tune_rule_prefers_reaching_then_validation_utility_then_smaller_rate():
     two = [_tune_record(1e-5, True, 0.5, 0.5), _tune_record(1e-5, True, 0.7, 0.5, seed=1001),
            _tune_record(3e-5, True, 0.9, 0.9), _tune_record(3e-5, False, None, 0.4, seed=1001),
            _tune_record(1e-4, True, 0.65, 0.5), _tune_record(1e-4, True, 0.5, 0.5, seed=1001)]
-    assert select(two) == {"lr": 1e-5, "reached": True, "runs": ["r1e-05-1000", "r1e-05-1001"],
-                           "score": pytest.approx(0.6)}
+    assert select(two, "match_utility") == {"lr": 1e-5, "reached": True,
+                                            "runs": ["r1e-05-1000", "r1e-05-1001"], "score": pytest.approx(0.6)}
 
 
 def _runs(values):
