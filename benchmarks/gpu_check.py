@@ -11,7 +11,8 @@ by side with a reference and printed with the ratio.
    against the same run's time on the reference CPU (its committed record in records/tofu-mini).
 
 Each part checks what it needs and says what it skipped and why (no CUDA device, no vLLM); on a CPU the script
-prints that and exits 0. Write the figures into docs/performance.md.
+prints that and exits 0. A part that fails prints its traceback, the others still run, and the exit status is 1.
+Write the figures into docs/performance.md.
 
     python -m benchmarks.gpu_check [--only generation,flops,memory,demo] [--out gpu_check.json]
 """
@@ -23,6 +24,7 @@ import importlib.util
 import json
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -185,17 +187,20 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown parts {unknown}; choose from {', '.join(PARTS)}")
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
     print(f"== gpu check ==  (torch {torch.__version__}, {device})")
-    out: dict[str, Any] = {"device": device, "skipped": {}}
+    out: dict[str, Any] = {"device": device, "skipped": {}, "failed": {}}
     for name in wanted:
         try:
             for line in PARTS[name](out):
-                print(f"{name}: {line}")
+                print(f"{name}: {line}", flush=True)
         except Skip as reason:
             out["skipped"][name] = str(reason)
             print(f"{name}: skipped, {reason}")
-    if args.out:
-        Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
-    return 0
+        except Exception as exc:  # one part's failure is a finding: report it and measure the others
+            out["failed"][name] = "".join(traceback.format_exception(exc))
+            print(f"{name}: FAILED, {exc.__class__.__name__}: {exc}\n{out['failed'][name]}", flush=True)
+        if args.out:  # after every part, so a check stopped at its time limit keeps what it measured
+            Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    return 1 if out["failed"] else 0
 
 
 if __name__ == "__main__":

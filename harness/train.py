@@ -22,14 +22,15 @@ from typing import Any
 import torch
 
 from harness import distributed, fsdp
-from harness.api import Batch, Example, LossOutput, Optimizer, UnlearnBatch
+from harness.api import Example, LossOutput, Optimizer, UnlearnBatch
 from harness.data import collate, encode, to_device
 from harness.errors import NonFiniteLossError, UnlearnBenchError
 from harness.io import temp_path
 from harness.settings import SCHEDULES, TrainConfig, lr_factor
 from harness.update import Attached, UpdatePlan
 
-__all__ = ["SCHEDULES", "TrainConfig", "TrainLog", "finetune_batches", "topic_batches", "train", "unlearn_batches"]
+__all__ = ["SCHEDULES", "LazyBatches", "TrainConfig", "TrainLog", "finetune_batches", "topic_batches", "train",
+           "unlearn_batches"]
 
 
 def fast_bf16(device: torch.device) -> bool:
@@ -59,32 +60,60 @@ class TrainLog:
     stopped_at: int | None = None  # the step after which `on_step` asked to stop (matched forgetting)
 
 
-def _encode_all(tokenizer, examples: Sequence[Example], max_length: int) -> list[tuple[list[int], list[int]]]:
-    return [encode(tokenizer, ex, max_length) for ex in examples]
+class _Rows:
+    """The encoded rows of `examples`, each tokenized when first asked for."""
+
+    def __init__(self, tokenizer, examples: Sequence[Example], max_length: int) -> None:
+        self.tokenizer, self.examples, self.max_length = tokenizer, examples, max_length
+        self.done: dict[int, tuple[list[int], list[int]]] = {}
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> tuple[list[int], list[int]]:
+        if i not in self.done:
+            self.done[i] = encode(self.tokenizer, self.examples[i], self.max_length)
+        return self.done[i]
+
+
+class LazyBatches(Sequence):
+    """Micro-batches in a fixed order, each built (tokenized, collated) when the loop reaches it: a run that
+    stops after a few steps (matched forgetting, a step budget, a rehearsal) never tokenizes the rest of its
+    data, and the batches are the ones an eager list would hold."""
+
+    def __init__(self, plan: list[Any], build: Callable[[Any], Any]) -> None:
+        self.plan, self.build = plan, build
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self.build(p) for p in self.plan[index]]
+        return self.build(self.plan[index])
 
 
 def finetune_batches(tokenizer, examples: Sequence[Example], cfg: TrainConfig, max_length: int,
-                     seed: int) -> list[Batch]:
+                     seed: int) -> LazyBatches:
     """Shuffled micro-batches over `examples` for cfg.epochs epochs."""
-    rows = _encode_all(tokenizer, examples, max_length)
+    rows = _Rows(tokenizer, examples, max_length)
     rng = random.Random(seed)
-    out = []
+    plan = []
     for _ in range(cfg.epochs):
         order = list(range(len(rows)))
         rng.shuffle(order)
-        out += [collate([rows[i] for i in order[s : s + cfg.batch_size]], tokenizer.pad_token_id)
-                for s in range(0, len(order), cfg.batch_size)]
-    return out
+        plan += [order[s : s + cfg.batch_size] for s in range(0, len(order), cfg.batch_size)]
+    return LazyBatches(plan, lambda chunk: collate([rows[i] for i in chunk], tokenizer.pad_token_id))
 
 
 def unlearn_batches(tokenizer, forget: Sequence[Example], retain: Sequence[Example], cfg: TrainConfig,
-                    max_length: int, seed: int, refusal: Sequence[Example] = ()) -> list[UnlearnBatch]:
+                    max_length: int, seed: int, refusal: Sequence[Example] = ()) -> LazyBatches:
     """The unlearning micro-batches of `cfg.epochs` epochs, in `cfg.order`: shuffled (per epoch, the forget
     set shuffled into micro-batches, each paired with random retain examples) or topics (`topic_batches`).
     Where refusal examples are given, each batch carries the same forget questions with refusal answers."""
-    f_rows, r_rows = _encode_all(tokenizer, forget, max_length), _encode_all(tokenizer, retain, max_length)
-    x_rows = _encode_all(tokenizer, refusal, max_length)
-    if x_rows and len(x_rows) != len(f_rows):
+    f_rows, r_rows = _Rows(tokenizer, forget, max_length), _Rows(tokenizer, retain, max_length)
+    x_rows = _Rows(tokenizer, refusal, max_length)
+    if len(x_rows) and len(x_rows) != len(f_rows):
         raise ValueError(f"{len(x_rows)} refusal examples for {len(f_rows)} forget examples")
     pad = tokenizer.pad_token_id
     if cfg.order == "topics":
@@ -98,9 +127,13 @@ def unlearn_batches(tokenizer, forget: Sequence[Example], retain: Sequence[Examp
             for s in range(0, len(order), cfg.batch_size):
                 chunk = order[s : s + cfg.batch_size]
                 plan.append((0, chunk, [rng.randrange(len(r_rows)) for _ in chunk]))
-    return [UnlearnBatch(collate([f_rows[i] for i in chunk], pad), collate([r_rows[i] for i in picks], pad),
-                         collate([x_rows[i] for i in chunk], pad) if x_rows else None, topic)
-            for topic, chunk, picks in plan]
+
+    def build(item: tuple[int, list[int], list[int]]) -> UnlearnBatch:
+        topic, chunk, picks = item
+        return UnlearnBatch(collate([f_rows[i] for i in chunk], pad), collate([r_rows[i] for i in picks], pad),
+                            collate([x_rows[i] for i in chunk], pad) if len(x_rows) else None, topic)
+
+    return LazyBatches(plan, build)
 
 
 def topic_batches(forget_topics: Sequence[int], retain_topics: Sequence[int],

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ["UNLEARN_BENCH_LOAD_PLUGINS"] = ""  # allowlist of third-party distributions: none
@@ -14,6 +15,11 @@ os.environ.setdefault("UNLEARN_BENCH_CACHE", str(ROOT / ".cache" / "test"))
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+# One torch thread per process (override with OMP_NUM_THREADS): `make test` runs two workers on two cores, and
+# two torch thread pools of one thread per core each oversubscribe the cores; their spinning OpenMP threads made
+# the tiny model's runs 3-7 times slower (docs/performance.md, "The test suite").
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(autouse=True)

@@ -28,3 +28,15 @@ def test_the_reference_figures_it_compares_with():
     assert gpu_check.peak_flops("NVIDIA H200")[0] == 989e12  # the table, not a measurement
     cpu = gpu_check.cpu_seconds()  # the committed demo's match-only WAGLE runs on the reference CPU
     assert cpu is not None and 60 < cpu < 3600
+
+
+def test_a_failing_part_is_reported_and_the_others_still_run(tmp_path, capsys, monkeypatch):
+    def broken(out):
+        raise RuntimeError("tensors on two devices")
+
+    monkeypatch.setattr(gpu_check, "PARTS", {"broken": broken, "fine": lambda out: ["measured 1.0"]})
+    out = tmp_path / "gpu.json"
+    assert gpu_check.main(["--out", str(out)]) == 1
+    printed = capsys.readouterr().out
+    assert "broken: FAILED, RuntimeError: tensors on two devices" in printed and "fine: measured 1.0" in printed
+    assert "tensors on two devices" in json.loads(out.read_text())["failed"]["broken"]

@@ -343,3 +343,37 @@ def test_fp32_master_weights_move_a_bf16_model_as_fp32_training_does(tiny):
         ulp = torch.finfo(torch.bfloat16).eps * reference.abs().clamp_min(1e-30)
         close = (finals["master"][n].float() - reference).abs() <= ulp
         assert float(close.float().mean()) >= 0.99, n
+
+
+class _Counting:
+    """A tokenizer that counts the texts it tokenizes."""
+
+    def __init__(self, tok) -> None:
+        self.tok, self.calls = tok, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.tok(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
+
+
+def test_batches_are_tokenized_when_reached_and_equal_the_eager_ones(tiny):
+    from harness.train import unlearn_batches
+
+    _, tok = tiny
+    counting = _Counting(tok)
+    forget, retain = EXAMPLES[:6], EXAMPLES[6:]
+    cfg = TrainConfig(epochs=3, batch_size=2)
+    batches = unlearn_batches(counting, forget, retain, cfg, 64, seed=5)
+    assert len(batches) == 9 and counting.calls == 0  # nothing tokenized before the loop asks
+    first = batches[0]
+    assert counting.calls == 2 * 4  # two texts per example (encode), two forget and two retain examples
+    for got, (_, chunk, picks) in zip(batches, batches.plan, strict=True):  # same rows as tokenizing all at once
+        want_f = collate([encode(tok, forget[i], 64) for i in chunk], tok.pad_token_id)
+        want_r = collate([encode(tok, retain[i], 64) for i in picks], tok.pad_token_id)
+        assert all(torch.equal(got.forget[k], want_f[k]) and torch.equal(got.retain[k], want_r[k]) for k in want_f)
+    assert counting.calls == 2 * (len(forget) + len(retain))  # each example tokenized once, however often used
+    assert all(torch.equal(first.forget[k], batches[0].forget[k]) for k in first.forget)
+    assert [len(b.forget["input_ids"]) for b in batches[1:3]] == [2, 2]  # a slice is a list of batches
