@@ -9,7 +9,7 @@ PIP := $(BIN)/python -m pip -q
 QUIET := { grep -v "is ignored" || true; }
 STAMP := $(VENV)/.installed
 RESULTS ?= results/demo
-# the committed board is leaderboard/tofu-mini, built from the committed records in records/tofu-mini
+# the committed board is leaderboards/tofu-mini, built from its committed records (leaderboards/tofu-mini/records)
 LEADERBOARD ?= results/demo/leaderboard
 
 .PHONY: gpu-check rehearse venv browser demo neighbours test test-vllm lint clean
@@ -37,8 +37,8 @@ demo: $(STAMP)
 
 # WAGLE's neighbours (SalUn, GRIN's mask, SOUL, EUL, offset unlearning, SPUNGE) against dense and WAGLE, one
 # sweep file of six grids: about 90 minutes on 2 cores (experiments/neighbours-tofu-mini.yaml). Its board is
-# written beside its records; the committed one (leaderboard/neighbours-tofu-mini) regenerates from
-# records/neighbours-tofu-mini.
+# written beside its records; the committed one (leaderboards/neighbours-tofu-mini) regenerates from its
+# records (leaderboards/neighbours-tofu-mini/records).
 neighbours: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/unlearn-bench sweep experiments/neighbours-tofu-mini.yaml \
 		--results results/neighbours --leaderboard results/neighbours/leaderboard

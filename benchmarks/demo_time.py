@@ -1,7 +1,7 @@
 """Where a sweep's time went, from its records alone: per kind of run (tuning, fully evaluated test runs,
 match-only test runs), the count and the summed and mean wall time of each phase, and the total.
 
-    .venv/bin/python benchmarks/demo_time.py records/tofu-mini
+    .venv/bin/python benchmarks/demo_time.py leaderboards/tofu-mini/records
 
 Times are as each run recorded them: runs that shared the CPU with other work ran slower than alone.
 """

@@ -8,7 +8,7 @@ by side with a reference and printed with the ratio.
 3. memory: peak CUDA memory of WAGLE's attribution and of one unlearning step against `unlearn-bench
    memory`'s estimate for the same model (which leaves activations out);
 4. demo run: one demo run at matched forgetting (WAGLE + GradDiff, seed 0, the probe only) and its time
-   against the same run's time on the reference CPU (its committed record in records/tofu-mini).
+   against the same run's time on the reference CPU (its committed records in leaderboards/tofu-mini).
 
 Each part checks what it needs and says what it skipped and why (no CUDA device, no vLLM); on a CPU the script
 prints that and exits 0. A part that fails prints its traceback, the others still run, and the exit status is 1.
@@ -165,7 +165,7 @@ def demo(out: dict[str, Any]) -> list[str]:
 def cpu_seconds() -> float | None:
     """The committed demo's match-only WAGLE runs on the reference CPU: their median run time (s)."""
     times = []
-    for path in sorted((ROOT / "records" / "tofu-mini" / "runs").glob("tofu-mini-wagle-*.json")):
+    for path in sorted((ROOT / "leaderboards" / "tofu-mini" / "records" / "runs").glob("tofu-mini-wagle-*.json")):
         record = json.loads(path.read_text())
         if record.get("kind") == "run" and not record["spec"].get("full_evaluation", True):
             times.append(record["timings"]["total_s"])

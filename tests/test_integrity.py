@@ -195,7 +195,8 @@ def test_two_sweeps_superseding_one_record_both_go_on(tmp_path):
 
     from harness import records
 
-    committed = next((Path(__file__).parents[1] / "records" / "tofu-mini" / "runs").glob("tofu-mini-target-*.json"))
+    runs = Path(__file__).parents[1] / "leaderboards" / "tofu-mini" / "records" / "runs"
+    committed = next(runs.glob("tofu-mini-target-*.json"))
     (tmp_path / "runs").mkdir()
     shutil.copy(committed, tmp_path / "runs")
     old = records.read(tmp_path / "runs" / committed.name)
