@@ -43,7 +43,7 @@ neighbours: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/unlearn-bench sweep experiments/neighbours-tofu-mini.yaml \
 		--results results/neighbours --leaderboard results/neighbours/leaderboard
 
-# Every experiment file rehearsed on the tiny model, every size cut (harness/rehearse.py): their code paths run
+# Every experiment file rehearsed on the tiny model, every size cut (harness/sweeps/rehearse.py): their code paths run
 # (about 5 minutes on 2 cores; `make test` rehearses every file too, in about 70 s with its two workers).
 rehearse: $(STAMP)
 	for f in experiments/*.yaml; do HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/unlearn-bench sweep $$f \

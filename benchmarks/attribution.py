@@ -14,10 +14,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from benchmarks import common
-from harness import masks
 from harness.api import AttributionData
+from harness.learn import masks
+from harness.learn.train import TrainConfig, train, unlearn_batches
 from harness.plugins import get_registry
-from harness.train import TrainConfig, train, unlearn_batches
 
 
 def reference_top_fraction(scores: dict[str, torch.Tensor], ratio: float) -> dict[str, torch.Tensor]:

@@ -1,5 +1,5 @@
 """Attribution at float32's precision floor: WAGLE masks of tofu-mini's target from batches of 1 and of 8,
-with the attribution loss as float32 cross-entropy (the earlier way), as harness.scoring.exact_mean_nll (what
+with the attribution loss as float32 cross-entropy (the earlier way), as harness.measure.scoring.exact_mean_nll (what
 attribution uses: float32 without the cancellation) and with its log-softmax in float64, and once from the
 whole model run in float64; the Jaccard overlap of each pair, and what each costs in time and peak memory.
 
@@ -15,9 +15,10 @@ from collections.abc import Iterator
 import torch
 
 from benchmarks import common
-from harness import attribution, masks, scoring
 from harness.api import AttributionData
-from harness.mask_report import jaccard
+from harness.learn import attribution, masks
+from harness.measure import scoring
+from harness.measure.mask_report import jaccard
 from harness.plugins import get_registry
 
 LOSSES = {"float32": scoring.mean_nll, "exact": scoring.exact_mean_nll,

@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from harness import models, prepare
-from harness.data import make_batches
+from harness.learn.data import make_batches
 from harness.plugins import get_registry
-from harness.spec import PrepareConfig
+from harness.run import models, prepare
+from harness.run.spec import PrepareConfig
 
 
 def parser(description: str) -> argparse.ArgumentParser:

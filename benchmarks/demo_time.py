@@ -12,7 +12,7 @@ import argparse
 import collections
 from pathlib import Path
 
-from harness import records
+from harness.run import records
 
 PHASES = ("prepare_s", "attribution_s", "unlearning_s", "evaluation_s", "probes_s", "total_s")
 

@@ -13,8 +13,8 @@ import torch
 
 from benchmarks import common
 from benchmarks.train_step import step_seconds
+from harness.learn.train import TrainConfig, unlearn_batches
 from harness.plugins import get_registry
-from harness.train import TrainConfig, unlearn_batches
 
 
 def matmul_flops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 
 from benchmarks import common
-from harness.backends import Hf, HfConfig, Vllm, VllmConfig
+from harness.measure.backends import Hf, HfConfig, Vllm, VllmConfig
 
 
 def main() -> None:

@@ -46,7 +46,7 @@ def needs_cuda() -> None:
 
 def peak_flops(name: str) -> tuple[float, str]:
     """The device's dense bf16 peak from the table, else the measured bf16 matmul rate."""
-    from harness.plan import GPU_PEAK
+    from harness.sweeps.plan import GPU_PEAK
 
     for key, peak in GPU_PEAK.items():
         if key in name:
@@ -64,7 +64,7 @@ def _target():
 
 def generation(out: dict[str, Any]) -> list[str]:
     needs_cuda()
-    from harness.backends import Hf, HfConfig
+    from harness.measure.backends import Hf, HfConfig
 
     task, model, tok = _target()
     prompts = [task._example(r).prompt for split in task._eval_splits().values() for r in split][:PROMPTS]
@@ -76,7 +76,7 @@ def generation(out: dict[str, Any]) -> list[str]:
     out["generation"] = {"hf_tokens_per_s": len(prompts) * TOKENS / hf_s}
     if importlib.util.find_spec("vllm") is None:
         return [*lines, "vLLM: skipped (not installed; `pip install vllm` on the GPU machine)"]
-    from harness.backends import Vllm, VllmConfig
+    from harness.measure.backends import Vllm, VllmConfig
 
     start = time.perf_counter()
     fast = Vllm(VllmConfig(dtype="float32", max_model_len=512)).generate(model, tok, prompts, TOKENS, PROMPTS)
@@ -90,8 +90,8 @@ def generation(out: dict[str, Any]) -> list[str]:
 def flops(out: dict[str, Any]) -> list[str]:
     needs_cuda()
     from benchmarks.train_step import step_seconds
+    from harness.learn.train import TrainConfig, unlearn_batches
     from harness.plugins import get_registry
-    from harness.train import TrainConfig, unlearn_batches
 
     task, model, tok = _target()
     cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-7, max_steps=6, bf16_autocast=True)
@@ -108,12 +108,12 @@ def flops(out: dict[str, Any]) -> list[str]:
 def memory(out: dict[str, Any]) -> list[str]:
     needs_cuda()
     from benchmarks import common
-    from harness import masks
-    from harness import memory as estimate
     from harness.api import AttributionData
+    from harness.learn import masks
+    from harness.learn import memory as estimate
+    from harness.learn.train import TrainConfig, train, unlearn_batches
+    from harness.learn.update import UpdatePlan
     from harness.plugins import get_registry
-    from harness.train import TrainConfig, train, unlearn_batches
-    from harness.update import UpdatePlan
 
     task, model, tok = _target()
     forget, retain = common.batches(task, tok)
@@ -142,9 +142,9 @@ def demo(out: dict[str, Any]) -> list[str]:
     needs_cuda()
     import yaml
 
-    from harness import runner
     from harness.config import from_dict
-    from harness.spec import RunSpec
+    from harness.run import runner
+    from harness.run.spec import RunSpec
 
     sweep = yaml.safe_load((ROOT / "experiments" / "demo-tofu-mini.yaml").read_text())
     spec = from_dict(RunSpec, {"task": "tofu-mini", "model": "smollm2-135m", "attribution": "wagle", "ratio": 0.5,

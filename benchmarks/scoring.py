@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from benchmarks import common
-from harness.scoring import completion_nll
+from harness.measure.scoring import completion_nll
 
 
 def main() -> None:

@@ -43,8 +43,8 @@ def events(results: Path) -> list[dict]:
 
 def check(cfg_dict: dict, results: Path) -> dict[str, int]:
     """Counts of what the folder holds against what the grid asks for."""
-    from harness import sweep
     from harness.config import from_dict
+    from harness.sweeps import sweep
     from leaderboard import table
 
     ids = {s.run_id() for s in sweep.expand(from_dict(sweep.SweepConfig, cfg_dict, "grid"))}

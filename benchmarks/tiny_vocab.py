@@ -1,6 +1,6 @@
 """The test model's cut tokenizer, side by side: one GradDiff step (forward and backward of a forget and a
 retain batch of tofu-mini) on the tiny Llama with SmolLM2's full 49152-token vocabulary against the same
-network with the cut 1020-token vocabulary (`harness.models.tiny_tokenizer`). The network is 2 layers of
+network with the cut 1020-token vocabulary (`harness.run.models.tiny_tokenizer`). The network is 2 layers of
 width 12; the output layer and its cross-entropy are what the vocabulary size changes."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
 from benchmarks import common
-from harness import models
 from harness.api import UnlearnBatch
-from harness.data import make_batches
+from harness.learn.data import make_batches
 from harness.plugins import get_registry
+from harness.run import models
 
 
 def step_seconds(tok, repeats: int) -> float:

@@ -12,10 +12,10 @@ import time
 import torch
 
 from benchmarks import common
-from harness import masks
+from harness.learn import masks
+from harness.learn.train import TrainConfig, train, unlearn_batches
+from harness.learn.update import UpdatePlan
 from harness.plugins import get_registry
-from harness.train import TrainConfig, train, unlearn_batches
-from harness.update import UpdatePlan
 
 
 def step_seconds(model, batches, objective, cfg, mask) -> float:

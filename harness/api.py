@@ -52,7 +52,7 @@ class AttributionData:
     forget_refusal: Sequence[Batch] = ()  # forget questions with refusal answers (for PO-style variants)
     seed: int = 0
     ratio: float = 1.0  # the run's ratio, for methods with their own selection rule
-    grad_buffers: str | None = None  # device for fp32 gradient sums (harness.attribution); None: the model's
+    grad_buffers: str | None = None  # device for fp32 gradient sums (harness.learn.attribution); None: the model's
 
 
 @dataclass
@@ -69,7 +69,7 @@ class AttributionResult:
     info: dict[str, float] = field(default_factory=dict)
     mask: dict[str, torch.Tensor] | None = None
     lora: dict[str, Any] | None = None
-    adapters: dict[str, Any] | None = None  # unlearning layers (harness/adapters.py): {"reduction": r}
+    adapters: dict[str, Any] | None = None  # unlearning layers (harness/learn/adapters.py): {"reduction": r}
 
 
 class Attribution:
@@ -126,7 +126,7 @@ class Objective:
 
     @classmethod
     def rehearsal_config(cls, config: dict[str, Any], layers: int) -> dict[str, Any]:
-        """Config keys a rehearsal (harness/rehearse.py) sets over the file's `config` so that it fits a
+        """Config keys a rehearsal (harness/sweeps/rehearse.py) sets over the file's `config` so that it fits a
         stand-in model of `layers` decoder layers (RMU: its steered layer and updated modules)."""
         return {}
 
@@ -152,7 +152,7 @@ class GenerationBackend:
 
 class Optimizer:
     """An update rule for unlearning: how a parameter's gradient becomes a step. The harness owns the rest
-    (harness/optim.py): it gathers each parameter's selected entries (masks), clips, applies decoupled weight
+    (harness/learn/optim.py): it gathers each parameter's selected entries (masks), clips, applies decoupled weight
     decay, keeps fp32 master copies where asked and writes the entries back, so masked-out weights stay
     bit-identical and state exists for the selected entries only. A rule keeps its state in `init_state`'s
     tensors (shaped like the gathered gradient) and updates `data` in place; `group` holds the train
@@ -202,7 +202,7 @@ class EvalContext:
         """Greedy continuations through the run's backend (under a multi-process launch, each process
         generates its share and every process gets all the texts, in input order)."""
         from harness import distributed
-        from harness.generation import greedy
+        from harness.measure.generation import greedy
 
         def run(part: list[str]) -> list[str]:
             if not part:
@@ -216,7 +216,7 @@ class EvalContext:
 
 @dataclass
 class ProbeSets:
-    """The cheap teacher-forced probe of matched forgetting (harness/match.py). A set's value is the mean over
+    """The cheap teacher-forced probe of matched forgetting (harness/measure/match.py). A set's value is the mean over
     its examples of P̃ = exp(-token-mean NLL of the completion), or, for a set listed in `alternatives` (one
     list of wrong completions per example; keys "forget", "validation" or a utility part), the mean of
     P̃ / (P̃ + Σ P̃(wrong)), as TOFU normalises short answers and as multiple-choice accuracy reads its options.
@@ -289,7 +289,7 @@ class TaskConfig:
     eval_batch_size: int = field(default=16, metadata={"help": "batch size for scoring and generation"})
     refusals_file: str | None = field(default=None, metadata={
         "help": "refusal answers for PO, one per line (e.g. WAGLE's polite_refusal_responses_tofu.csv); "
-                "null: harness/refusals.py's list"})
+                "null: harness/learn/refusals.py's list"})
 
 
 class Task:
@@ -300,7 +300,7 @@ class Task:
     default_objective: ClassVar[str] = "graddiff"  # used when a run spec names no objective
     uses_base_model: ClassVar[bool] = False  # True: the base model is the target, no retain model (WMDP)
     headline: ClassVar[tuple[str, str]] = ("", "")  # (forget metric, utility metric) for trade-off plots
-    # the relearning attack's settings (harness/probes/relearn.py): OPTML-Group/Unlearn-Smooth's WMDP
+    # the relearning attack's settings (harness/measure/probes/relearn.py): OPTML-Group/Unlearn-Smooth's WMDP
     # `Relearn+Forget.json` (lr 1e-5, batch 1 x 4 accumulation, 3 epochs); a task whose cited code differs sets
     # its own (`steps` instead of `epochs`: a fixed number of steps)
     relearn_settings: ClassVar[dict[str, Any]] = {"lr": 1e-5, "batch_size": 4, "epochs": 3}
@@ -345,7 +345,7 @@ class Task:
 
     def forget_splits(self) -> dict[str, list[int]]:
         """The forget set's parts by its natural attribute (indices into `forget_examples()`), for SPUNGE's
-        split-unlearn-merge (harness/spunge.py). None by default."""
+        split-unlearn-merge (harness/learn/spunge.py). None by default."""
         return {}
 
     def holdout_examples(self) -> list[Example]:
@@ -355,7 +355,7 @@ class Task:
 
     def refusal_examples(self) -> list[Example]:
         """The forget prompts, in order, each paired with a refusal answer (PO and WAGLE's PO variant)."""
-        from harness.refusals import refusals
+        from harness.learn.refusals import refusals
 
         answers = refusals(self.config.refusals_file)
         return [replace(ex, completion=" " + answers[i % len(answers)]) for i, ex in enumerate(self.forget_examples())]
@@ -366,12 +366,12 @@ class Task:
 
     @classmethod
     def rehearsal_config(cls, config: dict[str, Any]) -> dict[str, Any]:
-        """Config keys a rehearsal (harness/rehearse.py) sets over the file's `config`: a few evaluation rows
+        """Config keys a rehearsal (harness/sweeps/rehearse.py) sets over the file's `config`: a few evaluation rows
         and generated tokens, and bundled data where the file names data this machine may lack."""
         return {}
 
     def evaluation_size(self) -> tuple[int, int]:
         """(sequences the full evaluation scores, tokens it generates at most): what `sweep --plan` estimates
-        its cost from (harness/plan.py). (0, 0): not said, not estimated."""
+        its cost from (harness/sweeps/plan.py). (0, 0): not said, not estimated."""
         return 0, 0
 

@@ -28,13 +28,13 @@ def cmd_list(args: argparse.Namespace) -> int:
                 for field, typ, default, help_text in describe(e.cls.Config):
                     print(f"      {field} ({typ}, default {default!r}): {help_text}")
     if args.verbose:
-        from harness.features import MatchConfig
-        from harness.settings import TrainConfig
-        from harness.spec import PrepareConfig
+        from harness.learn.settings import TrainConfig
+        from harness.run.features import MatchConfig
+        from harness.run.spec import PrepareConfig
 
-        for title, cfg in (("unlearning settings (a spec's `train:`, harness/settings.py)", TrainConfig),
-                           ("preparation settings (a spec's `prepare:`, harness/spec.py)", PrepareConfig),
-                           ("matched forgetting (a spec's `match:`, harness/match.py)", MatchConfig)):
+        for title, cfg in (("unlearning settings (a spec's `train:`, harness/learn/settings.py)", TrainConfig),
+                           ("preparation settings (a spec's `prepare:`, harness/run/spec.py)", PrepareConfig),
+                           ("matched forgetting (a spec's `match:`, harness/measure/match.py)", MatchConfig)):
             print(f"{title}:")
             for field, typ, default, help_text in describe(cfg):
                 print(f"      {field} ({typ}, default {default!r}): {help_text}")
@@ -69,7 +69,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _spec_from_args(args: argparse.Namespace):
-    from harness.spec import RunSpec
+    from harness.run.spec import RunSpec
 
     data = _yaml_mapping(args.spec, "spec")
     for key in ("task", "model", "attribution", "ratio", "objective", "seed"):
@@ -87,9 +87,9 @@ def _spec_from_args(args: argparse.Namespace):
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from harness import prepare
     from harness.plugins import get_registry
-    from harness.spec import PrepareConfig
+    from harness.run import prepare
+    from harness.run.spec import PrepareConfig
 
     registry = get_registry()
     task = registry.build("task", args.task, None)
@@ -104,7 +104,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from harness import runner
+    from harness.run import runner
 
     spec = _spec_from_args(args)
     record = runner.execute(spec, Path(args.results), Path(args.save_model) if args.save_model else None)
@@ -119,7 +119,7 @@ def _yaml_mapping(path_text: str | None, what: str) -> dict:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from harness import evaluate
+    from harness.run import evaluate
 
     record = evaluate.evaluate_model(args.model, args.task, _yaml_mapping(args.task_config, "task config"),
                                      utility=args.utility or [], utility_limit=args.utility_limit,
@@ -131,7 +131,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_mask(args: argparse.Namespace) -> int:
-    from harness import runner
+    from harness.run import runner
 
     spec = runner.canonical(_spec_from_args(args))
     plan, meta = runner.mask_for(spec)
@@ -143,7 +143,7 @@ def cmd_mask(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from harness import export
+    from harness.run import export
 
     out = export.export(Path(args.results), args.run_id, Path(args.out))
     print(f"{out}: the unlearned model of {args.run_id} (load it with AutoModelForCausalLM, or score it with "
@@ -152,7 +152,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_mask_report(args: argparse.Namespace) -> int:
-    from harness import mask_report, masks
+    from harness.learn import masks
+    from harness.measure import mask_report
 
     loaded = []
     for folder in args.masks:
@@ -169,7 +170,7 @@ def cmd_mask_report(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from harness import sweep
+    from harness.sweeps import sweep
 
     cfg = sweep.load(Path(args.file))
     named = sweep.addresses(cfg) - {args.address}
@@ -181,7 +182,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.rehearse:
         return _rehearse(cfg, args)
     if args.plan:
-        from harness import plan
+        from harness.sweeps import plan
 
         print(plan.text(plan.rows(cfg, Path(args.results)), plan.machine_rate(), args.gpu))
         return 0
@@ -199,8 +200,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _rehearse(cfg, args: argparse.Namespace) -> int:
-    """The sweep's grids on a stand-in with every size cut (harness/rehearse.py), into their own folder."""
-    from harness import rehearse, sweep
+    """The sweep's grids on a stand-in with every size cut (harness/sweeps/rehearse.py), into their own folder."""
+    from harness.sweeps import rehearse, sweep
 
     grids, notes = rehearse.rehearsal(cfg, args.stand_in)
     results = Path(args.results) / f"rehearsal-{Path(args.file).stem}"
@@ -217,8 +218,9 @@ def _rehearse(cfg, args: argparse.Namespace) -> int:
 def cmd_memory(args: argparse.Namespace) -> int:
     from transformers import AutoConfig
 
-    from harness import memory, models
+    from harness.learn import memory
     from harness.plugins import get_registry
+    from harness.run import models
 
     try:
         config = AutoConfig.from_pretrained(models.resolve(args.model))
@@ -261,7 +263,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from harness import verify
+    from harness.run import verify
 
     chosen = verify.choose(Path(args.results_dir), args.sample, args.seed, args.id)
     print(f"replaying {len(chosen)} record(s) of {args.results_dir} (tolerance {args.tolerance:g})")
@@ -297,7 +299,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 def _add_spec_arguments(s: argparse.ArgumentParser) -> None:
     """A run spec from a YAML file, with the main fields overridable by flags."""
-    s.add_argument("--spec", help="YAML run spec (fields: harness/spec.py; plugin configs: unlearn-bench list -v)")
+    s.add_argument("--spec", help="YAML run spec (fields: harness/run/spec.py; plugin configs: unlearn-bench list -v)")
     s.add_argument("--task", help="task name")
     s.add_argument("--model", help="base model: alias, local folder or hub id")
     s.add_argument("--attribution", help="attribution (mask) name")
@@ -306,7 +308,7 @@ def _add_spec_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--seed", type=int)
     s.add_argument("--probes", help="comma-separated post-unlearning probes run after the evaluation, e.g. "
                                     "quantization,relearn,mia (the spec's `probes:`)")
-    t = s.add_argument_group("unlearning settings (the spec's `train:`; every field: harness/settings.py, "
+    t = s.add_argument_group("unlearning settings (the spec's `train:`; every field: harness/learn/settings.py, "
                              "`unlearn-bench list -v`)")
     t.add_argument("--lr", type=float, help="peak learning rate")
     t.add_argument("--epochs", type=int, help="passes over the forget set")
@@ -379,7 +381,7 @@ def _sweep_commands(sub) -> None:
     s.add_argument("--retry-failed", action="store_true", help="run again the runs whose record says failed")
     s.add_argument("--plan", action="store_true", help="run nothing: print every run (tuning first) with its id, "
                                                        "its state in --results and an estimate of its time here "
-                                                       "and on --gpu (harness/plan.py)")
+                                                       "and on --gpu (harness/sweeps/plan.py)")
     s.add_argument("--rehearse", action="store_true", help="run the file's whole grid on a stand-in model with every "
                                                            "size cut, into RESULTS/rehearsal-<file> (harness/"
                                                            "rehearse.py): its code paths, not a result")

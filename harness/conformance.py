@@ -19,12 +19,12 @@ from typing import Any
 
 import torch
 
-from harness import masks
 from harness.api import AttributionData, EvalContext, Example, LossOutput, Metric, ProbeContext, UnlearnBatch
 from harness.config import from_dict, to_dict
-from harness.data import make_batches
 from harness.errors import UnlearnBenchError
-from harness.optim import MaskedOptimizer
+from harness.learn import masks
+from harness.learn.data import make_batches
+from harness.learn.optim import MaskedOptimizer
 from harness.plugins import get_registry
 
 
@@ -237,7 +237,7 @@ SAMPLE_RETAIN = [Example(f"Question: Where is city {i}?\nAnswer:", f" City {i} l
 def check(name: str, model: str = "tiny-llama", config: dict[str, Any] | None = None) -> str:
     """Run the checks of the component called `name` (an attribution, an objective or a probe) on a fresh
     `model` with sample forget and retain examples (a probe: a few tofu-mini rows). Returns the kind checked."""
-    from harness import models
+    from harness.run import models
 
     registry = get_registry()
     kinds = [k for k in ("attribution", "objective", "probe", "optimizer") if name in registry.names(k)]

@@ -47,7 +47,7 @@ def shared_mode(mode: int) -> int:
 
 def temp_path(path: Path) -> Path:
     """A unique temporary name beside `path` with the writer's pid in it (`.NAME.PID.RANDOM.tmp`), the shape
-    atomic writes use, so a sweep removes what a killed writer left (harness/sweep.py)."""
+    atomic writes use, so a sweep removes what a killed writer left (harness/sweeps/sweep.py)."""
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
@@ -60,7 +60,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """atomic_write_text for bytes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # the writer's pid is in the name, so a sweep can remove what a killed writer left (harness/sweep.py)
+    # the writer's pid is in the name, so a sweep can remove what a killed writer left (harness/sweeps/sweep.py)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, shared_mode(0o666))

@@ -51,18 +51,18 @@ DEFAULT_PLUGINS = (
     "methods.po",
     "methods.random_label",
     "methods.rmu",
-    "harness.backends",
-    "harness.optim",
+    "harness.measure.backends",
+    "harness.learn.optim",
     "methods.soul",
-    "harness.executors",
+    "harness.sweeps.executors",
     "tasks.tofu",
     "tasks.muse",
     "tasks.books",
     "tasks.wmdp",
-    "harness.probes.quantization",
-    "harness.probes.relearn",
-    "harness.probes.mia",
-    "harness.probes.extraction",
+    "harness.measure.probes.quantization",
+    "harness.measure.probes.relearn",
+    "harness.measure.probes.mia",
+    "harness.measure.probes.extraction",
 )
 KINDS = {"attribution": "register_attributions", "objective": "register_objectives", "task": "register_tasks",
          "backend": "register_generation_backends", "executor": "register_executors", "probe": "register_probes",
@@ -252,7 +252,7 @@ def get_registry() -> Registry:
 def reset_registry() -> None:
     """Forget the cached registry and plugin code digests (after installing or editing a plugin, or changing
     the allowlist)."""
-    from harness.identity import code_digest
+    from harness.run.identity import code_digest
 
     get_registry.cache_clear()
     code_digest.cache_clear()

@@ -29,7 +29,7 @@ import numpy as np
 from scipy import stats
 
 from harness.io import spreadsheet_safe
-from harness.method import MethodKey
+from harness.run.method import MethodKey
 from leaderboard.paired import finite_value
 
 RESAMPLES = 2000
@@ -37,7 +37,7 @@ METRIC = "tradeoff_score"
 
 
 def method_label(spec: dict[str, Any]) -> str:
-    """The method's label (harness.method), the same on every task it ran."""
+    """The method's label (harness.run.method), the same on every task it ran."""
     return MethodKey.of(spec).label
 
 

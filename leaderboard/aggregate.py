@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from harness import records as records_mod
-from harness.method import MethodKey, labels
+from harness.run import records as records_mod
+from harness.run.method import MethodKey, labels
 from leaderboard.verdicts import t_interval
 
 GROUP_COLUMNS = ["task", "model", "attribution", "ratio", "objective", "config"]
@@ -32,7 +32,7 @@ def method_key(record: dict[str, Any]) -> tuple[str, str, MethodKey]:
 
 def method_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per method configuration (finished test runs grouped by task, model and MethodKey, with
-    pandas over the records' tidy frame, harness.records.tidy): n seeds, then per metric mean / ci_low /
+    pandas over the records' tidy frame, harness.run.records.tidy): n seeds, then per metric mean / ci_low /
     ci_high; sorted."""
     done = [r for r in records if r.get("kind") == "run" and r.get("status") == "finished"]
     by_id = {r["id"]: r for r in done}

@@ -10,7 +10,7 @@ from leaderboard.verdicts import CompareConfig, min_pairs
 
 
 def method_label(row: dict[str, Any]) -> str:
-    """A method row's name (harness.method: unique on its board)."""
+    """A method row's name (harness.run.method: unique on its board)."""
     return row["label"]
 
 

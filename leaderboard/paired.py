@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from harness.method import MethodKey, labels
+from harness.run.method import MethodKey, labels
 from leaderboard import questions, verdicts
 from leaderboard.aggregate import method_key
 from leaderboard.verdicts import CompareConfig

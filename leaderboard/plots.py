@@ -6,8 +6,8 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from harness.mask_report import density_heatmap
-from harness.method import MethodKey, labels
+from harness.measure.mask_report import density_heatmap
+from harness.run.method import MethodKey, labels
 
 
 def _oriented(value: float, direction: str) -> float:

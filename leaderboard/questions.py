@@ -6,9 +6,9 @@ per question: clusters drawn with replacement (a question weighs as often as its
 questions themselves where a set has fewer than MIN_CLUSTERS clusters (a bootstrap over 2 to 4 authors has
 too few distinct draws; drawing their questions ignores that questions of one author move together).
 Where a run stopped is held fixed: the bisected model counts as the match under every draw, as it does in the
-record (harness/match.py), so the question level measures the noise of the numbers at that model, not of
+record (harness/measure/match.py), so the question level measures the noise of the numbers at that model, not of
 where the run would have stopped. `replay` recomputes a run's trade-off score or
-utility at the match from its per-question values under such draws, exactly as harness/match.py computes
+utility at the match from its per-question values under such draws, exactly as harness/measure/match.py computes
 them from the whole sets (the all-ones draw gives the record's own number back).
 
 The two-level bootstrap of a paired difference draws the seed pairs with replacement and, in the same
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from harness import match
+from harness.measure import match
 
 METRICS = ("tradeoff_score", "match_utility")
 RESAMPLES = 2000
@@ -90,7 +90,7 @@ def replay(record: dict[str, Any], metric: str, w: dict[str, np.ndarray]) -> np.
             continue
         points = [((start - f) / (start - level[b]), u / reference[b]) for f, u in zip(forget[b], utility[b],
                                                                                        strict=True)]
-        if matched is not None:  # the match, as harness/match.py.summarize places it
+        if matched is not None:  # the match, as harness/measure/match.py.summarize places it
             e = 1.0 if bisection.get("within", True) else (start - matched_forget[b]) / (start - level[b])
             points.append((e, matched[b] / reference[b]))
         if metric == "tradeoff_score":

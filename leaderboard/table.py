@@ -8,10 +8,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from harness import records
 from harness.cache import stable_hash
 from harness.io import markdown_text, spreadsheet_safe
-from harness.method import MethodKey
+from harness.run import records
+from harness.run.method import MethodKey
 from leaderboard import aggregate, html, paired, plots, verdicts
 from leaderboard.headline import (
     PAIRED_HEAD,
@@ -36,7 +36,7 @@ FOUR_BIT = ("fp4_b64", "nf4_b64", "int4_g128")  # the quantization probe's 4-bit
 
 def read_records(results_dir: Path) -> list[dict[str, Any]]:
     """Every readable record under results_dir/runs (version 1 or 2), in its JSON form; corrupt or foreign
-    files are skipped with a warning (harness.records.read_all). Two finished runs of one method and seed are
+    files are skipped with a warning (harness.run.records.read_all). Two finished runs of one method and seed are
     refused (`single_runs`)."""
     found = [r.to_json() for r in records.read_all(results_dir)]
     single_runs(found, Path(results_dir))

@@ -2,7 +2,7 @@
 lightweight unlearning layers trained with a selective teacher-student objective, the base model frozen.
 
 - `unlearning-layers` (attribution): a bottleneck adapter after every decoder layer's MLP, width d /
-  `reduction` (harness/adapters.py); only these train, and they stay in the model for evaluation.
+  `reduction` (harness/learn/adapters.py); only these train, and they stay in the model for evaluation.
 - `eul` (objective), with the frozen target as teacher F and the model with its layers as student F_u:
       L = α·KL(F ‖ F_u)[retain] − KL(F ‖ F_u)[forget] + λ·CE(F_u)[retain] − γ·CE(F_u)[forget],
   KL the mean over answer tokens of the next-token KL, CE the answers' token-mean NLL: stay with the teacher
@@ -10,7 +10,7 @@ lightweight unlearning layers trained with a selective teacher-student objective
 The official repository (SALT-NLP/Efficient_Unlearning) ships an adapter-transformers training script
 (`src/models/run.py`: `AdapterConfig` with a reduction factor, `train_adapter`) but not the objective; the
 objective follows the paper's equations and its weights α, λ, γ are ours (docs/metrics.md). Fusing layers
-trained for several requests is SPUNGE's split with `merge: fusion` (harness/spunge.py).
+trained for several requests is SPUNGE's split with `merge: fusion` (harness/learn/spunge.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from harness.api import Attribution, AttributionData, AttributionResult, LossOutput, Objective, UnlearnBatch
 from harness.config import option
 from harness.hookspecs import hookimpl
-from harness.scoring import mean_nll
+from harness.measure.scoring import mean_nll
 from methods.graddiff import retain_kl
 
 

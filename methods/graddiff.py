@@ -9,7 +9,7 @@ import torch
 from harness.api import LossOutput, Objective, UnlearnBatch
 from harness.config import option
 from harness.hookspecs import hookimpl
-from harness.scoring import mean_nll
+from harness.measure.scoring import mean_nll
 from methods.losses import grad_diff, token_kl
 
 RETAIN_LOSSES = ("nll", "kl")

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 
 from harness.api import Attribution, AttributionData, AttributionResult
-from harness.attribution import summed_gradients
 from harness.config import option
 from harness.hookspecs import hookimpl
+from harness.learn.attribution import summed_gradients
 
 
 @dataclass

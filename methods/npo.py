@@ -9,7 +9,7 @@ import torch
 from harness.api import LossOutput, Objective, UnlearnBatch
 from harness.config import option
 from harness.hookspecs import hookimpl
-from harness.scoring import mean_nll, sum_nll
+from harness.measure.scoring import mean_nll, sum_nll
 from methods.losses import npo
 
 REDUCTIONS = {"token_mean": mean_nll, "sequence_sum": sum_nll}

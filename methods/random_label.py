@@ -3,7 +3,7 @@ questions towards wrong answers. As OPTML-Group's LLM version does it (SOUL, `sr
 `src/dataset/Base.py::UnlearnDataset`: each forget question gets the answer of a retain example drawn at
 random, plain NLL, no retain term), the answer is that of the retain example the batch pairs with each forget
 example (drawn at random by the unlearning batches), tokenized after the forget question
-(harness.data.swap_answers: SOUL's construction overwrites the answer in place, so questions of different
+(harness.learn.data.swap_answers: SOUL's construction overwrites the answer in place, so questions of different
 lengths misalign; ours puts it right after the question). `retain_weight` adds the retain NLL, as SalUn's
 classification RL trains on the retain set alongside (1); SOUL's LLM variant has none (0, the default).
 """
@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 from harness.api import LossOutput, Objective, UnlearnBatch
 from harness.config import option
-from harness.data import swap_answers
 from harness.hookspecs import hookimpl
-from harness.scoring import mean_nll
+from harness.learn.data import swap_answers
+from harness.measure.scoring import mean_nll
 
 
 @dataclass

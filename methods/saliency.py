@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 
 from harness.api import Attribution, AttributionData, AttributionResult
-from harness.attribution import summed_gradients
 from harness.hookspecs import hookimpl
+from harness.learn.attribution import summed_gradients
 
 
 @dataclass

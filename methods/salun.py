@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness.api import Attribution, AttributionData, AttributionResult
-from harness.attribution import summed_gradients
 from harness.hookspecs import hookimpl
+from harness.learn.attribution import summed_gradients
 
 
 @dataclass

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from harness.api import LossOutput, Objective, UnlearnBatch
 from harness.config import option
 from harness.hookspecs import hookimpl
-from harness.scoring import mean_nll
+from harness.measure.scoring import mean_nll
 from methods.losses import simnpo
 
 

@@ -14,8 +14,8 @@ import torch
 
 from harness.api import Attribution, AttributionData, AttributionResult
 from harness.config import option
-from harness.data import to_device
 from harness.hookspecs import hookimpl
+from harness.learn.data import to_device
 
 
 @dataclass

@@ -11,11 +11,11 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from harness import metrics
 from harness.api import EvalContext, Evaluation, Example, Metric, Task, TaskConfig
 from harness.config import option
 from harness.errors import ConfigError
 from harness.hookspecs import hookimpl
+from harness.measure import metrics
 from tasks import text
 
 

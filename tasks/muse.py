@@ -15,10 +15,10 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from harness import metrics, scoring
 from harness.api import EvalContext, Evaluation, Example, Metric, Task, TaskConfig
 from harness.config import option
 from harness.hookspecs import hookimpl
+from harness.measure import metrics, scoring
 from tasks import text
 
 KNOWMEM_STOP = ["\n\n", "\nQuestion", "Question:"]

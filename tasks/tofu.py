@@ -13,11 +13,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from harness import metrics, scoring
 from harness.api import EvalContext, Evaluation, Example, Metric, ProbeSets, Task, TaskConfig
 from harness.config import option
 from harness.hookspecs import hookimpl
 from harness.io import read_jsonl
+from harness.measure import metrics, scoring
 
 QA_PER_AUTHOR = 20
 FORGET_SPLITS = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
@@ -131,7 +131,7 @@ class Tofu(Task):
     def refusal_examples(self) -> list[Example]:
         """The forget questions with refusal answers, formatted as answers are (`answer_template`), as TOFU
         formats its "I don't know" answers."""
-        from harness.refusals import refusals
+        from harness.learn.refusals import refusals
 
         answers = refusals(self.config.refusals_file)
         return [self._example({"question": r["question"], "answer": answers[i % len(answers)]})

@@ -14,12 +14,12 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
 
-from harness import lm_eval_bridge
 from harness.api import EvalContext, Evaluation, Example, ProbeSets, Task, TaskConfig
 from harness.config import option
 from harness.errors import DataError
 from harness.hookspecs import hookimpl
 from harness.io import read_jsonl
+from harness.measure import lm_eval_bridge
 from tasks import text
 
 SUBJECTS = {"bio": "biology", "cyber": "computer security", "chem": "chemistry"}

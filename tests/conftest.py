@@ -34,14 +34,14 @@ def fresh_registry():
 @pytest.fixture
 def tiny():
     """(model, tokenizer) of the tiny Llama built from a config (about 15K parameters), fresh per test."""
-    from harness import models
+    from harness.run import models
 
     return models.load("tiny-llama")
 
 
 @pytest.fixture(scope="session")
 def smol():
-    from harness import models
+    from harness.run import models
 
     return models.load("smollm2-135m")
 
@@ -52,7 +52,7 @@ def records_follow_the_schema():
     that does not match fails the test that wrote it. Yields the paths checked."""
     import jsonschema
 
-    from harness import records
+    from harness.run import records
 
     validator = jsonschema.Draft202012Validator(json.loads((ROOT / "docs" / "record.schema.json").read_text()))
     publish = records.atomic_write_json

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import torch
 
-from harness import distributed, fsdp, masks, models
+from harness import distributed
 from harness.api import LossOutput
-from harness.train import TrainConfig, train
-from harness.update import UpdatePlan
+from harness.learn import fsdp, masks
+from harness.learn.train import TrainConfig, train
+from harness.learn.update import UpdatePlan
+from harness.run import models
 
 
 def loss_fn(net: torch.nn.Module, batch: dict[str, torch.Tensor], reference: torch.nn.Module) -> LossOutput:

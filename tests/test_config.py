@@ -4,8 +4,8 @@ import pytest
 
 from harness.config import from_dict, option, to_dict
 from harness.errors import ConfigError
-from harness.settings import TrainConfig
-from harness.spec import RunSpec
+from harness.learn.settings import TrainConfig
+from harness.run.spec import RunSpec
 
 
 @dataclass
@@ -32,7 +32,7 @@ def test_wrong_type_names_field():
         from_dict(Demo, {"steps": 2.5}, "cfg")
     with pytest.raises(ConfigError, match=r"cfg\.rate: expected a number"):
         from_dict(Demo, {"rate": "fast"}, "cfg")
-    from harness.sweep import TuneConfig
+    from harness.sweeps.sweep import TuneConfig
 
     assert from_dict(TuneConfig, {"metric": "match_utility"}, "cfg").metric == "match_utility"
     with pytest.raises(ConfigError, match=r"cfg\.metric: expected one of tradeoff_score, match_utility, got 'utility'"):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from harness import metrics
+from harness.measure import metrics
 
 
 def test_rouge_l_f1_by_hand():

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import cli, models, runner
+from harness import cli
 from harness.config import from_dict
 from harness.errors import DataError
-from harness.evaluate import evaluate_model
 from harness.plugins import get_registry
-from harness.spec import RunSpec
+from harness.run import models, runner
+from harness.run.evaluate import evaluate_model
+from harness.run.spec import RunSpec
 
 MUSE_SMALL = {"texts_limit": 3, "qa_limit": 3, "chunk_words": 24, "max_length": 64, "verbmem_tokens": 6,
               "knowmem_tokens": 4}

@@ -18,7 +18,8 @@ import pytest
 import torch
 import yaml
 
-from harness import masks, models
+from harness.learn import masks
+from harness.run import models
 
 BIN = Path(sys.executable).parent
 SPEC = {

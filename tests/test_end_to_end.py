@@ -6,10 +6,10 @@ import shutil
 
 import pytest
 
-from harness import sweep
 from harness.config import from_dict, to_dict
 from harness.errors import ConfigError
-from harness.method import MethodKey
+from harness.run.method import MethodKey
+from harness.sweeps import sweep
 from leaderboard import table
 
 SWEEP = {  # NPO as a second grid of the same sweep: the same six runs as both objectives in one grid
@@ -183,7 +183,7 @@ def test_verify_replays_records_and_catches_a_changed_number(swept, tmp_path, ca
 
 
 def test_extra_seeds_stop_at_the_match_and_their_settings_are_checked():
-    from harness.spec import RunSpec
+    from harness.run.spec import RunSpec
 
     cfg = from_dict(sweep.SweepConfig, {"attributions": ["dense"], "objectives": ["graddiff"], "seeds": [0, 1, 2],
                                         "evaluate_seeds": [0], "probes": ["mia"], "match": {"enabled": True}}, "g")

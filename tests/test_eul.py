@@ -8,9 +8,9 @@ import copy
 import pytest
 import torch
 
-from harness import adapters, spunge
 from harness.api import Example, UnlearnBatch
-from harness.data import make_batches
+from harness.learn import adapters, spunge
+from harness.learn.data import make_batches
 from harness.plugins import get_registry
 
 FORGET = [Example(f"Question: Who is author {i}?\nAnswer:", f" Author {i} writes about dragons.") for i in range(4)]
@@ -83,9 +83,9 @@ def test_fusion_solves_its_normal_equations():
 
 
 def test_an_eul_run_fuses_the_layers_of_two_requests(tmp_path):
-    from harness import runner
     from harness.config import from_dict
-    from harness.spec import RunSpec
+    from harness.run import runner
+    from harness.run.spec import RunSpec
 
     data = {"task": "tofu-mini", "model": "tiny-llama", "attribution": "unlearning-layers",
             "attribution_config": {"reduction": 4}, "objective": "eul",

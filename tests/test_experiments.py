@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import sweep
 from harness.plugins import get_registry
+from harness.sweeps import sweep
 
 EXPERIMENTS = sorted((Path(__file__).resolve().parent.parent / "experiments").glob("*.yaml"))
 

@@ -13,10 +13,12 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from harness import cli, lm_eval_bridge, runner
+from harness import cli
 from harness.config import from_dict
-from harness.evaluate import evaluate_model
-from harness.spec import RunSpec
+from harness.measure import lm_eval_bridge
+from harness.run import runner
+from harness.run.evaluate import evaluate_model
+from harness.run.spec import RunSpec
 
 TASK_CONFIG = {"utility_limit": 2, "eval_limit": 4, "max_new_tokens": 2, "retain_authors": 1}
 DOWN = "model.layers.1.mlp.down_proj.weight"
@@ -60,7 +62,7 @@ def test_export_rebuilds_the_folder_from_the_kept_weights(saved, tmp_path, capsy
 
 def test_export_says_what_is_missing(saved, tmp_path):
     from harness.errors import UnlearnBenchError
-    from harness.export import export
+    from harness.run.export import export
 
     results, record = saved
     with pytest.raises(UnlearnBenchError, match="no readable record"):

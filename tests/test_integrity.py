@@ -9,7 +9,7 @@ import pytest
 from harness import cli
 from harness.config import from_dict
 from harness.errors import ConfigError, NoUnlearningError
-from harness.settings import TrainConfig
+from harness.learn.settings import TrainConfig
 
 TINY = ["run", "--task", "tofu-mini", "--model", "tiny-llama"]
 
@@ -44,8 +44,8 @@ def test_corpus_limit_has_one_meaning():
 
 
 def test_empty_sets_are_refused():
-    from harness.runner import check_sets
-    from harness.spec import RunSpec
+    from harness.run.runner import check_sets
+    from harness.run.spec import RunSpec
     from methods.ascent import GradientAscent
     from methods.graddiff import GradDiff
 
@@ -150,7 +150,7 @@ def test_records_are_standard_json(tmp_path):
 
 
 def test_a_sweep_file_cannot_choose_a_cluster_alone(tmp_path, capsys):
-    from harness import sweep
+    from harness.sweeps import sweep
 
     path = tmp_path / "sweep.yaml"
     path.write_text("attributions: [dense]\nobjectives: [graddiff]\nexecutor: ray\n"
@@ -176,8 +176,8 @@ def test_malformed_yaml_is_a_clear_error(tmp_path, capsys, flag):
 def test_a_tokenizer_without_pad_or_eos_is_named(tmp_path):
     import shutil
 
-    from harness import models
     from harness.errors import UnlearnBenchError
+    from harness.run import models
 
     folder = tmp_path / "no-eos"
     shutil.copytree(models.resolve("tiny-llama"), folder)
@@ -193,7 +193,7 @@ def test_two_sweeps_superseding_one_record_both_go_on(tmp_path):
     import shutil
     from pathlib import Path
 
-    from harness import records
+    from harness.run import records
 
     runs = Path(__file__).parents[1] / "leaderboards" / "tofu-mini" / "records" / "runs"
     committed = next(runs.glob("tofu-mini-target-*.json"))
@@ -206,8 +206,8 @@ def test_two_sweeps_superseding_one_record_both_go_on(tmp_path):
 
 
 def test_temporaries_have_unique_names_and_a_dead_writers_are_removed(tmp_path):
-    from harness import sweep
     from harness.io import temp_path
+    from harness.sweeps import sweep
 
     path = tmp_path / "checkpoints" / "run.pt"
     assert temp_path(path) != temp_path(path) and sweep.stale_pid(temp_path(path).name) is not None
@@ -244,8 +244,8 @@ def _modules(package: str) -> set[str]:
 def test_every_module_is_digested_or_declared_outside():
     """Each module of the harness, the methods and the tasks is a plugin's own module (digested with the
     plugin), in CORE (the harness digest in every run id) or declared OUTSIDE: a new module must choose."""
-    from harness import identity
     from harness.plugins import get_registry
+    from harness.run import identity
 
     registry = get_registry()
     plugin_modules = {e.cls.__module__ for kind in registry.entries.values() for e in kind.values()}
@@ -256,9 +256,9 @@ def test_every_module_is_digested_or_declared_outside():
 
 
 def test_a_fix_in_the_harness_core_changes_run_ids_but_not_the_experiment(monkeypatch):
-    from harness import identity
     from harness.plugins import get_registry
-    from harness.spec import RunSpec
+    from harness.run import identity
+    from harness.run.spec import RunSpec
 
     spec, registry = RunSpec(task="tofu-mini", model="tiny-llama"), get_registry()
     before, key = identity.run_id(spec, registry), identity.spec_key(spec, registry)
@@ -274,7 +274,7 @@ def test_a_fix_in_the_harness_core_changes_run_ids_but_not_the_experiment(monkey
 def test_a_digest_ignores_docstrings_comments_and_imports():
     import ast
 
-    from harness.identity import _strip
+    from harness.run.identity import _strip
 
     def dump(source: str) -> str:
         return ast.dump(_strip(ast.parse(source)))
@@ -292,7 +292,7 @@ def test_models_are_keyed_on_their_contents_and_revision(tmp_path, monkeypatch):
     import torch
     from safetensors.torch import load_file, save_file
 
-    from harness import models
+    from harness.run import models
 
     source = models.resolve("tiny-llama")
     a, b = tmp_path / "a", tmp_path / "b"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from harness.method import MethodKey
+from harness.run.method import MethodKey
 from leaderboard import aggregate, plots, table
 
 
@@ -365,9 +365,9 @@ def test_the_command_line_ends_with_the_verdicts(matched_results, tmp_path, caps
 
 
 def test_records_as_one_tidy_frame(results):
-    """harness.records.frame: one row per record and metric, grouped with pandas as a notebook would; the
+    """harness.run.records.frame: one row per record and metric, grouped with pandas as a notebook would; the
     leaderboard's method rows are the same numbers."""
-    from harness.records import frame
+    from harness.run.records import frame
 
     df = frame(results)
     assert {"id", "kind", "status", "task", "seed", "method", "metric", "value", "direction"} <= set(df.columns)
@@ -408,7 +408,7 @@ def test_a_verdict_waits_for_every_planned_seed():
 
 
 def test_two_finished_runs_of_one_seed_are_refused(results):
-    from harness.records import RecordError
+    from harness.run.records import RecordError
 
     _record(results / "runs", "wagle-0-again", seed=0, forget=0.1, utility=0.1)
     with pytest.raises(RecordError, match=r"wagle-0-again and wagle-0 are both finished runs of wagle .* seed 0 "
@@ -417,7 +417,7 @@ def test_two_finished_runs_of_one_seed_are_refused(results):
 
 
 def test_rehearsals_never_mix_with_real_runs(results):
-    from harness.records import RecordError
+    from harness.run.records import RecordError
 
     record = json.loads((results / "runs" / "wagle-0.json").read_text())
     record["id"], record["spec"] = "rehearsed", dict(record["spec"], rehearsal=True, seed=9)

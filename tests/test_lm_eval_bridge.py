@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from harness import lm_eval_bridge, match
+from harness.measure import lm_eval_bridge, match
 from tasks.wmdp import Wmdp, WmdpMiniConfig, describe
 
 

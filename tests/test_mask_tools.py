@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import mask_report
+from harness.measure import mask_report
 
 
 def test_density_and_jaccard_by_hand():

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from harness import masks
 from harness.errors import UnlearnBenchError
+from harness.learn import masks
 
 
 def _scores(seed: int, ties: bool = False, negative: bool = False) -> dict[str, torch.Tensor]:

@@ -4,9 +4,9 @@ probe against the scoring it is built on, the tune rule, and paired differences.
 import numpy as np
 import pytest
 
-from harness import match, scoring
 from harness.api import Example, ProbeSets
-from harness.sweep import select
+from harness.measure import match, scoring
+from harness.sweeps.sweep import select
 from leaderboard.paired import differences
 
 
@@ -70,7 +70,7 @@ def test_probe_is_the_mean_probability_and_harmonic_mean_of_parts(tiny):
 
 
 def _tune_record(lr, reached, validation_utility, validation_tradeoff, status="finished", seed=1000):
-    from harness.records import Record
+    from harness.run.records import Record
 
     return Record(kind="tune", id=f"r{lr}-{seed}", status=status, spec={"train": {"lr": lr}, "seed": seed},
                   match={"reached": reached},

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from harness import prepare, runner
 from harness.config import from_dict
 from harness.plugins import get_registry, reset_registry
-from harness.spec import RunSpec
+from harness.run import prepare, runner
+from harness.run.spec import RunSpec
 
 reset_registry()
 ATTRIBUTIONS = get_registry().names("attribution")
@@ -52,7 +52,7 @@ def test_eval_curve_during_unlearning(tmp_path):
 def test_failed_run_is_recorded_with_its_error(tmp_path):
     from harness.api import LossOutput, Objective
     from harness.errors import NonFiniteLossError
-    from harness.scoring import mean_nll
+    from harness.measure.scoring import mean_nll
     from methods.ascent import AscentConfig
 
     class NanAfterOne(Objective):

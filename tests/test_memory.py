@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
-from harness import masks, memory
-from harness.attribution import summed_gradients
-from harness.data import make_batches
-from harness.optim import MaskedAdamW
+from harness.learn import masks, memory
+from harness.learn.attribution import summed_gradients
+from harness.learn.data import make_batches
+from harness.learn.optim import MaskedAdamW
 
 
 def test_estimate_by_hand():

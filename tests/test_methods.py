@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from harness.api import AttributionData, Example, UnlearnBatch
-from harness.data import collate, encode, make_batches
+from harness.learn.data import collate, encode, make_batches
 from harness.plugins import get_registry
 
 FORGET = [Example(f"Question: Who is author {i}?\nAnswer:", f" Author {i} writes about dragons and tea.")
@@ -197,7 +197,7 @@ def test_rmu_loss_by_hand_and_its_module_filter(tiny):
 
 
 def test_rmu_restricts_the_mask_to_its_modules(tiny):
-    from harness.update import restrict
+    from harness.learn.update import restrict
 
     model, _ = tiny
     down = r"model\.layers\.1\.mlp\.down_proj\.weight"
@@ -243,9 +243,9 @@ def test_wanda_mask_matches_the_per_row_rule_written_out(tiny):
 
 
 def test_lora_trains_adapters_only_and_merges(tmp_path):
-    from harness import runner
     from harness.config import from_dict
-    from harness.spec import RunSpec
+    from harness.run import runner
+    from harness.run.spec import RunSpec
 
     spec = from_dict(RunSpec, {
         "task": "tofu-mini", "model": "tiny-llama", "attribution": "lora", "objective": "graddiff",
@@ -298,7 +298,7 @@ def test_random_label_trains_forget_questions_towards_retain_answers(tiny):
     """Each forget question with the answer of the retain example its batch pairs it with (row i, modulo the
     retain rows): the same tokens and labels as encoding that question with that answer, and the loss HF
     computes on them; retain_weight adds the retain NLL (SalUn's classification RL)."""
-    from harness.data import swap_answers
+    from harness.learn.data import swap_answers
 
     model, tok = tiny
     forget, retain = _batch(tok, FORGET[:3]), _batch(tok, RETAIN[:2])

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from harness import metrics
+from harness.measure import metrics
 
 
 def test_probability_is_exp_of_minus_mean_nll():

@@ -1,7 +1,7 @@
 import pytest
 
-from harness import models
 from harness.errors import ModelNotFoundError
+from harness.run import models
 
 
 def test_embedded_model_is_a_plain_hf_folder_and_answers(smol):
@@ -10,7 +10,7 @@ def test_embedded_model_is_a_plain_hf_folder_and_answers(smol):
     assert (path / "model.safetensors").is_file() and (path / "tokenizer.json").is_file()
     assert type(model).__name__ == "LlamaForCausalLM"
     assert 130e6 < sum(p.numel() for p in model.parameters()) < 140e6
-    from harness.generation import greedy
+    from harness.measure.generation import greedy
 
     prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
                                      tokenize=False, add_generation_prompt=True)
@@ -34,9 +34,9 @@ def test_missing_model_names_the_argument_and_the_aliases(tmp_path):
 
 
 def test_prepare_is_cached(tmp_path):
-    from harness import prepare
     from harness.plugins import get_registry
-    from harness.spec import PrepareConfig
+    from harness.run import prepare
+    from harness.run.spec import PrepareConfig
 
     task = get_registry().build("task", "tofu-mini", {"retain_authors": 1})
     cfg = PrepareConfig(epochs=1)

@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 
-from harness.generation import greedy
-from harness.offset import OffsetModel
+from harness.learn.offset import OffsetModel
+from harness.measure.generation import greedy
 
 PROMPTS = ["Question: Who wrote the saga?\nAnswer:", "Hi", "A longer prompt that needs left padding here:"]
 
@@ -55,11 +55,11 @@ def test_offset_generation_is_greedy_on_the_composed_logits(tiny):
 
 
 def test_an_offset_run_unlearns_the_small_model_and_evaluates_the_composition(tmp_path):
-    from harness import prepare, runner
     from harness.config import from_dict
     from harness.errors import ConfigError
     from harness.plugins import get_registry
-    from harness.spec import RunSpec
+    from harness.run import prepare, runner
+    from harness.run.spec import RunSpec
     from leaderboard import aggregate
 
     data = {"task": "tofu-mini", "model": "tiny-llama", "attribution": "dense", "objective": "graddiff",
@@ -82,7 +82,7 @@ def test_an_offset_run_unlearns_the_small_model_and_evaluates_the_composition(tm
 def test_the_offset_alias_is_a_small_model_with_smollm2s_tokenizer():
     from transformers import AutoTokenizer
 
-    from harness import models
+    from harness.run import models
 
     small, tok = models.load("smollm2-offset")
     assert 3.0e6 < sum(p.numel() for p in small.parameters()) < 3.5e6
@@ -90,8 +90,8 @@ def test_the_offset_alias_is_a_small_model_with_smollm2s_tokenizer():
 
 
 def _composer(large, original, alpha: float):
-    from harness import offset
-    from harness.features import OffsetConfig
+    from harness.learn import offset
+    from harness.run.features import OffsetConfig
 
     composer = offset.Composer.__new__(offset.Composer)  # the run loads both from paths; here: in memory
     composer.cfg, composer.large, composer.original = OffsetConfig(enabled=True, alpha=alpha), large, original
@@ -102,8 +102,8 @@ def _composer(large, original, alpha: float):
 
 def _batch(tok):
     from harness.api import Example
-    from harness.settings import TrainConfig
-    from harness.train import unlearn_batches
+    from harness.learn.settings import TrainConfig
+    from harness.learn.train import unlearn_batches
 
     forget = [Example("Question: Who wrote the saga?\nAnswer:", " Basil Mahfouz"), Example("Q: Hi\nA:", " hello")]
     retain = [Example("Question: Capital of France?\nAnswer:", " Paris"), Example("Q: 2+2\nA:", " four")]
@@ -133,7 +133,7 @@ def test_offset_unlearning_trains_the_small_model_through_the_composition(tiny):
     import math
 
     from harness.plugins import get_registry
-    from harness.runner import unlearning_loss
+    from harness.run.runner import unlearning_loss
 
     large, small, original, tok = _three(tiny)
     batch, alpha = _batch(tok), 0.7

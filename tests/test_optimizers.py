@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.optim import MaskedOptimizer
+from harness.learn.optim import MaskedOptimizer
 from harness.plugins import get_registry
 
 
@@ -62,10 +62,10 @@ def test_adamw_rule_is_torchs_adamw():
 def test_soul_unlearns_tofu_mini_with_each_objective(tiny, objective):
     import copy
 
+    from harness.learn.settings import TrainConfig
+    from harness.learn.train import train, unlearn_batches
+    from harness.learn.update import UpdatePlan
     from harness.plugins import get_registry as registry
-    from harness.settings import TrainConfig
-    from harness.train import train, unlearn_batches
-    from harness.update import UpdatePlan
 
     model, tok = tiny
     task = registry().build("task", "tofu-mini", {"retain_authors": 1})
@@ -87,9 +87,9 @@ def test_soul_unlearns_tofu_mini_with_each_objective(tiny, objective):
 
 
 def test_a_run_names_its_optimizer_and_it_changes_the_run(tmp_path):
-    from harness import runner
     from harness.config import from_dict
-    from harness.spec import RunSpec
+    from harness.run import runner
+    from harness.run.spec import RunSpec
 
     base = {"task": "tofu-mini", "model": "tiny-llama", "attribution": "random", "ratio": 0.5,
             "objective": "graddiff",

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import sweep
-from harness.settings import TrainConfig, lr_factor
-from harness.train import finetune_batches, train
+from harness.learn.settings import TrainConfig, lr_factor
+from harness.learn.train import finetune_batches, train
+from harness.sweeps import sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 WAGLE_PAPER = ["tofu-forget10-llama2-graddiff", "tofu-forget10-llama2-npo", "tofu-forget10-llama2-po",
@@ -61,7 +61,7 @@ def _examples():
 
 def _nll(model, batch):
     from harness.api import LossOutput
-    from harness.scoring import mean_nll
+    from harness.measure.scoring import mean_nll
 
     return LossOutput(mean_nll(model, batch).mean())
 
@@ -100,7 +100,7 @@ def test_tofu_paper_configs_evaluate_tofus_legacy_300_rows(objective):
 
 
 def test_rmu_batches_alternate_topics_in_file_order_as_rmus_code():
-    from harness.train import topic_batches
+    from harness.learn.train import topic_batches
 
     # bio: 5 documents, cyber: 4; retain: 3 wikitext lines for bio, 2 for cyber; batches of 2. RMU's code takes
     # step k from topic k % 2, batch k // 2, with the same-numbered retain batch of that topic
@@ -112,8 +112,8 @@ def test_rmu_batches_alternate_topics_in_file_order_as_rmus_code():
 
 def test_wmdp_topics_reach_rmu_as_the_reference_arranges_them(tiny, tmp_path):
     from harness.api import LossOutput
+    from harness.learn.train import unlearn_batches
     from harness.plugins import get_registry
-    from harness.train import unlearn_batches
 
     model, tok = tiny
     bio, cyber, wiki = (tmp_path / f"{n}.jsonl" for n in ("bio", "cyber", "wiki"))

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import plan, records, sweep
 from harness.config import from_dict, to_dict
 from harness.plugins import get_registry
+from harness.run import records
+from harness.sweeps import plan, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_CPU = 167e9 * plan.CPU_EFFICIENCY  # docs/performance.md: the 2048² fp32 matmul rate of that machine

@@ -40,11 +40,11 @@ def test_template_is_listed(installed):
 
 
 def test_template_runs_end_to_end_and_conforms(installed, tiny, tmp_path):
-    from harness import runner
     from harness.api import Example
     from harness.config import from_dict
     from harness.conformance import check_attribution
-    from harness.spec import RunSpec
+    from harness.run import runner
+    from harness.run.spec import RunSpec
 
     reset_registry()
     assert get_registry().get("attribution", "late-layers").distribution == "unlearn-bench-example"

@@ -27,7 +27,7 @@ PLUGIN_SOURCE = textwrap.dedent('''
     from harness.api import Attribution, AttributionResult, LossOutput, Objective
     from harness.config import option
     from harness.hookspecs import hookimpl
-    from harness.scoring import mean_nll
+    from harness.measure.scoring import mean_nll
 
 
     @dataclass
@@ -121,9 +121,9 @@ def test_third_party_plugin_is_listed_with_its_version(third_party):
 
 
 def test_third_party_plugin_runs_end_to_end(third_party, tmp_path):
-    from harness import runner
     from harness.config import from_dict
-    from harness.spec import RunSpec
+    from harness.run import runner
+    from harness.run.spec import RunSpec
 
     spec = from_dict(RunSpec, {
         "task": "tofu-mini", "model": "tiny-llama", "attribution": "last-layer", "ratio": 0.25,
@@ -140,7 +140,7 @@ def test_third_party_plugin_runs_end_to_end(third_party, tmp_path):
 
 
 def test_a_plugin_whose_code_version_or_defaults_change_gets_a_new_run_id(third_party):
-    from harness.spec import RunSpec
+    from harness.run.spec import RunSpec
 
     source = third_party / "ub_extra" / "__init__.py"
 
@@ -172,7 +172,7 @@ def test_a_plugin_whose_code_version_or_defaults_change_gets_a_new_run_id(third_
 
 
 def test_a_record_of_the_same_spec_under_an_older_run_id_is_moved_aside(tmp_path, caplog):
-    from harness import records
+    from harness.run import records
 
     plugins = {"attribution": {"name": "wagle", "version": "0.1.0", "code": "new"}}
 
@@ -306,7 +306,7 @@ def test_every_hook_is_documented():
 def test_records_of_every_kind_follow_the_schema_and_version_1_still_reads(tmp_path, records_follow_the_schema):
     import json
 
-    from harness import records
+    from harness.run import records
 
     before = len(records_follow_the_schema)
     for kind, extra in (("reference", {"role": "target", "model": "m", "headline": {"forget": "f", "utility": "u"}}),

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from harness import metrics
 from harness.api import Evaluation, Example, Metric, ProbeContext, ProbeSets
+from harness.measure import metrics
+from harness.measure.probes import quantization, relearn
+from harness.measure.probes.mia import MiaConfig, aucs, scores
+from harness.measure.scoring import completion_nll, token_stats
 from harness.plugins import get_registry
-from harness.probes import quantization, relearn
-from harness.probes.mia import MiaConfig, aucs, scores
-from harness.scoring import completion_nll, token_stats
 
 FORGET = [Example(f"Question: What does author {i} write?\nAnswer:", f" Author {i} writes sagas about dragons.")
           for i in range(6)]
@@ -199,9 +199,9 @@ def test_probe_config_errors_name_the_field():
 
 
 def test_a_run_records_every_probe_and_the_leaderboard_shows_them(tmp_path):
-    from harness import records, runner
     from harness.config import from_dict
-    from harness.spec import RunSpec
+    from harness.run import records, runner
+    from harness.run.spec import RunSpec
     from leaderboard import table
 
     spec = from_dict(RunSpec, {
@@ -243,9 +243,9 @@ def test_a_run_records_every_probe_and_the_leaderboard_shows_them(tmp_path):
 
 
 def test_a_sweep_probes_the_seeds_it_names_and_never_a_tuning_run():
-    from harness import sweep
     from harness.config import from_dict
     from harness.errors import ConfigError, UnknownPluginError
+    from harness.sweeps import sweep
 
     base = {"task": "tofu-mini", "model": "tiny-llama", "attributions": ["dense"], "objectives": ["graddiff"],
             "seeds": [0, 1], "probes": ["quantization", "relearn"], "probe_seeds": {"relearn": [1]},
@@ -258,7 +258,7 @@ def test_a_sweep_probes_the_seeds_it_names_and_never_a_tuning_run():
     assert all(s.probes == [] for runs in sweep.tuning_grid(cfg).values() for s in runs)
     # probing some seeds only leaves them one method on the leaderboard (one row, paired seed by seed)
     from harness.config import to_dict
-    from harness.method import MethodKey
+    from harness.run.method import MethodKey
     assert MethodKey.of(to_dict(specs[0])) == MethodKey.of(to_dict(specs[1]))
     with pytest.raises(UnknownPluginError, match="mia"):
         sweep.expand(from_dict(sweep.SweepConfig, {**base, "probes": ["mai"]}, "test"))
@@ -271,7 +271,7 @@ def test_fp4_blocks_by_hand():
     1/6, 1/4, 1/3, 1/2, 2/3, 1); 0.0859375 is the kernel's pivot between 1/192 and 1/6, so it goes to the
     smaller; -0.001 keeps its sign on a zero magnitude. Block 2, absmax 12: the table × 12 (0, 0.0625, 2, 3,
     4, 6, 8, 12). An all-zero block stays zero."""
-    from harness.probes.quantization import absmax_4bit, fp4_code
+    from harness.measure.probes.quantization import absmax_4bit, fp4_code
 
     w = torch.tensor([[1.0, 0.0859375, 0.09, -0.001], [12.0, -7.5, 1.0, 2.9], [0.0, 0.0, 0.0, 0.0]])
     got = absmax_4bit(w, fp4_code, blocksize=4)
@@ -281,7 +281,7 @@ def test_fp4_blocks_by_hand():
 
 
 def test_nf4_and_llm_int8_by_hand():
-    from harness.probes.quantization import NF4, absmax_4bit, llm_int8, nf4_code
+    from harness.measure.probes.quantization import NF4, absmax_4bit, llm_int8, nf4_code
 
     # NF4, absmax 2: the table × 2; 0.1 / 2 = 0.05 lies above the midpoint of 0 and 0.0796 (0.0398), so it
     # becomes 0.0796 × 2; -1.9 / 2 = -0.95 is nearest -1
@@ -300,7 +300,7 @@ def test_the_4bit_and_8bit_grids_equal_bitsandbytes():
     are the CUDA kernel's literals (dQuantizeFP4, what the paper ran), the CPU backend's are the table's
     float32 midpoints."""
     bnb = pytest.importorskip("bitsandbytes.functional")
-    from harness.probes.quantization import FP4_PIVOTS, absmax_4bit, fp4_code, llm_int8, nf4_code
+    from harness.measure.probes.quantization import FP4_PIVOTS, absmax_4bit, fp4_code, llm_int8, nf4_code
 
     w = torch.randn(96, 576, generator=torch.Generator().manual_seed(0)) * 0.02
     q, state = bnb.quantize_4bit(w, blocksize=64, quant_type="nf4")

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from harness import sweep
 from harness.config import from_dict
-from harness.records import Record
+from harness.run.records import Record
+from harness.sweeps import sweep
 from leaderboard import table
 
 SWEEP = {
@@ -129,7 +129,7 @@ def test_records_keep_the_probe_per_question_and_replay_their_numbers(protocol):
 
 def test_rerun_skips_tuning_and_test_runs(protocol, caplog):
     cfg, results, _, _ = protocol
-    with caplog.at_level("INFO", logger="harness.sweep"):
+    with caplog.at_level("INFO", logger="harness.sweeps.sweep"):
         assert sweep.run(cfg, results) == {"finished": 0, "skipped": 10, "failed": 0, "busy": 0}
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("run ")]
     assert lines[0].startswith("run 1 of 8 (dense (1) + graddiff, seed 7): skipped, ")  # planned: 4 + 4

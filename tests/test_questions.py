@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness import match
+from harness.measure import match
 from leaderboard import questions
 
 

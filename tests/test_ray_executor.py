@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import sweep
 from harness.config import from_dict
+from harness.sweeps import sweep
 
 pytest.importorskip("ray")
 # `ray stop --force` ends every Ray process of the machine, so one test owns the one cluster: under two pytest

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import rehearse, sweep
+from harness.sweeps import rehearse, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,8 +38,8 @@ SHIPPED = sorted(p.name for p in (ROOT / "experiments").glob("*.yaml"))
 def test_a_shipped_experiment_file_rehearses(name, tmp_path):
     """Its whole grid on the tiny model: every run finishes, every record says rehearsal, and the rehearsal's
     own leaderboard builds."""
-    from harness import records
     from harness.cli import main
+    from harness.run import records
     from leaderboard import table
 
     assert main(["sweep", str(ROOT / "experiments" / name), "--results", str(tmp_path), "--rehearse"]) == 0

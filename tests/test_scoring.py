@@ -2,8 +2,8 @@ import numpy as np
 import torch
 
 from harness.api import Example
-from harness.data import collate, encode
-from harness.scoring import completion_nll, mean_nll
+from harness.learn.data import collate, encode
+from harness.measure.scoring import completion_nll, mean_nll
 
 EXAMPLES = [
     Example("Question: Who wrote Hamlet?\nAnswer:", " William Shakespeare"),
@@ -43,7 +43,7 @@ TEXTS = ["A short one.", "A much longer text that goes on for a while, so that p
 
 
 def test_text_logprobs_batched_equals_one_at_a_time_and_hand(tiny):
-    from harness.scoring import text_logprobs
+    from harness.measure.scoring import text_logprobs
 
     model, tok = tiny
     batched = text_logprobs(model, tok, TEXTS, batch_size=3)
@@ -91,7 +91,7 @@ def test_attribution_nll_is_exact_where_float32_rounds(tiny):
     5e-5 and 4e-4 relative here, at a vocabulary of 1,020): ten times more at least."""
     import math
 
-    from harness.scoring import exact_mean_nll
+    from harness.measure.scoring import exact_mean_nll
 
     model, batch = _memorised(tiny)
     with torch.no_grad():
@@ -118,7 +118,7 @@ def test_attribution_nll_is_exact_where_float32_rounds(tiny):
 def test_attribution_gradients_are_float64s_at_float32s_memory(tiny):
     """On the same memorised model, the gradient of the attribution loss is float64 cross-entropy's to 1e-5
     (measured 3e-7); float32 cross-entropy's is off by more than 1e-4 (measured 2e-3)."""
-    from harness.scoring import exact_mean_nll
+    from harness.measure.scoring import exact_mean_nll
 
     model, batch = _memorised(tiny)
 

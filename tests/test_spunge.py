@@ -7,9 +7,9 @@ import copy
 import pytest
 import torch
 
-from harness import spunge
+from harness.learn import spunge
+from harness.learn.settings import TrainConfig
 from harness.plugins import get_registry
-from harness.settings import TrainConfig
 
 
 def test_merges_by_hand():
@@ -42,8 +42,8 @@ def test_tofu_splits_per_author_and_chunks():
 
 
 def test_unlearning_by_parts_merges_the_parts_runs(tiny):
-    from harness.train import train, unlearn_batches
-    from harness.update import UpdatePlan
+    from harness.learn.train import train, unlearn_batches
+    from harness.learn.update import UpdatePlan
 
     model, tok = tiny
     task = get_registry().build("task", "tofu-mini", {"retain_authors": 1})
@@ -71,10 +71,10 @@ def test_unlearning_by_parts_merges_the_parts_runs(tiny):
 
 
 def test_a_spunge_run_keeps_its_parts_in_the_record(tmp_path):
-    from harness import runner
     from harness.config import from_dict
     from harness.errors import ConfigError
-    from harness.spec import RunSpec
+    from harness.run import runner
+    from harness.run.spec import RunSpec
     from leaderboard import aggregate
 
     data = {"task": "tofu-mini", "model": "tiny-llama", "attribution": "random", "ratio": 0.5,

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import sweep
 from harness.config import from_dict
+from harness.sweeps import sweep
 
 GRID = {
     "task": "tofu-mini", "model": "tiny-llama", "attributions": ["dense", "random", "magnitude"], "ratios": [0.5],

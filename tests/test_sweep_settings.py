@@ -7,9 +7,9 @@ from dataclasses import fields
 
 import pytest
 
-from harness import sweep
 from harness.config import from_dict, to_dict
-from harness.spec import RunSettings, RunSpec
+from harness.run.spec import RunSettings, RunSpec
+from harness.sweeps import sweep
 from leaderboard import table
 
 

@@ -13,10 +13,10 @@ import sentencepiece as spm
 from tokenizers import normalizers
 from transformers import AutoTokenizer
 
-from harness import models
 from harness.api import Example
-from harness.data import IGNORE, encode
+from harness.learn.data import IGNORE, encode
 from harness.plugins import get_registry
+from harness.run import models
 from tasks.tofu import data_dir
 
 ROWS = [json.loads(line) for line in (data_dir() / "forget10.json").read_text().splitlines() if line.strip()]

@@ -5,13 +5,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import masks
 from harness.api import Example, LossOutput
-from harness.data import collate, encode
 from harness.errors import NonFiniteLossError, UnlearnBenchError
-from harness.scoring import mean_nll
-from harness.train import TrainConfig, finetune_batches, train
-from harness.update import UpdatePlan
+from harness.learn import masks
+from harness.learn.data import collate, encode
+from harness.learn.train import TrainConfig, finetune_batches, train
+from harness.learn.update import UpdatePlan
+from harness.measure.scoring import mean_nll
 
 EXAMPLES = [Example(f"Question: what is item {i}?\nAnswer:", f" Item {i} is a thing number {i * 7}.")
             for i in range(8)]
@@ -202,7 +202,7 @@ def test_checkpoint_holds_plain_data_and_a_tampered_one_is_refused(tiny, tmp_pat
 
 
 def test_masked_adamw_matches_torch_adamw_and_keeps_state_for_selected_entries():
-    from harness.optim import MaskedAdamW
+    from harness.learn.optim import MaskedAdamW
 
     torch.manual_seed(0)
     init = torch.randn(6, 5)
@@ -224,7 +224,7 @@ def test_masked_adamw_matches_torch_adamw_and_keeps_state_for_selected_entries()
 
 
 def test_clipping_uses_the_selected_gradients_only_and_matches_torch():
-    from harness.optim import MaskedAdamW
+    from harness.learn.optim import MaskedAdamW
 
     torch.manual_seed(1)
     init = [torch.randn(4, 6), torch.randn(5)]
@@ -248,7 +248,7 @@ def test_clipping_uses_the_selected_gradients_only_and_matches_torch():
 
 
 def test_full_clipping_clips_every_entry_then_masks_as_wagles_code_does():
-    from harness.optim import MaskedAdamW
+    from harness.learn.optim import MaskedAdamW
 
     torch.manual_seed(1)
     init = [torch.randn(4, 6), torch.randn(5), torch.randn(3)]
@@ -360,7 +360,7 @@ class _Counting:
 
 
 def test_batches_are_tokenized_when_reached_and_equal_the_eager_ones(tiny):
-    from harness.train import unlearn_batches
+    from harness.learn.train import unlearn_batches
 
     _, tok = tiny
     counting = _Counting(tok)

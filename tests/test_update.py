@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from harness.api import AttributionResult
+from harness.learn.update import UpdatePlan
 from harness.plugins import get_registry
-from harness.update import UpdatePlan
 
 
 def test_plan_from_scores_hits_the_ratio_and_is_restricted_to_the_objective(tiny):

@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from harness.backends import Hf, HfConfig, Vllm, VllmConfig
+from harness.measure.backends import Hf, HfConfig, Vllm, VllmConfig
 
 PROMPTS = [
     "The capital of France is",
@@ -40,8 +40,8 @@ def test_a_sweep_generates_with_vllm_and_records_it(tmp_path):
     """`generation: vllm` in a sweep file reaches every run: the records carry the backend and its config."""
     import json
 
-    from harness import sweep
     from harness.config import from_dict
+    from harness.sweeps import sweep
 
     data = {"task": "tofu-mini", "model": "tiny-llama", "attributions": ["dense"], "objectives": ["graddiff"],
             "seeds": [0], "generation": "vllm", "generation_config": {"dtype": "float32", "max_model_len": 512},

@@ -1,0 +1,205 @@
+"""`sweep FILE --plan`: every run of a sweep before it starts (tuning runs first), its id, its state in the
+results folder (done, failed, pending), and an estimate of its cost.
+
+The estimate counts token passes and turns them into FLOPs as docs/scale.md does: 2·N per token forward and
+4·N per token backward, N the model's parameters (read from its config on the meta device). A run's passes:
+
+- attribution (masks scored from data): forward and backward over the forget examples and as many retain ones;
+- unlearning: its steps × (batch × accumulation) forget and retain examples forward and backward, plus a
+  forward of the reference model where the objective has one. Steps: the budget, min(max_steps, epochs ·
+  ⌈forget / batch⌉ / accumulation); under matched forgetting, the median step at which the method's finished
+  tuning runs in the results folder reached the level, where there are some;
+- matched-forgetting probes: a forward over the probe sets every `check_every` steps and 8 forget probes of
+  bisection;
+- the full evaluation: the sequences the task's evaluation scores and the tokens it generates
+  (`Task.evaluation_size`; a task that does not say is not estimated there).
+
+Time on this machine: FLOPs / (its measured fp32 matmul rate × 0.58, the share the harness's forward and
+backward passes reached on the reference CPU, docs/performance.md); on a GPU: FLOPs / (its dense bf16 peak ×
+0.35, an assumed efficiency, stated as such). Tokens per example come from the model's tokenizer where it is
+on this machine, else from characters / 4.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.errors import UnlearnBenchError
+from harness.run import records
+from harness.run.method import MethodKey
+
+CPU_EFFICIENCY = 0.58  # docs/performance.md: SmolLM2-135M's training step against the 2048² fp32 matmul
+GPU_EFFICIENCY = 0.35  # assumed
+GPU_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "L4": 121e12}
+BISECTION_PROBES = 8
+
+
+@dataclass
+class Passes:
+    """Token passes of one phase: forward tokens (2·N FLOPs each) and backward tokens (4·N each)."""
+
+    forward: float = 0.0
+    backward: float = 0.0
+
+    def flops(self, n_params: int) -> float:
+        return 2.0 * n_params * self.forward + 4.0 * n_params * self.backward
+
+
+@dataclass
+class Row:
+    kind: str
+    run_id: str
+    label: str
+    seed: int
+    state: str
+    flops: float | None
+
+
+def tokens_per_example(model: str, examples: list) -> float:
+    """Mean tokens of prompt + completion: the model's tokenizer where it is here, else characters / 4."""
+    from harness.run import models
+
+    texts = [ex.prompt + ex.completion for ex in examples] or [""]
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(models.resolve(model))
+        return statistics.fmean(len(tok(t)["input_ids"]) + 1 for t in texts)
+    except (OSError, ValueError, UnlearnBenchError):  # a hub model not on this machine: an approximation will do
+        return statistics.fmean(len(t) / 4 + 1 for t in texts)
+
+
+def parameters(model: str) -> int | None:
+    """The model's parameter count from its config (built on the meta device), or None where the config is
+    not on this machine."""
+    from transformers import AutoConfig
+
+    from harness.learn import memory
+    from harness.run import models
+
+    try:
+        return memory.shape_of(AutoConfig.from_pretrained(models.resolve(model)))[0]
+    except (OSError, ValueError, UnlearnBenchError):  # not on this machine: no estimate
+        return None
+
+
+def run_passes(spec, task, registry, tokens: float, steps: int) -> dict[str, Passes]:
+    """The token passes of one run, phase by phase."""
+    n_forget = len(task.forget_examples())
+    out = {}
+    if registry.get("attribution", spec.attribution).cls.needs_data:
+        out["attribution"] = Passes(2 * n_forget * tokens, 2 * n_forget * tokens)
+    per_step = spec.train.batch_size * spec.train.grad_accum * 2 * tokens  # a forget and a retain example each
+    reference = 0.5 * per_step if registry.get("objective", spec.objective).cls.needs_reference else 0.0
+    out["unlearning"] = Passes(steps * (per_step + reference), steps * per_step)
+    if spec.match.enabled:
+        sets = task.probe_sets()
+        probe = sum(len(v) for v in (sets.forget, sets.validation, *sets.utility.values()))
+        alternatives = sum(len(a) for v in sets.alternatives.values() for a in v)
+        checks = steps // spec.match.check_every + 1
+        out["probes"] = Passes(tokens * (checks * (probe + alternatives) + BISECTION_PROBES * len(sets.forget)))
+    if spec.evaluate and spec.full_evaluation:
+        sequences, generated = task.evaluation_size()
+        out["evaluation"] = Passes(sequences * tokens + generated)
+    return out
+
+
+def budget(spec, n_forget: int) -> int:
+    """The unlearning steps the run's settings allow."""
+    micro = spec.train.epochs * math.ceil(n_forget / spec.train.batch_size)
+    steps = math.ceil(micro / spec.train.grad_accum)
+    return steps if spec.train.max_steps is None else min(steps, spec.train.max_steps)
+
+
+def matched_steps(found: list[dict[str, Any]]) -> dict[MethodKey, int]:
+    """Per method (without its config digest), the median step at which its finished tuning runs reached
+    the level."""
+    steps: dict[MethodKey, list[float]] = {}
+    for r in found:
+        step = ((r.get("metrics") or {}).get("match_step") or {}).get("value")
+        if r.get("kind") == "tune" and r.get("status") == "finished" and step is not None:
+            steps.setdefault(MethodKey.of(r["spec"], digest=False), []).append(step)
+    return {k: round(statistics.median(v)) for k, v in steps.items()}
+
+
+def rows(cfg, results_dir: Path) -> list[Row]:
+    """Every run of the sweep (tuning first, then test runs at the base rate until tuning has chosen), with
+    its state and estimated FLOPs (None where the model's size is not known here)."""
+    from harness.config import to_dict
+    from harness.plugins import get_registry
+    from harness.sweeps import sweep
+
+    registry = get_registry()
+    found = [r.to_json() for r in records.read_all(results_dir)] if (results_dir / "runs").is_dir() else []
+    tuned = matched_steps(found)
+    out = []
+    for one in sweep.grids(cfg):
+        task = registry.build("task", one.task, one.task_config, "plan: task_config")
+        tokens, n = tokens_per_example(one.model, task.forget_examples()), parameters(one.model)
+        grid = sweep.tuning_grid(one) if one.tune.enabled else {}
+        specs = [("tune", s) for runs in grid.values() for s in runs] + [("test", s) for s in sweep.expand(one)]
+        for kind, spec in specs:
+            key = MethodKey.of(to_dict(spec), digest=False)
+            steps = tuned.get(key) if spec.match.enabled and key in tuned else budget(spec, len(task.forget_examples()))
+            passes = run_passes(spec, task, registry, tokens, steps)
+            flops = None if n is None else sum(p.flops(n) for p in passes.values())
+            state = {"finished": "done", "failed": "failed"}.get(sweep.status(results_dir, spec.run_id()), "pending")
+            out.append(Row(kind, spec.run_id(), key.label, spec.seed, state, flops))
+    return out
+
+
+def machine_rate() -> float:
+    """This machine's FLOP/s for the harness's passes: its fp32 matmul rate × CPU_EFFICIENCY (or, with a
+    CUDA device, its bf16 peak × GPU_EFFICIENCY)."""
+    import time
+
+    import torch
+
+    if torch.cuda.is_available():
+        return gpu_rate(torch.cuda.get_device_name())
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(5):
+        a @ b
+    return 2 * 1024**3 * 5 / (time.perf_counter() - start) * CPU_EFFICIENCY
+
+
+def gpu_rate(name: str) -> float:
+    key = next((k for k in GPU_PEAK if k in name.upper()), None)
+    if key is None:
+        raise ValueError(f"no peak known for the GPU {name!r}: choose one of {', '.join(GPU_PEAK)}")
+    return GPU_PEAK[key] * GPU_EFFICIENCY
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    if seconds < 1:
+        return "< 1 s"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def text(found: list[Row], here: float, gpu: str = "H100") -> str:
+    """The plan as a table, then the totals of what is pending."""
+    on_gpu = gpu_rate(gpu)
+    lines = [f"{'#':>3}  {'kind':4}  {'state':7}  {'est. here':>9}  {'on ' + gpu:>9}  run"]
+    for i, r in enumerate(found, start=1):
+        est = (None, None) if r.flops is None else (r.flops / here, r.flops / on_gpu)
+        lines.append(f"{i:>3}  {r.kind:4}  {r.state:7}  {duration(est[0]):>9}  {duration(est[1]):>9}  "
+                     f"{r.label}, seed {r.seed} ({r.run_id})")
+    pending = [r for r in found if r.state == "pending"]
+    known = [r.flops for r in pending if r.flops is not None]
+    states = {s: sum(r.state == s for r in found) for s in ("done", "failed", "pending")}
+    lines.append(f"{len(found)} runs: {states['done']} done, {states['failed']} failed, {states['pending']} pending; "
+                 f"pending ≈ {duration(sum(known) / here)} here, ≈ {duration(sum(known) / on_gpu)} on one {gpu} "
+                 f"(FLOPs at {here / 1e9:.0f} GFLOP/s here; {gpu}: dense bf16 peak × {GPU_EFFICIENCY:g}, assumed)"
+                 + ("" if len(known) == len(pending) else f"; {len(pending) - len(known)} runs not estimated "
+                                                          "(their model's config is not on this machine)"))
+    return "\n".join(lines)
