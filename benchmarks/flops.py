@@ -7,23 +7,13 @@ forget and the retain batch.
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from benchmarks import common
 from benchmarks.train_step import step_seconds
 from harness.learn.train import TrainConfig, unlearn_batches
 from harness.plugins import get_registry
-
-
-def matmul_flops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * n**3 * repeats / (time.perf_counter() - start)
+from harness.sweeps.plan import matmul_flops
 
 
 def main() -> None:
@@ -41,7 +31,7 @@ def main() -> None:
         tokens = sum(int(b.forget["attention_mask"].sum() + b.retain["attention_mask"].sum()) for b in batches[:4]) / 4
         seconds = step_seconds(model, batches, objective, cfg, None)
         achieved = 6 * n_params * tokens / seconds
-        peak = matmul_flops(torch.bfloat16 if bf16 else torch.float32)
+        peak = matmul_flops(torch.bfloat16 if bf16 else torch.float32, 2048)
         name = "bf16 autocast" if bf16 else "fp32"
         print(f"{name}: step {seconds:.2f} s on {tokens:.0f} tokens = {achieved / 1e9:.1f} GFLOP/s; matmul "
               f"{peak / 1e9:.1f} GFLOP/s; {100 * achieved / peak:.0f}% of matmul throughput (target >= 50%)")

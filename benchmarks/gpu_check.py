@@ -51,9 +51,9 @@ def peak_flops(name: str) -> tuple[float, str]:
     for key, peak in GPU_PEAK.items():
         if key in name:
             return peak, f"{key} datasheet, dense bf16"
-    from benchmarks.flops import matmul_flops
+    from harness.sweeps.plan import matmul_flops
 
-    return matmul_flops(torch.bfloat16, 8192), "measured bf16 matmul (device not in the table)"
+    return matmul_flops(torch.bfloat16, 8192, device="cuda"), "measured bf16 matmul (device not in the table)"
 
 
 def _target():

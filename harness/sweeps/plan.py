@@ -152,21 +152,32 @@ def rows(cfg, results_dir: Path) -> list[Row]:
     return out
 
 
-def machine_rate() -> float:
-    """This machine's FLOP/s for the harness's passes: its fp32 matmul rate × CPU_EFFICIENCY (or, with a
-    CUDA device, its bf16 peak × GPU_EFFICIENCY)."""
+def matmul_flops(dtype=None, n: int = 1024, repeats: int = 5, device: str = "cpu") -> float:
+    """Measured FLOP/s of an n×n by n×n matrix product in `dtype` (default float32) on `device`."""
     import time
 
     import torch
 
+    a = torch.randn(n, n, dtype=dtype or torch.float32, device=device)
+    b = torch.randn(n, n, dtype=dtype or torch.float32, device=device)
+    sync = torch.cuda.synchronize if a.is_cuda else (lambda: None)
+    a @ b
+    sync()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    sync()
+    return 2 * n**3 * repeats / (time.perf_counter() - start)
+
+
+def machine_rate() -> float:
+    """This machine's FLOP/s for the harness's passes: its fp32 matmul rate × CPU_EFFICIENCY (or, with a
+    CUDA device, its bf16 peak × GPU_EFFICIENCY)."""
+    import torch
+
     if torch.cuda.is_available():
         return gpu_rate(torch.cuda.get_device_name())
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    a @ b
-    start = time.perf_counter()
-    for _ in range(5):
-        a @ b
-    return 2 * 1024**3 * 5 / (time.perf_counter() - start) * CPU_EFFICIENCY
+    return matmul_flops() * CPU_EFFICIENCY
 
 
 def gpu_rate(name: str) -> float:
