@@ -152,8 +152,10 @@ def rows(cfg, results_dir: Path) -> list[Row]:
     return out
 
 
-def matmul_flops(dtype=None, n: int = 1024, repeats: int = 5, device: str = "cpu") -> float:
-    """Measured FLOP/s of an n×n by n×n matrix product in `dtype` (default float32) on `device`."""
+def matmul_flops(dtype=None, n: int = 1024, repeats: int = 5, device: str = "cpu", trials: int = 1) -> float:
+    """Measured FLOP/s of an n×n by n×n matrix product in `dtype` (default float32) on `device`: `repeats`
+    products timed together, the fastest of `trials` such timings (other work on the machine only slows a
+    timing down, so the fastest is the machine's own rate)."""
     import time
 
     import torch
@@ -163,11 +165,14 @@ def matmul_flops(dtype=None, n: int = 1024, repeats: int = 5, device: str = "cpu
     sync = torch.cuda.synchronize if a.is_cuda else (lambda: None)
     a @ b
     sync()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    sync()
-    return 2 * n**3 * repeats / (time.perf_counter() - start)
+    best = math.inf
+    for _ in range(trials):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 * repeats / best
 
 
 def machine_rate() -> float:
@@ -177,7 +182,7 @@ def machine_rate() -> float:
 
     if torch.cuda.is_available():
         return gpu_rate(torch.cuda.get_device_name())
-    return matmul_flops() * CPU_EFFICIENCY
+    return matmul_flops(trials=7) * CPU_EFFICIENCY
 
 
 def gpu_rate(name: str) -> float:
@@ -210,7 +215,8 @@ def text(found: list[Row], here: float, gpu: str = "H100") -> str:
     states = {s: sum(r.state == s for r in found) for s in ("done", "failed", "pending")}
     lines.append(f"{len(found)} runs: {states['done']} done, {states['failed']} failed, {states['pending']} pending; "
                  f"pending ≈ {duration(sum(known) / here)} here, ≈ {duration(sum(known) / on_gpu)} on one {gpu} "
-                 f"(FLOPs at {here / 1e9:.0f} GFLOP/s here; {gpu}: dense bf16 peak × {GPU_EFFICIENCY:g}, assumed)"
+                 f"(FLOPs at {here / 1e9:.0f} GFLOP/s here, measured now: work already running here lowers it; "
+                 f"{gpu}: dense bf16 peak × {GPU_EFFICIENCY:g}, assumed)"
                  + ("" if len(known) == len(pending) else f"; {len(pending) - len(known)} runs not estimated "
                                                           "(their model's config is not on this machine)"))
     return "\n".join(lines)
