@@ -124,13 +124,25 @@ def min_pairs(alpha: float) -> int:
     return math.floor(math.log2(2.0 / alpha)) + 1
 
 
-def mde(sd: float | None, n: int, alpha: float, power: float) -> float | None:
+def t_power(effect_size: float, n: int, alpha: float) -> float:
+    """Power of a two-sided paired t test at level alpha with n pairs against a standardized effect: both tails of
+    the noncentral t (scipy.stats.nct), each as a survival function. statsmodels' TTestPower takes the lower
+    tail as a cdf, which scipy returns as NaN once the noncentrality passes about 10."""
+    df, nc = n - 1, effect_size * math.sqrt(n)
+    c = stats.t.isf(alpha / 2, df)
+    return float(stats.nct.sf(c, df, nc) + stats.nct.sf(c, df, -nc))
+
+
+def mde(sd: float | None, n: int, alpha: float, power: float, signed: int | None = None) -> float | None:
     """Minimum detectable effect of a two-sided paired t test at level alpha: Cohen's d times σ_d; inf where
-    the exact permutation test cannot reach alpha with n pairs; None without an estimate of σ_d."""
+    the exact permutation test cannot reach alpha with n pairs, or with the `signed` pairs whose difference is
+    not zero (a zero difference has no sign to flip); None without an estimate of σ_d (or where it is 0)."""
     if n < min_pairs(alpha):
         return math.inf
     if sd is None or not np.isfinite(sd) or sd < TINY:
         return None
+    if signed is not None and signed < min_pairs(alpha):
+        return math.inf
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         effect = TTestPower().solve_power(effect_size=None, nobs=n, alpha=alpha, power=power)
@@ -139,15 +151,15 @@ def mde(sd: float | None, n: int, alpha: float, power: float) -> float | None:
 
 def seeds_needed(sd: float | None, effect: float, alpha: float, power: float) -> int | None:
     """Seed pairs for a two-sided paired t test at level alpha to detect `effect` at σ_d = sd with `power`
-    (and at least the permutation test's minimum); None without an estimate of σ_d."""
+    (and at least the permutation test's minimum, which is also the answer when σ_d is 0); None without an
+    estimate of σ_d."""
     if sd is None or not np.isfinite(sd):
         return None
     if sd < TINY:
         return min_pairs(alpha)
+
     def enough(n: int) -> bool:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return bool(TTestPower().power(effect_size=effect / sd, nobs=n, alpha=alpha) >= power)
+        return t_power(effect / sd, n, alpha) >= power
 
     high = 2
     while not enough(high):  # power grows with n: double, then bisect
@@ -201,7 +213,7 @@ def decide(family: list[list[float]], cfg: CompareConfig) -> list[dict[str, Any]
         row = describe(d)
         row.update({"family": m, "margin": cfg.margin, "alpha": cfg.alpha, "p": p, "p_adj": float(pa), "p_tost": t,
                     "p_tost_adj": float(ta),
-                    "mde": mde(row["sd"], row["n"], cfg.alpha / m, cfg.power),
+                    "mde": mde(row["sd"], row["n"], cfg.alpha / m, cfg.power, int(np.count_nonzero(d))),
                     "seeds_needed": seeds_needed(row["sd"], cfg.margin, cfg.alpha / m, cfg.power)})
         if row["n"] and pa < cfg.alpha:
             row["verdict"] = "higher" if row["mean"] > 0 else "lower"

@@ -125,6 +125,25 @@ def test_minimum_detectable_effect_and_seeds_needed_by_the_noncentral_t():
     assert verdicts.seeds_needed(1e-6, 0.02, 0.025, 0.8) == 7  # precise enough: the permutation floor
 
 
+def test_seeds_needed_where_the_effect_is_many_times_sigma():
+    """Where σ_d is far below the margin the noncentrality passes 10, scipy's lower-tail nct.cdf returns NaN and
+    a power computed through it never reaches 0.8: the count must still be the permutation floor, and never
+    fall as σ_d grows."""
+    assert verdicts.seeds_needed(0.005, 0.02, 0.05, 0.8) == 6  # power at 6 pairs ≈ 1 (it said 10)
+    assert verdicts.t_power(0.02 / 0.005, 6, 0.05) == pytest.approx(1.0, abs=1e-3)
+    counts = [verdicts.seeds_needed(sd, 0.02, 0.0125, 0.8) for sd in np.geomspace(1e-4, 0.1, 120)]
+    assert counts == sorted(counts) and counts[0] == verdicts.min_pairs(0.0125)
+    for es, n in [(0.5, 10), (1.0, 8), (0.3, 40)]:  # statsmodels' figure where it is finite
+        assert verdicts.t_power(es, n, 0.05) == pytest.approx(_power(es, n, 0.05), abs=1e-9)
+
+
+def test_zero_differences_carry_no_sign():
+    """A pair with no difference cannot be flipped: six pairs of which one is 0 are five for the exact test,
+    whose smallest p, 2/32, cannot reach 0.05: no detectable effect is promised."""
+    (row,) = verdicts.decide([[0.0, 0.05, 0.05, 0.05, 0.05, 0.06]], CompareConfig())
+    assert row["p"] == pytest.approx(2 / 32) and row["verdict"] == "undecided" and row["mde"] == math.inf
+
+
 def test_decide_resolves_finds_equivalence_or_says_what_it_could_detect():
     cfg = CompareConfig()
     up = [0.05, 0.06, 0.04, 0.05, 0.07, 0.05, 0.06]
