@@ -36,7 +36,7 @@ demo: $(STAMP)
 		--results $(RESULTS) --leaderboard $(LEADERBOARD)
 
 # WAGLE's neighbours (SalUn, GRIN's mask, SOUL, EUL, offset unlearning, SPUNGE) against dense and WAGLE, one
-# sweep file of six grids: about 90 minutes on 2 cores (experiments/neighbours-tofu-mini.yaml). Its board is
+# sweep file of six grids, 57 runs: about 4 hours on 2 cores (experiments/neighbours-tofu-mini.yaml). Its board is
 # written beside its records; the committed one (leaderboards/neighbours-tofu-mini) regenerates from its
 # records (leaderboards/neighbours-tofu-mini/records).
 neighbours: $(STAMP)
