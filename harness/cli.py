@@ -384,7 +384,7 @@ def _sweep_commands(sub) -> None:
                                                        "and on --gpu (harness/sweeps/plan.py)")
     s.add_argument("--rehearse", action="store_true", help="run the file's whole grid on a stand-in model with every "
                                                            "size cut, into RESULTS/rehearsal-<file> (harness/"
-                                                           "rehearse.py): its code paths, not a result")
+                                                           "sweeps/rehearse.py): its code paths, not a result")
     s.add_argument("--stand-in", default="tiny-llama", help="the model a rehearsal runs on (smollm2-135m for a "
                                                             "closer look)")
     s.add_argument("--gpu", default="H100", help="the GPU --plan estimates for (H200, H100, A100, L40S, A10, L4)")

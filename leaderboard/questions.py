@@ -90,7 +90,7 @@ def replay(record: dict[str, Any], metric: str, w: dict[str, np.ndarray]) -> np.
             continue
         points = [((start - f) / (start - level[b]), u / reference[b]) for f, u in zip(forget[b], utility[b],
                                                                                        strict=True)]
-        if matched is not None:  # the match, as harness/measure/match.py.summarize places it
+        if matched is not None:  # the match, as harness/measure/match.py::summarize places it
             e = 1.0 if bisection.get("within", True) else (start - matched_forget[b]) / (start - level[b])
             points.append((e, matched[b] / reference[b]))
         if metric == "tradeoff_score":

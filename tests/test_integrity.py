@@ -238,7 +238,7 @@ def _modules(package: str) -> set[str]:
     from pathlib import Path
 
     root = Path(__file__).parents[1] / package
-    return {package, *(f"{package}.{m.name}" for m in pkgutil.iter_modules([str(root)]))}
+    return {package, *(m.name for m in pkgutil.walk_packages([str(root)], prefix=f"{package}."))}
 
 
 def test_every_module_is_digested_or_declared_outside():

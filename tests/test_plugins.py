@@ -171,6 +171,26 @@ def test_a_plugin_whose_code_version_or_defaults_change_gets_a_new_run_id(third_
         ids = {first}
 
 
+
+def test_where_a_plugin_module_lives_does_not_change_run_ids(monkeypatch):
+    """Moving a built-in plugin's module (here: the optimizer's and the backend's, which every run uses)
+    keeps run ids; the provenance still says which module registered each component."""
+    from dataclasses import replace
+
+    from harness.plugins import get_registry
+    from harness.run import identity
+    from harness.run.spec import RunSpec
+
+    spec = RunSpec(task="tofu-mini", model="tiny-llama", attribution="random", ratio=0.5, objective="graddiff")
+    first = spec.run_id()
+    registry = get_registry()
+    for kind, name in (("optimizer", "adamw"), ("backend", "hf")):
+        moved = replace(registry.get(kind, name), plugin="harness.somewhere.else")
+        monkeypatch.setitem(registry.entries[kind], name, moved)
+    assert spec.run_id() == first
+    assert identity.plugins(spec, registry)["optimizer"]["plugin"] == "harness.somewhere.else"
+
+
 def test_a_record_of_the_same_spec_under_an_older_run_id_is_moved_aside(tmp_path, caplog):
     from harness.run import records
 

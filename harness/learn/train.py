@@ -175,7 +175,7 @@ def log_step(step: int, total: int, row: dict[str, float]) -> None:
     if not distributed.is_main():
         return
     if step == 1 or step == total or step % 5 == 0:
-        logging.getLogger("harness.learn.train").info("step %d/%d loss %.4f", step, total, row["loss"])
+        logging.getLogger(__name__).info("step %d/%d loss %.4f", step, total, row["loss"])
 
 
 def checkpoint_file(path: Path) -> Path:
@@ -339,5 +339,5 @@ def _resume(checkpoint: Path | None, update: Attached, optimizer, lr_sched, log:
     if update.sharded and not distributed.agree(first):
         raise UnlearnBenchError(f"the processes' checkpoint files ({checkpoint}) are of different steps "
                                 "(interrupted while saving); delete them to start the run over")
-    logging.getLogger("harness.learn.train").info("resumed from %s after step %d", checkpoint, first)
+    logging.getLogger(__name__).info("resumed from %s after step %d", checkpoint, first)
     return first

@@ -153,7 +153,7 @@ class TokenStats:
 def token_stats(model, tokenizer, examples: Sequence[Example], batch_size: int = 8,
                 max_length: int = 512) -> list[TokenStats]:
     """`TokenStats` of every example's labelled tokens (completion and EOS) from one teacher-forced pass per
-    batch, in input order (membership inference and extraction, harness/probes)."""
+    batch, in input order (membership inference and extraction, harness/measure/probes)."""
     encoded = [encode(tokenizer, ex, max_length) for ex in examples]
     out: list[TokenStats] = []
     for start in range(0, len(encoded), batch_size):

@@ -1,6 +1,6 @@
 """The configs of a run's features (matched forgetting, offset unlearning, SPUNGE), beside the run spec that
-holds them: the spec reads them without importing what implements them (harness/measure/match.py, offset.py,
-spunge.py), and those modules read them from here."""
+holds them: the spec reads them without importing what implements them (harness/measure/match.py,
+harness/learn/offset.py, harness/learn/spunge.py), and those modules read them from here."""
 
 from __future__ import annotations
 

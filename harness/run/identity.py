@@ -3,7 +3,9 @@ it uses. Run ids and mask cache keys hash this, so a plugin whose code, version 
 new mask and a new run id, and nothing earlier is reused or overwritten by mistake.
 
 A plugin's code digest is the hash of its module's syntax tree without docstrings and imports: editing a
-comment, a docstring or where a module lives keeps results, editing a statement or a default does not. The
+comment, a docstring or where a module lives keeps results (run ids leave out which module registered a
+component, and CORE's digest keys each module by its own name), editing a statement, a string or a default
+does not (a module that spells its own path in a string changes with a move). The
 harness's own code that a run's numbers depend on (CORE: the training loop, masks, losses, scoring, metrics,
 matching, the model loading and fine-tuning, ...) has one digest too, in every run id, cache key and record:
 a fix there reruns what it touched and never mixes with records made before it. The command line, sweeps,
@@ -105,6 +107,12 @@ def fingerprint(entry: Entry) -> dict[str, str]:
             "version": entry.version, "code": code_digest(entry.cls.__module__)}
 
 
+def keyed_fingerprint(entry: Entry) -> dict[str, str]:
+    """The fingerprint as run ids and mask cache keys hash it: without the module that registered the component
+    (the provenance keeps it; where a module lives is not what it computes)."""
+    return {k: v for k, v in fingerprint(entry).items() if k != "plugin"}
+
+
 def canonical(spec: RunSpec, registry: Registry) -> RunSpec:
     """The spec as keyed: the task's default objective filled in; methods without a mask run at ratio 1,
     whatever the grid said."""
@@ -147,12 +155,14 @@ def spec_key(spec: RunSpec, registry: Registry) -> str:
 
 
 def run_id(spec: RunSpec, registry: Registry) -> str:
-    """`task-attribution-objective-hash`, the hash over the resolved spec, the plugins' fingerprints, the
-    harness's core digest and the base model's version (its contents for a folder, its revision for a hub
-    id: models.versioned); where it runs and how memory is spent do not count (harness/run/method.py)."""
+    """`task-attribution-objective-hash`, the hash over the resolved spec, the plugins' fingerprints (without
+    the module that registered each: the provenance keeps it, and where a module lives is not what it
+    computes), the harness's core digest and the base model's version (its contents for a folder, its revision
+    for a hub id: models.versioned); where it runs and how memory is spent do not count (harness/run/method.py)."""
     from harness.run import models
 
     spec = canonical(spec, registry)
-    digest = stable_hash({"spec": keyed(resolved(spec, registry)), "plugins": plugins(spec, registry),
-                          "core": core_digest(), "model": models.versioned(spec.model)}, 12)
+    code = {role: {k: v for k, v in f.items() if k != "plugin"} for role, f in plugins(spec, registry).items()}
+    digest = stable_hash({"spec": keyed(resolved(spec, registry)), "plugins": code, "core": core_digest(),
+                          "model": models.versioned(spec.model)}, 12)
     return f"{spec.task}-{spec.attribution}-{spec.objective}-{digest}"

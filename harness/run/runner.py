@@ -80,7 +80,7 @@ def build_plan(spec: RunSpec, task: Task, attribution: Any, target: str, model, 
     retain = _retain_sample(task, len(forget), spec.seed)
     max_length = task.max_length
     meta = {"method": spec.attribution, "ratio": spec.ratio, "config": to_dict(attribution.config),
-            "plugin": identity.fingerprint(get_registry().get("attribution", spec.attribution)),
+            "plugin": identity.keyed_fingerprint(get_registry().get("attribution", spec.attribution)),
             "model": models.versioned(target), "core": identity.core_digest(),
             "seed": spec.seed, "forget_hash": examples_hash(forget), "retain_hash": examples_hash(retain),
             "refusal_hash": examples_hash(task.refusal_examples()), "max_length": max_length}
