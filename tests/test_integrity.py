@@ -253,6 +253,7 @@ def test_every_module_is_digested_or_declared_outside():
     undecided = sorted(every - plugin_modules - set(identity.CORE) - set(identity.OUTSIDE))
     assert not undecided, f"modules neither plugin, CORE nor OUTSIDE: {undecided}"
     assert not set(identity.CORE) & set(identity.OUTSIDE)
+    assert len({name.rsplit(".", 1)[-1] for name in identity.CORE}) == len(identity.CORE)  # the digest's keys
 
 
 def test_a_fix_in_the_harness_core_changes_run_ids_but_not_the_experiment(monkeypatch):

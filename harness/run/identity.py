@@ -57,8 +57,6 @@ OUTSIDE = ("harness", "harness.cache", "harness.cli", "harness.config", "harness
            "harness.sweeps", "harness.sweeps.executors", "harness.sweeps.plan", "harness.sweeps.progress",
            "harness.sweeps.rehearse", "harness.sweeps.sweep",
            "methods", "tasks")
-if len({name.rsplit(".", 1)[-1] for name in CORE}) != len(CORE):
-    raise ImportError("two CORE modules share a name: the core digest keys them by name")
 
 
 def _strip(tree: ast.AST) -> ast.AST:
@@ -142,11 +140,12 @@ def resolved(spec: RunSpec, registry: Registry) -> dict[str, Any]:
     return out
 
 
-def plugins(spec: RunSpec, registry: Registry) -> dict[str, dict[str, str]]:
-    """Fingerprints of the components a (canonical) spec uses, by role."""
-    out = {role: fingerprint(registry.get(kind, getattr(spec, field_name)))
+def plugins(spec: RunSpec, registry: Registry, of=fingerprint) -> dict[str, dict[str, str]]:
+    """Fingerprints of the components a (canonical) spec uses, by role (`of`: fingerprint, or keyed_fingerprint
+    as run ids hash them)."""
+    out = {role: of(registry.get(kind, getattr(spec, field_name)))
            for role, (kind, field_name, _) in COMPONENTS.items()}
-    return out | {f"probe:{name}": fingerprint(registry.get("probe", name)) for name in spec.probes}
+    return out | {f"probe:{name}": of(registry.get("probe", name)) for name in spec.probes}
 
 
 def spec_key(spec: RunSpec, registry: Registry) -> str:
@@ -162,7 +161,7 @@ def run_id(spec: RunSpec, registry: Registry) -> str:
     from harness.run import models
 
     spec = canonical(spec, registry)
-    code = {role: {k: v for k, v in f.items() if k != "plugin"} for role, f in plugins(spec, registry).items()}
+    code = plugins(spec, registry, keyed_fingerprint)
     digest = stable_hash({"spec": keyed(resolved(spec, registry)), "plugins": code, "core": core_digest(),
                           "model": models.versioned(spec.model)}, 12)
     return f"{spec.task}-{spec.attribution}-{spec.objective}-{digest}"
