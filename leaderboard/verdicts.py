@@ -31,16 +31,14 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
+from scipy import optimize, stats
 from statsmodels.stats.multitest import multipletests
-from statsmodels.stats.power import TTestPower
 from statsmodels.stats.weightstats import ttost_paired
 
 from harness.config import from_dict, option
@@ -143,10 +141,8 @@ def mde(sd: float | None, n: int, alpha: float, power: float, signed: int | None
         return None
     if signed is not None and signed < min_pairs(alpha):
         return math.inf
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        effect = TTestPower().solve_power(effect_size=None, nobs=n, alpha=alpha, power=power)
-    return float(np.asarray(effect).item()) * sd
+    effect = optimize.brentq(lambda es: t_power(es, n, alpha) - power, 1e-9, 1e3)  # power rises with the effect
+    return float(effect) * sd
 
 
 def seeds_needed(sd: float | None, effect: float, alpha: float, power: float) -> int | None:

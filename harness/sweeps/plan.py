@@ -160,8 +160,7 @@ def matmul_flops(dtype=None, n: int = 1024, repeats: int = 5, device: str = "cpu
 
     import torch
 
-    a = torch.randn(n, n, dtype=dtype or torch.float32, device=device)
-    b = torch.randn(n, n, dtype=dtype or torch.float32, device=device)
+    a, b = (torch.randn(n, n, dtype=dtype or torch.float32, device=device) for _ in range(2))
     sync = torch.cuda.synchronize if a.is_cuda else (lambda: None)
     a @ b
     sync()
