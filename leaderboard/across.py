@@ -4,24 +4,32 @@ scores over every run of every task, with a task-stratified bootstrap interval; 
 over dense; and a performance profile.
 
 The trade-off score is already normalised (the target model 0, the retain model 1: docs/metrics.md), so scores
-of different tasks share one scale. A method is the attribution (ratio) + objective label (the runs of one
-label on a task are pooled whatever their other settings); each method's row covers the tasks it shares
-with the baseline (the baseline's own row, all its tasks), so rows may cover different task sets: the
-`tasks` column says which. As rliable does:
+of different tasks share one scale. A method is its label on each task's board (harness.run.method: the
+attribution (ratio) + objective, with the config digest appended where two configurations of one label ran
+on that task, so configurations are never pooled); its settings may differ from task to task (each task
+tunes its own rate). Each method's row covers the tasks it shares with the baseline (its own tasks when it
+shares none, or there is no baseline; the baseline's row, all its tasks), so rows may cover different task
+sets: the `tasks` column says which, with each task's run count. As rliable does:
 
 - IQM: `scipy.stats.trim_mean(scores, 0.25)` over all runs of all tasks (`aggregate_iqm`);
 - probability of improvement of X over Y: per task, the Mann-Whitney U of X's runs against Y's divided by
-  n_X n_Y (0.5 where the two are identical), averaged over tasks (`probability_of_improvement`);
+  n_X n_Y (P(X > Y) + P(X = Y)/2), averaged over tasks (`probability_of_improvement`);
 - intervals: 95% percentile intervals of a stratified bootstrap, runs drawn with replacement within each task
   (X's and Y's independently for the probability of improvement);
 - performance profile: for each threshold τ, the share of runs scoring above τ, averaged over tasks (the same
   as rliable's share over all runs when every task has as many runs).
+
+rliable scores a runs × tasks matrix, so each task weighs the same. Here tasks may have different numbers of
+runs, and the pooled IQM (and its interval) then weighs each task by its runs: the `tasks` column gives the
+counts. Each method's bootstrap has its own generator, seeded from its label, so adding a method to the
+records leaves the other rows' intervals as they were.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -29,25 +37,25 @@ import numpy as np
 from scipy import stats
 
 from harness.io import spreadsheet_safe
-from harness.run.method import MethodKey
+from harness.run.method import MethodKey, labels
 from leaderboard.paired import finite_value
 
 RESAMPLES = 2000
 METRIC = "tradeoff_score"
 
 
-def method_label(spec: dict[str, Any]) -> str:
-    """The method's label (harness.run.method), the same on every task it ran."""
-    return MethodKey.of(spec).label
-
-
 def scores(records: list[dict[str, Any]], metric: str = METRIC) -> dict[str, dict[str, np.ndarray]]:
-    """Per method, per task, the finished test runs' values of `metric` (runs that have one)."""
-    out: dict[str, dict[str, list[float]]] = {}
+    """Per method label (as each task's board names it), per task, the finished test runs' values of `metric`
+    (runs that have one)."""
+    by_task: dict[str, dict[MethodKey, list[float]]] = {}
     for r in records:
         value = finite_value(r, metric)
         if r.get("kind") == "run" and r.get("status") == "finished" and value is not None:
-            out.setdefault(method_label(r["spec"]), {}).setdefault(r["spec"]["task"], []).append(float(value))
+            by_task.setdefault(r["spec"]["task"], {}).setdefault(MethodKey.of(r["spec"]), []).append(float(value))
+    out: dict[str, dict[str, list[float]]] = {}
+    for task, methods in by_task.items():
+        for key, label in labels(list(methods)).items():
+            out.setdefault(label, {})[task] = methods[key]
     return {m: {t: np.asarray(v) for t, v in sorted(tasks.items())} for m, tasks in sorted(out.items())}
 
 
@@ -58,14 +66,12 @@ def iqm(per_task: dict[str, np.ndarray]) -> np.ndarray | float:
 
 
 def improvement(x: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> np.ndarray | float:
-    """P(X > Y) per task (Mann-Whitney U / n_X n_Y; 0.5 where identical), averaged over the tasks; arrays of
-    shape (draws, runs) give one per draw."""
+    """P(X > Y) + P(X = Y)/2 per task (Mann-Whitney U / n_X n_Y: 0.5 for identical samples), averaged over the
+    tasks; arrays of shape (draws, runs) give one per draw."""
     out = []
     for task in x:
         a, b = np.asarray(x[task]), np.asarray(y[task])
-        u = stats.mannwhitneyu(a, b, alternative="greater", axis=-1).statistic / (a.shape[-1] * b.shape[-1])
-        same = a.shape == b.shape and np.all(a == b, axis=-1)
-        out.append(np.where(same, 0.5, u))
+        out.append(stats.mannwhitneyu(a, b, alternative="greater", axis=-1).statistic / (a.shape[-1] * b.shape[-1]))
     mean = np.mean(out, axis=0)
     return float(mean) if np.ndim(mean) == 0 else mean
 
@@ -84,22 +90,24 @@ def _interval(values: np.ndarray) -> tuple[float, float]:
 
 def summary(records: list[dict[str, Any]], baseline: str = "dense", resamples: int = RESAMPLES,
             seed: int = 0) -> list[dict[str, Any]]:
-    """One row per method on the tasks it shares with the baseline's attribution (same objective; all its tasks
-    when there is none): IQM and its interval, and the probability of improvement over the baseline with its
-    interval."""
+    """One row per method on the tasks it shares with the baseline's attribution (same objective; its own
+    tasks when it shares none or there is no baseline): IQM and its interval, and the probability of
+    improvement over the baseline on the shared tasks with its interval."""
     found = scores(records)
-    rng = np.random.default_rng(seed)
     rows = []
     for method, per_task in found.items():
+        rng = np.random.default_rng([seed, zlib.crc32(method.encode())])
         objective = method.split(" + ", 1)[1]
         base = next((v for m, v in found.items() if m.startswith(f"{baseline} (") and m.endswith(f" + {objective}")),
                     None)
-        tasks = sorted(set(per_task) & set(base or per_task))
+        shared = sorted(set(per_task) & set(base or ()))
+        tasks = shared or sorted(per_task)
         mine = {t: per_task[t] for t in tasks}
         low, high = _interval(iqm(_resample(mine, rng, resamples)))
-        row = {"method": method, "tasks": " ".join(tasks), "runs": sum(len(v) for v in mine.values()),
-               "iqm": iqm(mine), "iqm_low": low, "iqm_high": high, "poi": None, "poi_low": None, "poi_high": None}
-        if base is not None and not method.startswith(f"{baseline} ("):
+        row = {"method": method, "tasks": " ".join(f"{t} ({len(mine[t])})" for t in tasks),
+               "runs": sum(len(v) for v in mine.values()), "iqm": iqm(mine), "iqm_low": low, "iqm_high": high,
+               "poi": None, "poi_low": None, "poi_high": None}
+        if shared and not method.startswith(f"{baseline} ("):
             theirs = {t: base[t] for t in tasks}
             low, high = _interval(improvement(_resample(mine, rng, resamples), _resample(theirs, rng, resamples)))
             row.update(poi=improvement(mine, theirs), poi_low=low, poi_high=high)

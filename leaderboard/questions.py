@@ -27,6 +27,7 @@ from harness.measure import match
 
 METRICS = ("tradeoff_score", "match_utility")
 RESAMPLES = 2000
+MAX_UNDEFINED = 0.01  # the largest share of question draws left out of the two-level interval (two_level)
 MIN_CLUSTERS = 5  # below this many authors in a set, its questions are drawn one by one
 
 
@@ -107,7 +108,10 @@ def two_level(pairs: list[tuple[dict[str, Any], dict[str, Any]]], metric: str, r
     record; one pair per seed): its 95% percentile interval, and the variances of the one-way bootstraps over
     seeds alone and over questions alone (both hold the seed × question interaction, so their shares are a
     guide to which more of would narrow the interval, not a decomposition). None below two pairs, when a record
-    has no per-question values, or when the runs were probed on different question sets."""
+    has no per-question values, when the runs were probed on different question sets, or when more than
+    MAX_UNDEFINED of the question draws leave some run short of the level (its metric undefined there); below
+    that share those draws are left out for every seed alike, so the interval is conditional on the level
+    being reached."""
     if len(pairs) < 2 or not all(has_questions(r) for pair in pairs for r in pair):
         return None
     first = pairs[0][0]["match"]["questions"]
@@ -122,10 +126,13 @@ def two_level(pairs: list[tuple[dict[str, Any], dict[str, Any]]], metric: str, r
     diffs = np.stack([replay(a, metric, w) - replay(b, metric, w) for a, b in pairs])  # (seeds, draws)
     base = np.array([(replay(a, metric, ones(first)) - replay(b, metric, ones(first)))[0] for a, b in pairs])
     picks = rng.integers(0, len(pairs), size=(resamples, len(pairs)))
-    both = np.nanmean(diffs[picks, np.arange(resamples)[:, None]], axis=1)
-    seeds_only, questions_only = base[picks].mean(axis=1), np.nanmean(diffs, axis=0)
-    var_s, var_q = float(np.nanvar(seeds_only)), float(np.nanvar(questions_only))
-    low, high = np.nanquantile(both, [0.025, 0.975])
+    undefined = np.isnan(diffs).any(axis=0)  # a question draw under which some run never reaches the level
+    if undefined.mean() > MAX_UNDEFINED or np.isnan(base).any():
+        return None
+    both = diffs[picks, np.arange(resamples)[:, None]].mean(axis=1)[~undefined]
+    seeds_only, questions_only = base[picks].mean(axis=1), diffs[:, ~undefined].mean(axis=0)
+    var_s, var_q = float(np.var(seeds_only)), float(np.var(questions_only))
+    low, high = np.quantile(both, [0.025, 0.975])
     return {"two_level_low": float(low), "two_level_high": float(high), "var_seeds": var_s, "var_questions": var_q,
             "question_share": var_q / (var_s + var_q) if var_s + var_q > 0 else None}
 

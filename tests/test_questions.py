@@ -59,3 +59,17 @@ def test_two_level_bootstrap_splits_seed_and_question_variance():
     assert questions.two_level(list(zip(better, base, strict=True))[:1], "tradeoff_score") is None  # one pair
     same = questions.two_level(list(zip(base, base, strict=True)), "tradeoff_score", resamples=200)
     assert (same["two_level_low"], same["two_level_high"], same["var_questions"]) == (0.0, 0.0, 0.0)  # shared draws
+
+
+def test_two_level_leaves_out_draws_that_never_reach_the_level_only_when_they_are_rare(monkeypatch):
+    # all questions: forget 0.8 → 0.175, under the level 0.2; question 2 alone: 0.7 → 0.3, never reached
+    short = [_record([(0.5, 0.5), (0.05, 0.3)], [(0.45, 0.35), (0.3, 0.3)]) for _ in range(3)]
+    base = [_record([(0.5, 0.5), (0.1, 0.2)], [(0.45, 0.35), (0.3, 0.3)]) for _ in range(3)]
+    pairs = list(zip(short, base, strict=True))
+    alone = {"forget": np.array([[0.0, 2.0]]), "utility/u": np.array([[1.0, 1.0]])}
+    assert np.isnan(questions.replay(short[0], "match_utility", alone)[0])
+    assert not np.isnan(questions.replay(short[0], "match_utility", questions.ones(short[0]["match"]["questions"])))
+    assert questions.two_level(pairs, "match_utility", resamples=400) is None  # a quarter of the draws: no interval
+    monkeypatch.setattr(questions, "MAX_UNDEFINED", 0.5)
+    out = questions.two_level(pairs, "match_utility", resamples=400)
+    assert np.isfinite([out["two_level_low"], out["two_level_high"], out["var_questions"]]).all()
