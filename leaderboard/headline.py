@@ -14,6 +14,18 @@ def method_label(row: dict[str, Any]) -> str:
     return row["label"]
 
 
+def reached(row: dict[str, Any]) -> tuple[float, str]:
+    """How many of a method row's seeds reached the level (⚠ where some did not), and how many of those were
+    evaluated past it, on the check that crossed it (no bisection: a run resumed between the two checks, several
+    processes, `bisect: false`, or out of bisection probes; records from before `match_bisected` say nothing)."""
+    n, stat = row["n"], row["metrics"].get("match_reached")
+    k = round(stat["mean"] * stat["n"]) if stat else 0
+    text = f"{k}/{n}" + ("" if k == n else " ⚠")
+    bisected = row["metrics"].get("match_bisected")
+    past = 0 if bisected is None else k - round(bisected["mean"] * bisected["n"])
+    return k / n, text + (f", {past} past the level ⚠" if past > 0 else "")
+
+
 def lr_label(row: dict[str, Any]) -> str:
     """The learning rate, with the grid it was chosen from when tuned."""
     if row.get("lr") is None:

@@ -19,6 +19,7 @@ from leaderboard.headline import (
     paired_cells,
     paired_lookup,
     protocol_text,
+    reached,
 )
 from leaderboard.verdicts import CompareConfig
 
@@ -140,10 +141,7 @@ def _headline(rows: list[dict[str, Any]], references: list[dict[str, Any]], pair
                     + _cell(None, "") + _cell(probe.get("forget"), _fmt(probe.get("forget"))) + _cell(util, _fmt(util))
                     + _cell(score, _fmt(score)) + "".join(_cell(None, "") for _ in cfg.baselines) + "</tr>")
     for r in matched(rows):
-        reached = r["metrics"].get("match_reached")
-        k = round(reached["mean"] * reached["n"]) if reached else 0
-        body.append("<tr>" + _cell(method_label(r), css="text") + _lr_cell(r)
-                    + _cell(k / r["n"], f"{k}/{r['n']}" + ("" if k == r["n"] else " ⚠"))
+        body.append("<tr>" + _cell(method_label(r), css="text") + _lr_cell(r) + _cell(*reached(r))
                     + _stat_cell(r["metrics"].get("match_forget"), r["n"])
                     + _stat_cell(r["metrics"].get("match_utility"), r["n"])
                     + _stat_cell(r["metrics"].get("tradeoff_score"), r["n"])

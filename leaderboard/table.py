@@ -24,6 +24,7 @@ from leaderboard.headline import (
     paired_cells,
     paired_lookup,
     protocol_text,
+    reached,
 )
 from leaderboard.verdicts import CompareConfig
 
@@ -152,9 +153,7 @@ def headline_rows(rows: list[dict[str, Any]], refs: list[dict[str, Any]], paired
                     "" if util is None else f"{util:.4g}", "" if score is None else f"{score:.4g}",
                     *("" for _ in cfg.baselines)])
     for r in matched(rows):
-        reached = r["metrics"].get("match_reached")
-        k = round(reached["mean"] * reached["n"]) if reached else 0
-        out.append([method_label(r), lr_label(r), f"{k}/{r['n']}" + ("" if k == r["n"] else " ⚠"),
+        out.append([method_label(r), lr_label(r), reached(r)[1],
                     _ci(r["metrics"].get("match_forget"), r["n"]), _ci(r["metrics"].get("match_utility"), r["n"]),
                     _ci(r["metrics"].get("tradeoff_score"), r["n"]),
                     *(diff_label(paired_lookup(paired, r, b, cfg.primary)) for b in cfg.baselines)])

@@ -24,6 +24,7 @@ from tasks import text
 
 SUBJECTS = {"bio": "biology", "cyber": "computer security", "chem": "chemistry"}
 BUNDLED_PREFIX = "bundled:"
+STOP_SPLITS = ("questions", "none")
 PROBE_LENGTH = 2048  # questions are scored whole (MMLU's longest prompts pass 1,000 tokens), as lm-eval does
 
 
@@ -83,10 +84,17 @@ class WmdpConfig(TaskConfig):
                                   "MMLU test (utility) and dev (validation) questions, spread over subjects")
     probe_level: float = option(0.3, "matched forgetting's level: the mean normalised probability of the right "
                                      "letter at which forgetting counts as reached (chance is 0.25)")
+    stop_split: str = option("none", "how matched forgetting's forget probe is kept apart from the reported WMDP "
+                                     "accuracy: questions (the probe stops on each subject's odd-numbered "
+                                     "questions, the accuracy measures the even-numbered ones) or none (both on "
+                                     "every question, as the papers' fixed-budget runs score WMDP: a matched run's "
+                                     "accuracy then rests on the questions it stopped on)")
 
     def validate(self) -> None:
         if not 0.25 <= self.probe_level < 1:
             raise ValueError(f"probe_level must be in [0.25, 1) (0.25 is chance), got {self.probe_level}")
+        if self.stop_split not in STOP_SPLITS:
+            raise ValueError(f"stop_split {self.stop_split!r}: choose one of {', '.join(STOP_SPLITS)}")
         unknown = sorted(set(self.subjects) - set(SUBJECTS))
         if unknown or not self.subjects:
             raise ValueError(f"subjects {unknown or '[]'}: choose from {', '.join(SUBJECTS)}")
@@ -111,6 +119,9 @@ class WmdpMiniConfig(WmdpConfig):
                                                    "the bio and cyber answers; chem stands for knowledge it lacks)")
     utility_limit: int | None = option(2, "lm-eval limit for the utility tasks, per (sub)task")
     max_length: int = option(128, "token cap for unlearning sequences")
+    stop_split: str = option("questions", "how matched forgetting's forget probe is kept apart from the reported "
+                                          "WMDP accuracy: questions (default here: odd-numbered questions stop, "
+                                          "even-numbered ones are measured) or none")
 
 
 class Wmdp(Task):
@@ -185,15 +196,22 @@ class Wmdp(Task):
                 raise DataError(f"{path}, row {line}: needs 4 choices and an answer index 0-3")
         return rows
 
+    def stopping_and_measured(self, subject: str) -> tuple[list[dict], list[dict]]:
+        """A subject's questions matched forgetting may stop on, and the disjoint ones its accuracy measures
+        (`stop_split: questions`: odd-numbered against even-numbered; none: every question both)."""
+        rows = self.questions(subject)
+        return (rows[1::2], rows[0::2]) if self.config.stop_split == "questions" else (rows, rows)
+
     def _question_tasks(self) -> tuple[list[str], list[lm_eval_bridge.LocalGroup], dict[str, str]]:
-        """lm-eval task names for the subjects, local task groups to build, and task -> metric prefix."""
+        """lm-eval task names for the subjects, local task groups to build, and task -> metric prefix (local
+        tasks where the questions come from a folder, or where the stopping split leaves some out)."""
         c = self.config
-        if c.questions_dir is None:
+        if c.questions_dir is None and c.stop_split == "none":
             names = [f"wmdp_{s}" for s in c.subjects]
             return names, [], {n: n for n in names}
         groups, rename = [], {}
         for s in c.subjects:
-            task = lm_eval_bridge.LocalTask(f"wmdp_{s}_local", self.questions(s), describe(s))
+            task = lm_eval_bridge.LocalTask(f"wmdp_{s}_local", self.stopping_and_measured(s)[1], describe(s))
             groups.append(lm_eval_bridge.LocalGroup(task.name, [task]))
             rename[task.name] = f"wmdp_{s}"
         return list(rename), groups, rename
@@ -201,11 +219,12 @@ class Wmdp(Task):
     def probe_sets(self) -> ProbeSets:
         """Matched forgetting on multiple choice, read as lm-eval reads it: each question in lm-eval's zero-shot
         prompt, the right letter against the three others (mean normalised probability; its argmax is
-        lm-eval's accuracy). Forget: the first `probe_limit` WMDP questions of each subject; utility: MMLU test
+        lm-eval's accuracy). Forget: the first `probe_limit` questions of each subject's stopping split
+        (`stop_split`); utility: MMLU test
         questions; validation (for tuning): MMLU dev questions, which no test metric uses; level:
         `probe_level`, used where there is no retain model to read it from (WMDP; wmdp-mini has one)."""
         n = self.config.probe_limit
-        forget = [(describe(s), r) for s in self.config.subjects for r in self.questions(s)[:n]]
+        forget = [(describe(s), r) for s in self.config.subjects for r in self.stopping_and_measured(s)[0][:n]]
         utility, validation = (spread(lm_eval_bridge.mmlu_rows(split), n) for split in ("test", "dev"))
         sets = {"forget": forget, "mmlu": utility, "validation": validation}
         letters = {k: [choice_examples(*q) for q in v] for k, v in sets.items()}

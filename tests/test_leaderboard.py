@@ -212,6 +212,27 @@ def test_paired_differences_and_headline_by_hand(matched_results, tmp_path):
     assert "- wagle (0.5) + graddiff vs random, tradeoff_score: " in md and "equivalent within ±0.02" in md
 
 
+def test_the_headline_counts_seeds_evaluated_past_the_level(matched_results, tmp_path):
+    for seed in range(7):  # wagle's seed 4 reached the level but was evaluated on the check that crossed it
+        path = matched_results / "runs" / f"wagle-{seed}.json"
+        record = json.loads(path.read_text())
+        record["metrics"]["match_bisected"] = {"value": float(seed != 4), "direction": "higher", "group": "info"}
+        path.write_text(json.dumps(record))
+    table.write_all(matched_results, tmp_path / "board")
+    md = (tmp_path / "board" / "leaderboard.md").read_text()
+    assert "| wagle (0.5) + graddiff | 0.0001 of {3.33e-05, 0.0001, 0.0003, 0.0009} | 7/7, 1 past the level ⚠ |" in md
+    assert "| dense (1) + graddiff | 0.0001 of {3.33e-05, 0.0001, 0.0003, 0.0009} | 7/7 |" in md  # no such metric
+    assert ">7/7, 1 past the level ⚠</td>" in (tmp_path / "board" / "index.html").read_text()
+    from harness.measure.matcher import match_metrics
+
+    summary = {"probe": "utility", "at_match": 0.4, "tradeoff": 0.9, "reached": True, "step": 6,
+               "efficacy_at_stop": 1.3, "forget_at_stop": 0.1}
+    assert match_metrics({**summary, "bisection": {"within": True}})["match_bisected"].value == 1.0
+    assert match_metrics({**summary, "bisection": {"within": False}})["match_bisected"].value == 0.0
+    assert match_metrics({**summary, "bisection": None})["match_bisected"].value == 0.0
+    assert "match_bisected" not in match_metrics({**summary, "reached": False, "bisection": None})
+
+
 def test_an_undecided_verdict_says_what_the_seeds_could_have_detected(matched_results, tmp_path):
     for seed in range(3, 7):
         for name in ("dense", "wagle", "random"):

@@ -69,6 +69,25 @@ def test_probe_is_the_mean_probability_and_harmonic_mean_of_parts(tiny):
         match.probe(model, tok, ProbeSets(exs[:1], {"a": exs[1:2]}), ("validation",), 4, 64)
 
 
+def test_a_probe_that_is_not_finite_stops_the_run(tiny):
+    import torch
+
+    from harness.errors import NonFiniteLossError
+    from harness.measure.matcher import Matcher
+
+    model, tok = tiny
+    exs = [Example(f"Question: q{i}?\nAnswer:", f" answer number {i}") for i in range(3)]
+    matcher = Matcher.__new__(Matcher)  # the check alone: no task, no reference models
+    matcher.tok, matcher.composer, matcher.key, matcher.seconds = tok, None, "utility", 0.0
+    matcher.sets = ProbeSets(forget=exs[:2], utility={"a": exs[2:]})
+    matcher.task = type("T", (), {"eval_batch_size": 4, "max_length": 64})()
+    assert set(matcher.check(model)) == {"forget", "utility"}
+    with torch.no_grad():
+        model.lm_head.weight.fill_(float("nan"))
+    with pytest.raises(NonFiniteLossError, match="probe's forget"):
+        matcher.check(model)
+
+
 def _tune_record(lr, reached, validation_utility, validation_tradeoff, status="finished", seed=1000):
     from harness.run.records import Record
 
@@ -162,3 +181,25 @@ def test_the_forget_probe_stops_on_rows_the_forget_metrics_never_measure():
     assert len(paper.probe_sets().forget) == len(paper._eval_splits()["forget"]) == 40  # TOFU's evaluation: none
     with pytest.raises(Exception, match="stop_split 'halves'"):
         get_registry().build("task", "tofu-mini", {"stop_split": "halves"}, "test")
+
+
+def test_wmdp_stops_on_questions_its_accuracy_never_measures():
+    from harness.plugins import get_registry
+
+    mini = get_registry().build("task", "wmdp-mini", {"probe_limit": 57}, "test")
+    stop = {ex.prompt for ex in mini.probe_sets().forget}
+    _, groups, rename = mini._question_tasks()
+    measured = {_wmdp_prompt(g.tasks[0].description, r) for g in groups for r in g.tasks[0].rows}
+    assert len(stop) == len(measured) == 8 and not stop & measured  # bio and cyber: 4 questions stop, 4 measure
+    assert rename == {"wmdp_bio_local": "wmdp_bio", "wmdp_cyber_local": "wmdp_cyber"}
+    whole = get_registry().build("task", "wmdp-mini", {"probe_limit": 57, "stop_split": "none"}, "test")
+    assert len(whole.probe_sets().forget) == sum(len(g.tasks[0].rows) for g in whole._question_tasks()[1]) == 16
+    with pytest.raises(Exception, match="stop_split 'rows'"):
+        get_registry().build("task", "wmdp", {"stop_split": "rows"}, "test")
+
+
+def _wmdp_prompt(description: str, row: dict) -> str:
+    """The probe's prompt of a question (tasks/wmdp.py, choice_examples), to compare sets of questions."""
+    from tasks.wmdp import choice_examples
+
+    return choice_examples(description, row)[0].prompt

@@ -5,6 +5,7 @@ keeps."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +13,7 @@ import torch
 
 from harness import distributed
 from harness.api import Metric, Task
+from harness.errors import NonFiniteLossError
 from harness.measure import match
 from harness.run import prepare
 
@@ -60,7 +62,13 @@ class Matcher:
         self.last = match.probe_questions(net, self.tok, self.sets, parts or ("forget", self.key),
                                           self.task.eval_batch_size, self.task.max_length)
         self.seconds += time.perf_counter() - t
-        return match.combine(self.last)
+        probe = match.combine(self.last)
+        bad = sorted(k for k, v in probe.items() if not math.isfinite(v))
+        if bad:
+            raise NonFiniteLossError(f"the matched-forgetting probe's {', '.join(bad)} is {probe[bad[0]]}: the "
+                                     "model's answer probabilities are no longer finite (a learning rate too "
+                                     "large for the dtype?); the run stops here instead of reading it as a level")
+        return probe
 
     def remember(self, trained, step: int) -> None:
         """The trained weights at a check still above the level: one end of bisection's bracket."""
@@ -95,11 +103,16 @@ class Matcher:
 
 
 def match_metrics(summary: dict[str, Any]) -> dict[str, Metric]:
-    """A run's matched-forgetting numbers as metrics: test runs compare utility, tuning runs validation."""
+    """A run's matched-forgetting numbers as metrics: test runs compare utility, tuning runs validation;
+    `match_bisected` (runs that reached the level): 1 when the evaluated model is the bisected one within the
+    tolerance, 0 when it is past the level (the check that crossed it, or bisection out of probes)."""
     prefix = "" if summary["probe"] == "utility" else "validation_"
+    bisection = summary.get("bisection")
+    exact = {} if not summary["reached"] else {"match_bisected": Metric(
+        float(bisection is not None and bisection.get("within", True)), "higher", "info")}
     return {f"{prefix}match_utility": Metric(summary["at_match"], "higher", "match"),
             f"{prefix}tradeoff_score": Metric(summary["tradeoff"], "higher", "match"),
-            "match_reached": Metric(float(summary["reached"]), "higher", "info"),
+            "match_reached": Metric(float(summary["reached"]), "higher", "info"), **exact,
             "match_step": Metric(summary["step"], "lower", "info"),
             "match_efficacy": Metric(summary["efficacy_at_stop"], "info", "info"),
             "match_forget": Metric(summary["forget_at_stop"], "info", "info")}
