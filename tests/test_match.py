@@ -116,6 +116,45 @@ def test_tune_rule_prefers_reaching_then_the_validation_metric_then_smaller_rate
                                             "runs": ["r1e-05-1000", "r1e-05-1001"], "score": pytest.approx(0.6)}
 
 
+def test_a_rate_is_chosen_from_the_whole_grid_never_at_a_rate_that_failed_and_extended_at_an_edge(tmp_path):
+    from harness.config import from_dict, to_dict
+    from harness.run import records
+    from harness.sweeps import sweep
+
+    cfg = from_dict(sweep.SweepConfig, {"task": "tofu-mini", "model": "tiny-llama", "attributions": ["dense"],
+                                        "objectives": ["graddiff"], "seeds": [0, 1], "train": {"lr": 1e-4},
+                                        "match": {"enabled": True}, "tune": {"enabled": True}}, "sweep")
+    grid = sweep.tuning_grid(cfg)  # ×{1/3, 1, 3} of 1e-4 on tuning seeds 1000 and 1001
+    (method, tuning), = grid.items()
+    score = {1e-4 / 3: 0.5, 1e-4: 0.7, 3e-4: 0.9}
+
+    def write(spec, status="finished"):
+        lr = spec.train.lr
+        value = next(v for k, v in score.items() if k == pytest.approx(lr))
+        records.write(tmp_path, spec.run_id(), records.Record(
+            kind="tune", status=status, spec=to_dict(spec), spec_key=spec.run_id(), memory={},
+            headline={"forget": "forget_prob", "utility": "model_utility"}, match={"level": 0.1, "reached": True},
+            error={"type": "NonFiniteLossError", "message": "diverged", "traceback": ""} if status == "failed"
+            else None,
+            metrics={"validation_tradeoff_score": {"value": value, "direction": "higher", "group": "match"},
+                     "validation_match_utility": {"value": 0.4, "direction": "higher", "group": "match"}}))
+
+    for spec in tuning[:-1]:
+        write(spec)
+    specs, missing = sweep.tuned_specs(cfg, tmp_path, grid)  # one tuning run without a record: no choice yet
+    assert specs == [] and "has no record yet" in missing[0] and sweep.extension(cfg, tmp_path, grid) == {}
+    write(tuning[-1], status="failed")  # 3e-4, the best score, diverged on one of the two seeds
+    assert tuning[-1].train.lr == pytest.approx(3e-4)
+    specs, missing = sweep.tuned_specs(cfg, tmp_path, grid)
+    assert missing == [] and {s.seed for s in specs} == {0, 1}
+    assert all(s.train.lr == pytest.approx(1e-4) and s.tuned_from == pytest.approx([1e-4 / 3, 1e-4, 3e-4])
+               for s in specs)
+    assert sweep.extension(cfg, tmp_path, grid) == {}  # the middle of the grid: nothing to extend
+    write(tuning[-1])  # the same run finished: 3e-4 is chosen, an edge, so 9e-4 is tried on both tuning seeds
+    more = sweep.extension(cfg, tmp_path, grid)[method]
+    assert [(s.train.lr, s.seed) for s in more] == [(pytest.approx(9e-4), 1000), (pytest.approx(9e-4), 1001)]
+
+
 def _runs(values):
     return {seed: {"metrics": {"m": {"value": v}}} for seed, v in enumerate(values)}
 

@@ -10,6 +10,7 @@ import functools
 import itertools
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -58,10 +59,12 @@ class TuneConfig:
             raise ValueError("seeds must name at least one tuning seed")
 
 
-TUNE_RULE = ("per rate, over the tuning seeds: among the rates whose every tuning run reached the retain model's "
-             "forgetting level, the highest mean validation `tune.metric` (default the trade-off score; ties: the "
-             "smaller rate); if none did, the highest mean validation trade-off score; with extend, a choice on "
-             "the grid's edge adds one rate outward and the rule runs again over all")
+TUNABLE = ("tradeoff_score", "match_utility")  # the validation metrics a rate can be chosen on (TuneConfig.metric)
+TUNE_RULE = ("per rate, over the tuning seeds: among the rates whose every tuning run finished and reached the "
+             "retain model's forgetting level, the highest mean validation `tune.metric` (default the trade-off "
+             "score; ties: the smaller rate); if none did, the highest mean validation trade-off score among the "
+             "rates without a failed run; chosen once every tuning run has a record; with extend, a choice on the "
+             "grid's edge adds one rate outward and the rule runs again over all")
 
 
 @dataclass
@@ -188,6 +191,9 @@ def _check(cfg: SweepConfig, where: str) -> None:
     shared = sorted(set(cfg.tune.seeds) & set(cfg.seeds)) if cfg.tune.enabled else []
     if shared:
         raise ConfigError(f"{where}: tune.seeds and seeds share {shared}: a test run must not be the one tuned on")
+    if cfg.tune.enabled and cfg.compare.primary in TUNABLE and cfg.tune.metric != cfg.compare.primary:
+        log.warning("%s: rates are chosen on validation %s while the verdicts test %s (tune.metric, "
+                    "compare.primary)", where, cfg.tune.metric, cfg.compare.primary)
 
 
 def method_train(cfg: SweepConfig, attribution: str, objective: str, where: str = "sweep") -> TrainConfig:
@@ -264,23 +270,31 @@ def tuning_grid(cfg: SweepConfig, where: str = "sweep") -> dict[MethodKey, list[
 
 
 def select(tuning: list[records.Record], metric: str = "tradeoff_score") -> dict[str, Any] | None:
-    """The tune rule (TUNE_RULE) over one method's finished tuning records (any seeds), choosing among the rates
-    that reached the level on validation `metric`; None when none finished."""
+    """The tune rule (TUNE_RULE) over one method's tuning records (any seeds), choosing among the rates whose
+    every run finished and reached the level on validation `metric`; a rate with a failed run (a loss or probe
+    that diverged at that rate on some seed) is never chosen; None when no rate has only finished runs."""
     by_lr: dict[float, list[records.Record]] = {}
     for r in tuning:
-        if r.finished:
-            by_lr.setdefault(r.spec["train"]["lr"], []).append(r)
-    if not by_lr:
+        by_lr.setdefault(r.spec["train"]["lr"], []).append(r)
+    complete = {lr: runs for lr, runs in by_lr.items() if all(r.finished for r in runs)}
+    if not complete:
         return None
 
     def mean(runs: list[records.Record], name: str) -> float:
         values = [r.value(name) for r in runs]
-        return float("-inf") if any(v is None for v in values) else sum(values) / len(values)
+        ok = all(v is not None and math.isfinite(v) for v in values)
+        return sum(values) / len(values) if ok else float("-inf")
 
-    reached = {lr: runs for lr, runs in by_lr.items() if all(r.match["reached"] for r in runs)}
-    pool, name = (reached, f"validation_{metric}") if reached else (by_lr, "validation_tradeoff_score")
+    reached = {lr: runs for lr, runs in complete.items() if all(r.match["reached"] for r in runs)}
+    pool, name = (reached, f"validation_{metric}") if reached else (complete, "validation_tradeoff_score")
     lr = max(pool, key=lambda x: (mean(pool[x], name), -x))
     return {"lr": lr, "reached": bool(reached), "runs": sorted(r.id for r in pool[lr]), "score": mean(pool[lr], name)}
+
+
+def recorded(results_dir: Path, specs: list[RunSpec]) -> bool:
+    """Whether every one of `specs` has a record (finished or failed): a rate is chosen from the whole grid only,
+    never from the part another process has not finished yet or a worker lost."""
+    return all(status(results_dir, s.run_id()) in ("finished", "failed") for s in specs)
 
 
 def _found(results_dir: Path, specs: list[RunSpec]) -> list[records.Record]:
@@ -295,7 +309,7 @@ def extension(cfg: SweepConfig, results_dir: Path, grid: dict[MethodKey, list[Ru
     out = {}
     for m, tuning in grid.items() if cfg.tune.extend else ():
         lrs = sorted({s.train.lr for s in tuning})
-        choice = select(_found(results_dir, tuning), cfg.tune.metric)
+        choice = select(_found(results_dir, tuning), cfg.tune.metric) if recorded(results_dir, tuning) else None
         if choice is None or len(lrs) < 2 or lrs[0] < choice["lr"] < lrs[-1]:
             continue
         edge, inner = (lrs[0], lrs[1]) if choice["lr"] == lrs[0] else (lrs[-1], lrs[-2])
@@ -306,13 +320,19 @@ def extension(cfg: SweepConfig, results_dir: Path, grid: dict[MethodKey, list[Ru
 
 def tuned_specs(cfg: SweepConfig, results_dir: Path, grid: dict[MethodKey, list[RunSpec]],
                 where: str = "sweep") -> tuple[list[RunSpec], list[str]]:
-    """The test runs at each method's selected rate, and the methods left out because none of their tuning
-    runs finished."""
+    """The test runs at each method's selected rate, and the methods left out, each with the reason: a tuning
+    run without a record yet (busy in another process, or lost: a resume runs it), or no rate whose tuning
+    runs all finished."""
     chosen, missing = {}, []
     for m, tuning in grid.items():
+        if not recorded(results_dir, tuning):
+            missing.append(f"{m.label}: a tuning run has no record yet (another process holds it, or its worker "
+                           "was lost), so no rate is chosen and its test runs wait for a resume")
+            continue
         choice = select(_found(results_dir, tuning), cfg.tune.metric)
         if choice is None:
-            missing.append(m.label)
+            missing.append(f"{m.label}: a run failed at every rate of its tuning grid, so it has no selected "
+                           "rate and no test runs")
             continue
         chosen[m] = (replace(tuning[0].train, lr=choice["lr"]), sorted({s.train.lr for s in tuning}))
         log.info("%s: lr %g chosen from %s (%s)", m.label, choice["lr"], chosen[m][1],
@@ -568,8 +588,8 @@ def _run_grid(cfg: SweepConfig, results_dir: Path, retry_failed: bool, tally: Ta
         _run_specs([s for runs in more.values() for s in runs], results_dir, done, executor, tally)
         grid = {m: runs + more.get(m, []) for m, runs in grid.items()}
         specs, missing = tuned_specs(cfg, results_dir, grid)
-        for method in missing:
-            log.error("%s: no tuning run finished, so it has no selected rate and no test runs", method)
+        for reason in missing:
+            log.error("%s", reason)
             log.info(tally.add("failed"))
     _run_specs(specs, results_dir, done, executor, tally)
 
