@@ -119,14 +119,14 @@ def test_tune_rule_prefers_reaching_then_the_validation_metric_then_smaller_rate
 def test_a_rate_is_chosen_from_the_whole_grid_never_at_a_rate_that_failed_and_extended_at_an_edge(tmp_path):
     from harness.config import from_dict, to_dict
     from harness.run import records
-    from harness.sweeps import sweep
+    from harness.sweeps import plan, sweep
 
     cfg = from_dict(sweep.SweepConfig, {"task": "tofu-mini", "model": "tiny-llama", "attributions": ["dense"],
                                         "objectives": ["graddiff"], "seeds": [0, 1], "train": {"lr": 1e-4},
                                         "match": {"enabled": True}, "tune": {"enabled": True}}, "sweep")
     grid = sweep.tuning_grid(cfg)  # ×{1/3, 1, 3} of 1e-4 on tuning seeds 1000 and 1001
     (method, tuning), = grid.items()
-    score = {1e-4 / 3: 0.5, 1e-4: 0.7, 3e-4: 0.9}
+    score = {1e-4 / 3: 0.5, 1e-4: 0.7, 3e-4: 0.9, 9e-4: 0.8}
 
     def write(spec, status="finished"):
         lr = spec.train.lr
@@ -153,6 +153,16 @@ def test_a_rate_is_chosen_from_the_whole_grid_never_at_a_rate_that_failed_and_ex
     write(tuning[-1])  # the same run finished: 3e-4 is chosen, an edge, so 9e-4 is tried on both tuning seeds
     more = sweep.extension(cfg, tmp_path, grid)[method]
     assert [(s.train.lr, s.seed) for s in more] == [(pytest.approx(9e-4), 1000), (pytest.approx(9e-4), 1001)]
+    # `sweep --plan` lists what the sweep will run: the extension, then test runs at the base rate until the
+    # extension has records, then at the chosen rate
+    plain = sweep.tuning_grid(cfg)
+    tests = plan.tests(cfg, tmp_path, plain)
+    assert len(plain[method]) == 8 and all(s.train.lr == pytest.approx(1e-4) and not s.tuned_from for s in tests)
+    for spec in more:
+        write(spec)
+    tests = plan.tests(cfg, tmp_path, sweep.tuning_grid(cfg))
+    assert [s.seed for s in tests] == [0, 1] and all(s.train.lr == pytest.approx(3e-4) for s in tests)
+    assert tests[0].tuned_from == pytest.approx([1e-4 / 3, 1e-4, 3e-4, 9e-4])
 
 
 def _runs(values):

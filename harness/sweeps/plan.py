@@ -141,7 +141,8 @@ def rows(cfg, results_dir: Path) -> list[Row]:
         task = registry.build("task", one.task, one.task_config, "plan: task_config")
         tokens, n = tokens_per_example(one.model, task.forget_examples()), parameters(one.model)
         grid = sweep.tuning_grid(one) if one.tune.enabled else {}
-        specs = [("tune", s) for runs in grid.values() for s in runs] + [("test", s) for s in sweep.expand(one)]
+        test_runs = tests(one, results_dir, grid)  # first: it adds the extension runs to the grid
+        specs = [("tune", s) for runs in grid.values() for s in runs] + [("test", s) for s in test_runs]
         for kind, spec in specs:
             key = MethodKey.of(to_dict(spec), digest=False)
             steps = tuned.get(key) if spec.match.enabled and key in tuned else budget(spec, len(task.forget_examples()))
@@ -150,6 +151,22 @@ def rows(cfg, results_dir: Path) -> list[Row]:
             state = {"finished": "done", "failed": "failed"}.get(sweep.status(results_dir, spec.run_id()), "pending")
             out.append(Row(kind, spec.run_id(), key.label, spec.seed, state, flops))
     return out
+
+
+def tests(cfg, results_dir: Path, grid: dict[MethodKey, list]) -> list:
+    """The test runs: at each method's chosen rate where its tuning records have chosen one, otherwise at the
+    base rate; `grid` gains the extension runs its records call for, as the sweep would run them."""
+    from harness.config import to_dict
+    from harness.sweeps import sweep
+
+    if not grid:
+        return sweep.expand(cfg)
+    more = sweep.extension(cfg, results_dir, grid)
+    for m, runs in more.items():
+        grid[m] = grid[m] + runs
+    chosen = sweep.tuned_specs(cfg, results_dir, grid)[0]
+    keys = {MethodKey.of(to_dict(s), digest=False) for s in chosen}
+    return chosen + [s for s in sweep.expand(cfg) if MethodKey.of(to_dict(s), digest=False) not in keys]
 
 
 def matmul_flops(dtype=None, n: int = 1024, repeats: int = 5, device: str = "cpu", trials: int = 1) -> float:
