@@ -174,6 +174,32 @@ def test_resume_from_checkpoint_equals_uninterrupted(tiny, tmp_path):
         assert torch.equal(p.detach(), expected[n]), n
 
 
+def test_a_resumed_run_is_handed_the_state_of_its_checkpoint_step(tiny, tmp_path):
+    model, tok = tiny
+    start = _snapshot(model)
+    cfg = TrainConfig(lr=3e-3, epochs=4, batch_size=4, checkpoint_every=2)
+    batches = finetune_batches(tok, EXAMPLES, cfg, 64, seed=0)
+    at_step = {}
+
+    def keep(step, m):
+        at_step[step] = _snapshot(m)
+
+    train(model, batches, _loss, cfg, on_step=keep)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(start[n])
+    ckpt, handed = tmp_path / "run.pt", []
+    with pytest.raises(Interrupt):
+        train(model, batches, _dies_at_call(6), cfg, checkpoint=ckpt, on_resume=lambda *a: handed.append(a))
+    assert handed == []  # a fresh start resumes nothing
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(start[n])
+    train(model, batches, _loss, cfg, checkpoint=ckpt, on_resume=lambda step, m: handed.append((step, _snapshot(m))))
+    (step, state), = handed
+    assert step == 4 and all(torch.equal(state[n], at_step[4][n]) for n in state)
+
+
 class _Payload:
     """Pickles as a call that creates a file: what a tampered checkpoint could run on load."""
 

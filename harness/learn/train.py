@@ -274,7 +274,8 @@ def train(model: torch.nn.Module, micro_batches: Sequence[Any],
           seed: int = 0, progress: Callable[[int, int, dict[str, float]], None] | None = None,
           checkpoint: Path | None = None,
           on_step: Callable[[int, torch.nn.Module], dict[str, Any] | None] | None = None,
-          optimizer: Optimizer | None = None) -> TrainLog:
+          optimizer: Optimizer | None = None,
+          on_resume: Callable[[int, torch.nn.Module], None] | None = None) -> TrainLog:
     """Minimise `loss_fn` over `micro_batches` (cfg.grad_accum per optimizer step), updating what `plan`
     selects (None: every weight).
 
@@ -283,6 +284,8 @@ def train(model: torch.nn.Module, micro_batches: Sequence[Any],
     model)` runs after each optimizer step, in eval mode; a dict it returns is kept in that step's row under
     "eval" (evaluation curves survive a resume with the rest of the log); when it holds `"stop": True`,
     training ends after that step (`TrainLog.stopped_at`). `optimizer`: the update rule (default AdamW).
+    `on_resume(step, model)` runs once after a checkpoint is loaded, with the model as it was after that step
+    (matched forgetting keeps it as one end of its bisection bracket).
     """
     torch.manual_seed(seed)
     n_steps = math.ceil(len(micro_batches) / cfg.grad_accum)
@@ -297,6 +300,9 @@ def train(model: torch.nn.Module, micro_batches: Sequence[Any],
     lr_sched = torch.optim.lr_scheduler.LambdaLR(stepper, lr_factor(cfg, n_steps))
     log = TrainLog()
     first = _resume(checkpoint, update, stepper, lr_sched, log)
+    if first and on_resume is not None:
+        on_resume(first, update.whole())
+        update.resume()
     log.bf16_autocast = bf16 = autocast_on(cfg, update.device)
     log.master_weights = update.mixed_precision(cfg)
     start = time.perf_counter()

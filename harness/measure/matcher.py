@@ -78,7 +78,7 @@ class Matcher:
     def bisect(self, trained, stopped_at: int | None) -> dict[str, Any] | None:
         """Back to the level between the last check above it and the one that crossed it (match.bisect);
         None when the level was not reached, under several processes, or when the bracket's first end is not
-        the check before the stop (a run resumed from a checkpoint)."""
+        the check before the stop (a run resumed from a checkpoint of a step that is not a check step)."""
         if stopped_at is None or self.before is None:
             return None
         step, before = self.before

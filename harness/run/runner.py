@@ -258,7 +258,8 @@ def unlearn(run: Run) -> None:
     else:
         batches = unlearn_batches(run.tok, sets[0], sets[1], spec.train, task.max_length, spec.seed, sets[2])
         train_log = train(model, batches, loss, spec.train, run.plan, spec.seed, progress=log_step,
-                          checkpoint=run.checkpoint, on_step=functools.partial(during, run), optimizer=run.rule)
+                          checkpoint=run.checkpoint, on_step=functools.partial(during, run), optimizer=run.rule,
+                          on_resume=functools.partial(resumed, run))
     record.curves = {"train": [{k: v for k, v in row.items() if k != "eval"} for row in train_log.steps],
                      "eval": [{"step": row["step"], **row["eval"]["metrics"]} for row in train_log.steps
                               if "metrics" in row.get("eval", {})]}
@@ -303,6 +304,13 @@ def during(run: Run, step: int, trained) -> dict[str, Any] | None:
         if not row["stop"]:
             matcher.remember(trained, step)
     return row or None
+
+
+def resumed(run: Run, step: int, trained) -> None:
+    """After a resume from the checkpoint of `step`: a check step's state (which did not stop: training went on)
+    is bisection's bracket end again, as `during` kept it before the interruption."""
+    if run.matcher is not None and step % run.spec.match.check_every == 0:
+        run.matcher.remember(trained, step)
 
 
 def matched_level(run: Run, model, train_log) -> None:
