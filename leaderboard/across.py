@@ -44,19 +44,37 @@ RESAMPLES = 2000
 METRIC = "tradeoff_score"
 
 
-def scores(records: list[dict[str, Any]], metric: str = METRIC) -> dict[str, dict[str, np.ndarray]]:
-    """Per method label (as each task's board names it), per task, the finished test runs' values of `metric`
-    (runs that have one)."""
+def scored(records: list[dict[str, Any]], metric: str = METRIC
+           ) -> dict[str, tuple[MethodKey, dict[str, np.ndarray]]]:
+    """Per method label (as each task's board names it): its key and, per task, the finished test runs' values
+    of `metric` (runs that have one)."""
     by_task: dict[str, dict[MethodKey, list[float]]] = {}
     for r in records:
         value = finite_value(r, metric)
         if r.get("kind") == "run" and r.get("status") == "finished" and value is not None:
             by_task.setdefault(r["spec"]["task"], {}).setdefault(MethodKey.of(r["spec"]), []).append(float(value))
-    out: dict[str, dict[str, list[float]]] = {}
-    for task, methods in by_task.items():
+    out: dict[str, tuple[MethodKey, dict[str, np.ndarray]]] = {}
+    for task, methods in sorted(by_task.items()):
         for key, label in labels(list(methods)).items():
-            out.setdefault(label, {})[task] = methods[key]
-    return {m: {t: np.asarray(v) for t, v in sorted(tasks.items())} for m, tasks in sorted(out.items())}
+            out.setdefault(label, (key, {}))[1][task] = np.asarray(methods[key])
+    return dict(sorted(out.items()))
+
+
+def scores(records: list[dict[str, Any]], metric: str = METRIC) -> dict[str, dict[str, np.ndarray]]:
+    """Per method label, per task, the finished test runs' values of `metric`."""
+    return {label: per_task for label, (_, per_task) in scored(records, metric).items()}
+
+
+def baseline_runs(found: dict[str, tuple[MethodKey, dict[str, np.ndarray]]], key: MethodKey,
+                  baseline: str) -> dict[str, np.ndarray]:
+    """Per task, the runs of the baseline attribution with `key`'s objective (update rule and mode alike): its
+    one configuration there (a task where it ran in several is left out: which is the baseline is not said)."""
+    per: dict[str, list[np.ndarray]] = {}
+    for k, per_task in found.values():
+        if k.attribution == baseline and k.objective_text == key.objective_text:
+            for task, values in per_task.items():
+                per.setdefault(task, []).append(values)
+    return {task: v[0] for task, v in per.items() if len(v) == 1}
 
 
 def iqm(per_task: dict[str, np.ndarray]) -> np.ndarray | float:
@@ -93,21 +111,19 @@ def summary(records: list[dict[str, Any]], baseline: str = "dense", resamples: i
     """One row per method on the tasks it shares with the baseline's attribution (same objective; its own
     tasks when it shares none or there is no baseline): IQM and its interval, and the probability of
     improvement over the baseline on the shared tasks with its interval."""
-    found = scores(records)
+    found = scored(records)
     rows = []
-    for method, per_task in found.items():
+    for method, (key, per_task) in found.items():
         rng = np.random.default_rng([seed, zlib.crc32(method.encode())])
-        objective = method.split(" + ", 1)[1]
-        base = next((v for m, v in found.items() if m.startswith(f"{baseline} (") and m.endswith(f" + {objective}")),
-                    None)
-        shared = sorted(set(per_task) & set(base or ()))
+        base = baseline_runs(found, key, baseline)
+        shared = sorted(set(per_task) & set(base))
         tasks = shared or sorted(per_task)
         mine = {t: per_task[t] for t in tasks}
         low, high = _interval(iqm(_resample(mine, rng, resamples)))
         row = {"method": method, "tasks": " ".join(f"{t} ({len(mine[t])})" for t in tasks),
                "runs": sum(len(v) for v in mine.values()), "iqm": iqm(mine), "iqm_low": low, "iqm_high": high,
                "poi": None, "poi_low": None, "poi_high": None}
-        if shared and not method.startswith(f"{baseline} ("):
+        if shared and key.attribution != baseline:
             theirs = {t: base[t] for t in tasks}
             low, high = _interval(improvement(_resample(mine, rng, resamples), _resample(theirs, rng, resamples)))
             row.update(poi=improvement(mine, theirs), poi_low=low, poi_high=high)

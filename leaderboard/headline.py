@@ -22,7 +22,7 @@ def reached(row: dict[str, Any]) -> tuple[float, str]:
     k = round(stat["mean"] * stat["n"]) if stat else 0
     text = f"{k}/{n}" + ("" if k == n else " ⚠")
     bisected = row["metrics"].get("match_bisected")
-    past = 0 if bisected is None else k - round(bisected["mean"] * bisected["n"])
+    past = 0 if bisected is None else bisected["n"] - round(bisected["mean"] * bisected["n"])
     return k / n, text + (f", {past} past the level ⚠" if past > 0 else "")
 
 
@@ -72,6 +72,13 @@ def paired_lookup(paired: list[dict[str, Any]], row: dict[str, Any], baseline: s
 def matched(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The method rows that ran matched forgetting."""
     return [r for r in rows if "tradeoff_score" in r["metrics"]]
+
+
+def warning_text(rows: list[dict[str, Any]]) -> str:
+    """What ⚠ in the headline's "reached" column means on this board."""
+    past = any("past the level" in reached(r)[1] for r in matched(rows))
+    return ("⚠: some seeds never reached the level" + (", or were evaluated past it (not bisected back to it, "
+            "docs/metrics.md)" if past else "") + ".")
 
 
 def level_text(rows: list[dict[str, Any]], refs: list[dict[str, Any]]) -> str:

@@ -20,6 +20,7 @@ from leaderboard.headline import (
     paired_lookup,
     protocol_text,
     reached,
+    warning_text,
 )
 from leaderboard.verdicts import CompareConfig
 
@@ -198,7 +199,7 @@ def task_section(task: str, rows: list[dict[str, Any]], references: list[dict[st
         lines = "".join(f"<li>{html.escape(line[2:])}</li>" for line in findings(paired))
         parts += ["<h3>Matched forgetting</h3>",
                   f"<p>Each run unlearns until its forget probe reaches {html.escape(level_text(rows, references))}"
-                  "; methods are compared there. ⚠: some seeds never reached the level. "
+                  f"; methods are compared there. {html.escape(warning_text(rows))} "
                   f"{html.escape(protocol_text(cfg))}</p>",
                   _headline(rows, references, paired, cfg), f'<h4>Verdicts</h4><ul class="verdicts">{lines}</ul>',
                   _img(plots.get("trajectory"), "trajectory", f"{task}: unlearning trajectories"),

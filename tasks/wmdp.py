@@ -85,8 +85,8 @@ class WmdpConfig(TaskConfig):
     probe_level: float = option(0.3, "matched forgetting's level: the mean normalised probability of the right "
                                      "letter at which forgetting counts as reached (chance is 0.25)")
     stop_split: str = option("none", "how matched forgetting's forget probe is kept apart from the reported WMDP "
-                                     "accuracy: questions (the probe stops on each subject's odd-numbered "
-                                     "questions, the accuracy measures the even-numbered ones) or none (both on "
+                                     "accuracy: questions (the probe stops on every second question of each "
+                                     "subject, the 2nd, 4th, ...; the accuracy measures the others) or none (both on "
                                      "every question, as the papers' fixed-budget runs score WMDP: a matched run's "
                                      "accuracy then rests on the questions it stopped on)")
 
@@ -120,8 +120,8 @@ class WmdpMiniConfig(WmdpConfig):
     utility_limit: int | None = option(2, "lm-eval limit for the utility tasks, per (sub)task")
     max_length: int = option(128, "token cap for unlearning sequences")
     stop_split: str = option("questions", "how matched forgetting's forget probe is kept apart from the reported "
-                                          "WMDP accuracy: questions (default here: odd-numbered questions stop, "
-                                          "even-numbered ones are measured) or none")
+                                          "WMDP accuracy: questions (default here: the 2nd, 4th, ... questions "
+                                          "of each subject stop, the 1st, 3rd, ... are measured) or none")
 
 
 class Wmdp(Task):
@@ -198,9 +198,14 @@ class Wmdp(Task):
 
     def stopping_and_measured(self, subject: str) -> tuple[list[dict], list[dict]]:
         """A subject's questions matched forgetting may stop on, and the disjoint ones its accuracy measures
-        (`stop_split: questions`: odd-numbered against even-numbered; none: every question both)."""
+        (`stop_split: questions`: the 2nd, 4th, ... against the 1st, 3rd, ...; none: every question both)."""
         rows = self.questions(subject)
-        return (rows[1::2], rows[0::2]) if self.config.stop_split == "questions" else (rows, rows)
+        if self.config.stop_split == "none":
+            return rows, rows
+        if len(rows) < 2:
+            raise DataError(f"WMDP {subject}: {len(rows)} question(s), and stop_split: questions needs at least 2 "
+                            "(one to stop on, one to measure); use stop_split: none")
+        return rows[1::2], rows[0::2]
 
     def _question_tasks(self) -> tuple[list[str], list[lm_eval_bridge.LocalGroup], dict[str, str]]:
         """lm-eval task names for the subjects, local task groups to build, and task -> metric prefix (local

@@ -65,6 +65,14 @@ def test_configurations_are_never_pooled_and_a_method_without_the_baseline_keeps
     assert len(dense) == 3 and "dense (1) + graddiff" in dense  # task b's one configuration keeps its name
     assert sorted(rows[m]["runs"] for m in dense) == [2, 4, 4]
     assert rows["wagle (0.5) + npo"]["tasks"] == "c (2)" and rows["wagle (0.5) + npo"]["poi"] is None
+    # task a has two dense configurations, so which is the baseline there is not said: wagle is compared on b
+    wagle = rows["wagle (0.5) + graddiff"]
+    assert wagle["tasks"] == "b (4)" and wagle["poi"] is not None
+    for seed, v in enumerate([0.6, 0.7]):  # a second wagle configuration on b: both keep their comparison on b
+        _run(tmp_path / "b" / "runs", "b", "wagle", seed, v, objective_config={"alpha": 2.0})
+    rows = {r["method"]: r for r in across.summary(_records([*two_tasks, tmp_path / "c"]), resamples=50)}
+    wagles = [r for m, r in rows.items() if m.startswith("wagle (0.5) + graddiff #")]
+    assert len(wagles) == 2 and all(r["poi"] is not None and r["tasks"].startswith("b (") for r in wagles)
 
 
 def test_a_method_added_to_the_records_leaves_the_other_rows_as_they_were(two_tasks, tmp_path):

@@ -106,7 +106,7 @@ def test_wmdp_mini_rmu_run_from_its_fine_tuned_target(tmp_path):
     assert set(m) == {"wmdp_bio_acc", "wmdp_cyber_acc", "mmlu_bundled_acc"}  # wmdp-mini's two subjects
     assert m["wmdp_bio_acc"]["direction"] == "lower" and m["mmlu_bundled_acc"]["direction"] == "higher"
     assert record["stats"]["utility"]["lm_eval_version"] == "0.4.13"
-    assert record["stats"]["wmdp"]["tasks"]["wmdp_bio_local"]["n"] == 4  # the measured split: even-numbered questions
+    assert record["stats"]["wmdp"]["tasks"]["wmdp_bio_local"]["n"] == 4  # the measured split: 1st, 3rd, ...
     model, _ = models.load("tiny-llama")  # RMU touches one down_proj only
     down = model.model.layers[1].mlp.down_proj.weight.numel()
     assert record["mask"]["trained_fraction"] == pytest.approx(down / sum(p.numel() for p in model.parameters()))

@@ -223,6 +223,7 @@ def test_the_headline_counts_seeds_evaluated_past_the_level(matched_results, tmp
     assert "| wagle (0.5) + graddiff | 0.0001 of {3.33e-05, 0.0001, 0.0003, 0.0009} | 7/7, 1 past the level ⚠ |" in md
     assert "| dense (1) + graddiff | 0.0001 of {3.33e-05, 0.0001, 0.0003, 0.0009} | 7/7 |" in md  # no such metric
     assert ">7/7, 1 past the level ⚠</td>" in (tmp_path / "board" / "index.html").read_text()
+    assert "⚠: some seeds never reached the level, or were evaluated past it" in md
     from harness.measure.matcher import match_metrics
 
     summary = {"probe": "utility", "at_match": 0.4, "tradeoff": 0.9, "reached": True, "step": 6,

@@ -84,7 +84,7 @@ def test_a_probe_that_is_not_finite_stops_the_run(tiny):
     assert set(matcher.check(model)) == {"forget", "utility"}
     with torch.no_grad():
         model.lm_head.weight.fill_(float("nan"))
-    with pytest.raises(NonFiniteLossError, match="probe's forget"):
+    with pytest.raises(NonFiniteLossError, match=r"not finite \(forget nan"):
         matcher.check(model)
 
 
@@ -142,11 +142,12 @@ def test_a_rate_is_chosen_from_the_whole_grid_never_at_a_rate_that_failed_and_ex
     for spec in tuning[:-1]:
         write(spec)
     specs, missing = sweep.tuned_specs(cfg, tmp_path, grid)  # one tuning run without a record: no choice yet
-    assert specs == [] and "has no record yet" in missing[0] and sweep.extension(cfg, tmp_path, grid) == {}
+    assert specs == [] and missing[method][0] == "busy" and "has no record yet" in missing[method][1]
+    assert sweep.extension(cfg, tmp_path, grid) == {}
     write(tuning[-1], status="failed")  # 3e-4, the best score, diverged on one of the two seeds
     assert tuning[-1].train.lr == pytest.approx(3e-4)
     specs, missing = sweep.tuned_specs(cfg, tmp_path, grid)
-    assert missing == [] and {s.seed for s in specs} == {0, 1}
+    assert missing == {} and {s.seed for s in specs} == {0, 1}
     assert all(s.train.lr == pytest.approx(1e-4) and s.tuned_from == pytest.approx([1e-4 / 3, 1e-4, 3e-4])
                for s in specs)
     assert sweep.extension(cfg, tmp_path, grid) == {}  # the middle of the grid: nothing to extend
@@ -163,6 +164,10 @@ def test_a_rate_is_chosen_from_the_whole_grid_never_at_a_rate_that_failed_and_ex
     tests = plan.tests(cfg, tmp_path, sweep.tuning_grid(cfg))
     assert [s.seed for s in tests] == [0, 1] and all(s.train.lr == pytest.approx(3e-4) for s in tests)
     assert tests[0].tuned_from == pytest.approx([1e-4 / 3, 1e-4, 3e-4, 9e-4])
+    for spec in tuning:  # every rate failed on some seed: no rate, and neither the sweep nor its plan has test runs
+        write(spec, status="failed")
+    assert sweep.tuned_specs(cfg, tmp_path, grid)[1][method][0] == "failed"
+    assert plan.tests(cfg, tmp_path, sweep.tuning_grid(cfg)) == []
 
 
 def _runs(values):
@@ -232,7 +237,8 @@ def test_the_forget_probe_stops_on_rows_the_forget_metrics_never_measure():
         get_registry().build("task", "tofu-mini", {"stop_split": "halves"}, "test")
 
 
-def test_wmdp_stops_on_questions_its_accuracy_never_measures():
+def test_wmdp_stops_on_questions_its_accuracy_never_measures(tmp_path):
+    from harness.errors import DataError
     from harness.plugins import get_registry
 
     mini = get_registry().build("task", "wmdp-mini", {"probe_limit": 57}, "test")
@@ -245,6 +251,12 @@ def test_wmdp_stops_on_questions_its_accuracy_never_measures():
     assert len(whole.probe_sets().forget) == sum(len(g.tasks[0].rows) for g in whole._question_tasks()[1]) == 16
     with pytest.raises(Exception, match="stop_split 'rows'"):
         get_registry().build("task", "wmdp", {"stop_split": "rows"}, "test")
+    folder = tmp_path / "one"
+    folder.mkdir()
+    (folder / "bio.jsonl").write_text('{"question": "q", "choices": ["a", "b", "c", "d"], "answer": 0}\n')
+    few = get_registry().build("task", "wmdp-mini", {"questions_dir": str(folder), "subjects": ["bio"]}, "test")
+    with pytest.raises(DataError, match="bio: 1 question"):
+        few.probe_sets()
 
 
 def _wmdp_prompt(description: str, row: dict) -> str:

@@ -65,9 +65,10 @@ class Matcher:
         probe = match.combine(self.last)
         bad = sorted(k for k, v in probe.items() if not math.isfinite(v))
         if bad:
-            raise NonFiniteLossError(f"the matched-forgetting probe's {', '.join(bad)} is {probe[bad[0]]}: the "
-                                     "model's answer probabilities are no longer finite (a learning rate too "
-                                     "large for the dtype?); the run stops here instead of reading it as a level")
+            raise NonFiniteLossError(
+                f"the matched-forgetting probe is not finite ({', '.join(f'{k} {probe[k]}' for k in bad)}): the "
+                "model's answer probabilities overflowed (a learning rate too large for the dtype?) or a probe set "
+                "is empty; the run stops here instead of reading it as a level")
         return probe
 
     def remember(self, trained, step: int) -> None:

@@ -164,9 +164,10 @@ def tests(cfg, results_dir: Path, grid: dict[MethodKey, list]) -> list:
     more = sweep.extension(cfg, results_dir, grid)
     for m, runs in more.items():
         grid[m] = grid[m] + runs
-    chosen = sweep.tuned_specs(cfg, results_dir, grid)[0]
-    keys = {MethodKey.of(to_dict(s), digest=False) for s in chosen}
-    return chosen + [s for s in sweep.expand(cfg) if MethodKey.of(to_dict(s), digest=False) not in keys]
+    chosen, missing = sweep.tuned_specs(cfg, results_dir, grid)
+    decided = {MethodKey.of(to_dict(s), digest=False) for s in chosen} | {
+        m for m, (outcome, _) in missing.items() if outcome == "failed"}  # tuning failed: no test runs
+    return chosen + [s for s in sweep.expand(cfg) if MethodKey.of(to_dict(s), digest=False) not in decided]
 
 
 def matmul_flops(dtype=None, n: int = 1024, repeats: int = 5, device: str = "cpu", trials: int = 1) -> float:

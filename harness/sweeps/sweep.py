@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import time
+import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -59,12 +60,14 @@ class TuneConfig:
             raise ValueError("seeds must name at least one tuning seed")
 
 
-TUNABLE = ("tradeoff_score", "match_utility")  # the validation metrics a rate can be chosen on (TuneConfig.metric)
 TUNE_RULE = ("per rate, over the tuning seeds: among the rates whose every tuning run finished and reached the "
              "retain model's forgetting level, the highest mean validation `tune.metric` (default the trade-off "
              "score; ties: the smaller rate); if none did, the highest mean validation trade-off score among the "
              "rates without a failed run; chosen once every tuning run has a record; with extend, a choice on the "
              "grid's edge adds one rate outward and the rule runs again over all")
+
+
+TUNABLE = typing.get_args(typing.get_type_hints(TuneConfig)["metric"])  # the metrics a rate can be chosen on
 
 
 @dataclass
@@ -191,9 +194,6 @@ def _check(cfg: SweepConfig, where: str) -> None:
     shared = sorted(set(cfg.tune.seeds) & set(cfg.seeds)) if cfg.tune.enabled else []
     if shared:
         raise ConfigError(f"{where}: tune.seeds and seeds share {shared}: a test run must not be the one tuned on")
-    if cfg.tune.enabled and cfg.compare.primary in TUNABLE and cfg.tune.metric != cfg.compare.primary:
-        log.warning("%s: rates are chosen on validation %s while the verdicts test %s (tune.metric, "
-                    "compare.primary)", where, cfg.tune.metric, cfg.compare.primary)
 
 
 def method_train(cfg: SweepConfig, attribution: str, objective: str, where: str = "sweep") -> TrainConfig:
@@ -319,20 +319,20 @@ def extension(cfg: SweepConfig, results_dir: Path, grid: dict[MethodKey, list[Ru
 
 
 def tuned_specs(cfg: SweepConfig, results_dir: Path, grid: dict[MethodKey, list[RunSpec]],
-                where: str = "sweep") -> tuple[list[RunSpec], list[str]]:
-    """The test runs at each method's selected rate, and the methods left out, each with the reason: a tuning
-    run without a record yet (busy in another process, or lost: a resume runs it), or no rate whose tuning
-    runs all finished."""
-    chosen, missing = {}, []
+                where: str = "sweep") -> tuple[list[RunSpec], dict[MethodKey, tuple[str, str]]]:
+    """The test runs at each method's selected rate, and the methods left out, each with its outcome and why:
+    busy, a tuning run without a record yet (another process holds it, or its worker was lost: a resume runs
+    it); failed, no rate whose tuning runs all finished."""
+    chosen, missing = {}, {}
     for m, tuning in grid.items():
         if not recorded(results_dir, tuning):
-            missing.append(f"{m.label}: a tuning run has no record yet (another process holds it, or its worker "
-                           "was lost), so no rate is chosen and its test runs wait for a resume")
+            missing[m] = ("busy", f"{m.label}: a tuning run has no record yet (another process holds it, or its "
+                                  "worker was lost), so no rate is chosen and its test runs wait for a resume")
             continue
         choice = select(_found(results_dir, tuning), cfg.tune.metric)
         if choice is None:
-            missing.append(f"{m.label}: a run failed at every rate of its tuning grid, so it has no selected "
-                           "rate and no test runs")
+            missing[m] = ("failed", f"{m.label}: a run failed at every rate of its tuning grid, so it has no "
+                                    "selected rate and no test runs")
             continue
         chosen[m] = (replace(tuning[0].train, lr=choice["lr"]), sorted({s.train.lr for s in tuning}))
         log.info("%s: lr %g chosen from %s (%s)", m.label, choice["lr"], chosen[m][1],
@@ -473,6 +473,9 @@ def run(cfg: SweepConfig, results_dir: Path, retry_failed: bool = False) -> dict
     if results_dir.is_dir():
         check_code(results_dir)
     declare(cfg.compare, cfg.seeds, results_dir)
+    if cfg.tune.enabled and cfg.compare.primary in TUNABLE and cfg.tune.metric != cfg.compare.primary:
+        log.warning("rates are chosen on validation %s while the verdicts test %s (tune.metric, compare.primary)",
+                    cfg.tune.metric, cfg.compare.primary)
     tally = Tally(sum(planned(one) for one in every))
     for i, one in enumerate(every):
         if len(every) > 1:
@@ -588,9 +591,9 @@ def _run_grid(cfg: SweepConfig, results_dir: Path, retry_failed: bool, tally: Ta
         _run_specs([s for runs in more.values() for s in runs], results_dir, done, executor, tally)
         grid = {m: runs + more.get(m, []) for m, runs in grid.items()}
         specs, missing = tuned_specs(cfg, results_dir, grid)
-        for reason in missing:
-            log.error("%s", reason)
-            log.info(tally.add("failed"))
+        for outcome, reason in missing.values():
+            (log.error if outcome == "failed" else log.warning)("%s", reason)
+            log.info(tally.add(outcome))
     _run_specs(specs, results_dir, done, executor, tally)
 
 
