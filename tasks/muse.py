@@ -108,8 +108,15 @@ class MuseNews(Task):
         c = self.config
         return text.chunks(text.read_texts(self._path(rel), c.texts_limit), c.chunk_words, c.chunks_per_text)
 
+    def _qa_path(self, split: Literal["forget", "retain2"], suffix: str = "qa") -> Path:
+        """knowmem/<split>_<suffix>.json; the retain QA also under the name MUSE's `load_data.py` writes
+        (`retain_qa.json`, `retain_qa_icl.json`), where the older `retain2_*` file is absent."""
+        path = self._path(f"knowmem/{split}_{suffix}.json")
+        other = self._path(f"knowmem/retain_{suffix}.json")
+        return other if split == "retain2" and not path.exists() and other.exists() else path
+
     def _qa(self, split: Literal["forget", "retain2"]) -> list[dict[str, str]]:
-        return text.read_qa(self._path(f"knowmem/{split}_qa.json"), self.config.qa_limit)
+        return text.read_qa(self._qa_path(split), self.config.qa_limit)
 
     def _qa_examples(self, split: Literal["forget", "retain2"]) -> list[Example]:
         if not self.config.qa_in_training:
@@ -151,7 +158,7 @@ class MuseNews(Task):
 
     def knowmem_prompts(self, split: Literal["forget", "retain2"]) -> list[str]:
         """MUSE's KnowMem prompts: the split's in-context QA pairs, then the question (metrics/knowmem.py)."""
-        icl = text.read_qa(self._path(f"knowmem/{split}_qa_icl.json"))
+        icl = text.read_qa(self._qa_path(split, "qa_icl"))
         shots = "".join(f"Question: {r['question']}\nAnswer: {r['answer']}\n\n" for r in icl)
         end = "Answer: " if self.config.knowmem_space else "Answer:"
         return [f"{shots}Question: {r['question']}\n{end}" for r in self._qa(split)]
@@ -164,7 +171,7 @@ class MuseNews(Task):
     def evaluate(self, model, tokenizer, ctx: EvalContext) -> Evaluation:
         c = self.config
         items = self._verbmem_items()
-        truths = [text.truncate_tokens(tokenizer, gt, c.verbmem_tokens) for _, gt in items]
+        truths = [text.truncate_tokens(tokenizer, gt, c.verbmem_tokens, special=True) for _, gt in items]
         gens = ctx.generate(model, tokenizer, [p for p, _ in items], c.verbmem_tokens)
         verbmem = metrics.rouge_l_f1(truths, gens)
 

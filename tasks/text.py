@@ -85,7 +85,8 @@ def split_prompt(chunk: str, prompt_words: int) -> tuple[str, str]:
     return " ".join(tokens[:prompt_words]), " " + " ".join(tokens[prompt_words:])
 
 
-def truncate_tokens(tokenizer, text: str, n: int) -> str:
-    """`text` cut to its first `n` tokens (MUSE cuts VerbMem's ground truth to the generation length)."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:n]
+def truncate_tokens(tokenizer, text: str, n: int, special: bool = False) -> str:
+    """`text` cut to its first `n` tokens; with `special`, counting the tokens the tokenizer adds (BOS), as
+    MUSE cuts VerbMem's ground truth (`metrics/verbmem.py`: a Llama-2 truth keeps 127 text tokens of 128)."""
+    ids = tokenizer(text, add_special_tokens=special)["input_ids"][:n]
     return tokenizer.decode(ids, skip_special_tokens=True)

@@ -58,6 +58,35 @@ def test_muse_news_full_setting_reads_the_muse_layout():
         "\nAnswer:")
 
 
+def test_muse_reads_the_retain_qa_under_the_name_its_script_writes(tmp_path):
+    import shutil
+
+    from tasks.muse import bundled_dir
+
+    knowmem = tmp_path / "knowmem"
+    knowmem.mkdir()
+    for name in ("forget_qa", "forget_qa_icl"):
+        shutil.copy(bundled_dir() / "knowmem" / f"{name}.json", knowmem)
+    for name in ("qa", "qa_icl"):  # MUSE's load_data.py: retain_qa.json, retain_qa_icl.json
+        shutil.copy(bundled_dir() / "knowmem" / f"retain2_{name}.json", knowmem / f"retain_{name}.json")
+    bundled = get_registry().build("task", "muse-news", {}, "test")
+    theirs = get_registry().build("task", "muse-news", {"data_dir": str(tmp_path)}, "test")
+    assert theirs._qa("retain2") == bundled._qa("retain2") and len(bundled._qa("retain2")) > 0
+    assert theirs.knowmem_prompts("retain2") == bundled.knowmem_prompts("retain2")
+
+
+def test_verbmem_truth_is_cut_counting_the_bos_as_muse_does():
+    from tasks.text import truncate_tokens
+
+    _, tok = models.load("tiny-llama")
+    tok.add_bos_token = True  # as Llama-2's tokenizer adds <s>
+    words = " a b c d e f"
+    assert len(tok(words, add_special_tokens=False)["input_ids"]) >= 4
+    ids = tok(words, add_special_tokens=False)["input_ids"]
+    assert truncate_tokens(tok, words, 4) == tok.decode(ids[:4])
+    assert truncate_tokens(tok, words, 4, special=True) == tok.decode(ids[:3])  # BOS counted, 3 text tokens
+
+
 def test_muse_mini_members_and_holdout_are_cut_alike():
     task = get_registry().build("task", "muse-news-mini", MUSE_SMALL, "test")
     members, holdout = task._mia_texts()

@@ -80,3 +80,13 @@ def test_the_command_line_sets_the_hub_offline_before_it_is_imported(monkeypatch
         monkeypatch.setenv(name, "")  # restored after the test, whatever configure sets
     offline.configure(ask_online=True)
     assert offline.online() and all(os.environ[name] == "0" for name in offline.HUB_VARIABLES)
+
+
+def test_generation_ends_on_the_models_own_end_tokens(tiny):
+    from harness.measure.generation import end_tokens
+
+    model, tok = tiny
+    model.generation_config.eos_token_id = [5, 7]  # several, as Llama-3-Instruct's generation config lists
+    assert end_tokens(model, tok) == [5, 7]
+    model.generation_config.eos_token_id = None
+    assert end_tokens(model, tok) == tok.eos_token_id

@@ -95,6 +95,55 @@ def test_evaluation_metrics_and_directions(tiny):
     assert ev2.metrics["forget_quality"].value == pytest.approx(1.0)  # same distribution as the reference
 
 
+def test_every_tofu_number_recomputed_from_its_rows_by_the_papers_formulas(tiny):
+    """The evaluation's wiring: each split's rows, which answer is the truth ratio's base, which statistic
+    each split takes, which probability is normalised, ROUGE's reference, the nine parts of model utility,
+    all recomputed here one example at a time (TOFU's evaluate_util.py and aggregate_eval_stat.py)."""
+    import math
+
+    from rouge_score import rouge_scorer
+    from scipy import stats as scipy_stats
+
+    from harness.api import EvalContext, Example
+    from harness.measure import scoring
+
+    model, tok = tiny
+    task = get_registry().build("task", "tofu-mini", {"utility_limit": 3, "max_new_tokens": 4, "retain_authors": 1,
+                                                      "eval_limit": 4})
+    ev = task.evaluate(model, tok, EvalContext())
+
+    def p(question: str, answer: str) -> float:  # TOFU's P̃: exp(-mean NLL of the answer's tokens), alone
+        ex = Example(task.config.question_template.format(question=question),
+                     task.config.answer_template.format(answer=answer))
+        return math.exp(-scoring.completion_nll(model, tok, [ex], 1, task.config.max_length)[0])
+
+    def gmean(xs: list[float]) -> float:
+        return math.exp(sum(math.log(x) for x in xs) / len(xs))
+
+    parts = {}
+    for split, rows in task._eval_splits().items():
+        base = "paraphrased_answer" if split in ("forget", "retain") else "answer"
+        ratios = [gmean([p(r["question"], a) for a in r["perturbed_answer"]]) / p(r["question"], r[base])
+                  for r in rows]
+        if split == "forget":
+            expected_tr = sum(min(x, 1 / x) for x in ratios) / len(ratios)
+            probs = [p(r["question"], r["answer"]) for r in rows]
+        else:
+            expected_tr = sum(max(0.0, 1 - x) for x in ratios) / len(ratios)
+            probs = [p(r["question"], r["answer"]) if split == "retain" else
+                     p(r["question"], r["answer"]) / (p(r["question"], r["answer"])
+                                                      + sum(p(r["question"], a) for a in r["perturbed_answer"]))
+                     for r in rows]
+        assert ev.metrics[f"{split}_truth_ratio"].value == pytest.approx(expected_tr, rel=1e-5), split
+        assert ev.metrics[f"{split}_prob"].value == pytest.approx(sum(probs) / len(probs), rel=1e-5), split
+        parts[split] = (sum(probs) / len(probs), ev.metrics[f"{split}_rouge"].value, expected_tr)
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    rouges = [scorer.score(s["answer"], s["generation"])["rougeL"].recall for s in ev.samples]
+    assert ev.metrics["forget_rouge"].value == pytest.approx(sum(rouges) / len(rouges))
+    nine = [x for split in ("retain", "ra", "wf") for x in parts[split]]
+    assert ev.metrics["model_utility"].value == pytest.approx(scipy_stats.hmean(nine), rel=1e-5)
+
+
 def test_refusals_come_from_a_file_when_given_and_the_record_says_which(tmp_path):
     from harness.errors import DataError
     from harness.plugins import get_registry

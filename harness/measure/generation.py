@@ -23,7 +23,7 @@ def greedy(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_
                 idx = order[start : start + batch_size]
                 enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(model.device)
                 gen = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
-                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=end_tokens(model, tokenizer))
                 texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
                 for i, text in zip(idx, texts, strict=True):
                     out[i] = cut_at_stop(text, stop)
@@ -31,6 +31,15 @@ def greedy(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_
     finally:
         tokenizer.padding_side = side
     return out
+
+
+def end_tokens(model, tokenizer) -> int | list[int]:
+    """The tokens that end a generation: the model's own (its generation config, which may list several, as
+    Llama-3-Instruct's does, and which TOFU's and open-unlearning's `generate` calls use), else the
+    tokenizer's EOS."""
+    config = getattr(model, "generation_config", None)
+    own = getattr(config, "eos_token_id", None)
+    return own if own is not None else tokenizer.eos_token_id
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
