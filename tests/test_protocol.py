@@ -180,3 +180,26 @@ def test_a_folder_made_by_other_code_is_not_resumed(protocol, tmp_path):
     (tmp_path / "runs" / "old.json").write_text(json.dumps(record))
     with pytest.raises(sweep.SweepError, match=r"core 0123456789abcdef \(git commit feedfacecafe"):
         sweep.run(cfg, tmp_path)
+
+
+def test_a_budget_that_ends_between_checks_is_probed_at_its_last_step(tmp_path):
+    """max_steps 3 with checks every 2: the model after step 3 is probed too, and when it crosses the level the
+    run bisects between the check at step 2 and it (the level set between the two steps' probes, read from a
+    run checked at every step)."""
+    from harness.run import runner
+    from harness.run.spec import RunSpec
+
+    base = {k: SWEEP[k] for k in ("task", "model", "task_config", "prepare")}
+    base.update(attribution="dense", objective="graddiff", seed=0, evaluate=False,
+                train={**SWEEP["train"], "max_steps": 3})
+    every = runner.execute(from_dict(RunSpec, {**base, "match": {"enabled": True, "check_every": 1, "level": 0.0}},
+                                     "test"), tmp_path / "every").to_json()
+    forget = {p["step"]: p["forget"] for p in every["curves"]["probe"]}
+    assert forget[3] < forget[2]
+    level = (forget[2] + forget[3]) / 2
+    spec = from_dict(RunSpec, {**base, "match": {"enabled": True, "check_every": 2, "level": level}}, "test")
+    record = runner.execute(spec, tmp_path / "two").to_json()
+    m = record["match"]
+    assert [p["step"] for p in record["curves"]["probe"]] == [0, 2, 3]
+    assert m["reached"] and m["stopped_at"] == 3 and m["step"] == 3
+    assert (m["bisection"]["from_step"], m["bisection"]["to_step"]) == (2, 3) and m["bisection"]["within"]

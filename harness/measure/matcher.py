@@ -76,14 +76,14 @@ class Matcher:
         if self.cfg.bisect and not distributed.active():
             self.before = (step, match.snapshot(trained))
 
-    def bisect(self, trained, stopped_at: int | None) -> dict[str, Any] | None:
-        """Back to the level between the last check above it and the one that crossed it (match.bisect);
-        None when the level was not reached, under several processes, or when the bracket's first end is not
-        the check before the stop (a run resumed from a checkpoint of a step that is not a check step)."""
+    def bisect(self, trained, stopped_at: int | None, previous: int) -> dict[str, Any] | None:
+        """Back to the level between the last check above it (at step `previous`) and the one that crossed it
+        (match.bisect); None when the level was not reached, under several processes, or when the bracket's
+        first end is not that check (a run resumed from a checkpoint of a step that is not a check step)."""
         if stopped_at is None or self.before is None:
             return None
         step, before = self.before
-        if step != stopped_at - self.cfg.check_every:
+        if step != previous:
             log.warning("no bisection: the last remembered state is of step %d, not the check before %d", step,
                         stopped_at)
             return None

@@ -314,15 +314,23 @@ def resumed(run: Run, step: int, trained) -> None:
 
 
 def matched_level(run: Run, model, train_log) -> None:
-    """The probe trajectory, the bisection back to the level, and the match summary in the record."""
+    """The probe trajectory (with one more check where the budget ended between checks), the bisection back to
+    the level, and the match summary in the record."""
     matcher, record = run.matcher, run.record
     probes = [{"step": row["step"], **row["eval"]["probe"]} for row in train_log.steps
               if "probe" in row.get("eval", {})]
+    checks = [{"step": row["step"], **row["eval"]["questions"]} for row in train_log.steps
+              if "questions" in row.get("eval", {})]
+    stopped, last = train_log.stopped_at, train_log.steps[-1]["step"] if train_log.steps else 0
+    if stopped is None and last and all(p["step"] != last for p in probes):  # trained past its last check
+        probes.append({"step": last, **matcher.check(model)})
+        checks.append({"step": last, **matcher.last})
+        stopped = last if probes[-1]["forget"] <= matcher.level else None
     record.curves["probe"] = [{"step": 0, **matcher.start}, *probes]
-    matcher.questions["checks"] = [{"step": row["step"], **row["eval"]["questions"]}
-                                   for row in train_log.steps if "questions" in row.get("eval", {})]
-    matched = matcher.bisect(model, train_log.stopped_at) if run.spec.match.bisect else None
-    record.match = matcher.summary(record.curves["probe"], train_log.stopped_at, matched)
+    matcher.questions["checks"] = checks
+    previous = max((p["step"] for p in probes if stopped is not None and p["step"] < stopped), default=0)
+    matched = matcher.bisect(model, stopped, previous) if run.spec.match.bisect else None
+    record.match = matcher.summary(record.curves["probe"], stopped, matched)
 
 
 def evaluate(run: Run) -> None:
