@@ -167,9 +167,9 @@ def test_wmdp_hub_corpus_offline_names_the_corpus_and_the_way_out():
 
 
 def test_wmdp_fixture_with_bad_answer_names_file_and_row(tmp_path, tiny):
-    for s in ("bio", "cyber", "chem"):
-        (tmp_path / f"{s}.jsonl").write_text(json.dumps({"question": "q", "choices": ["a", "b", "c", "d"],
-                                                         "answer": 7 if s == "cyber" else 0}) + "\n")
+    for s in ("bio", "cyber", "chem"):  # two questions each: one to stop on, one to measure
+        (tmp_path / f"{s}.jsonl").write_text(2 * (json.dumps({"question": "q", "choices": ["a", "b", "c", "d"],
+                                                               "answer": 7 if s == "cyber" else 0}) + "\n"))
     task = get_registry().build("task", "wmdp-mini", {"questions_dir": str(tmp_path)}, "test")
     with pytest.raises(DataError, match=r"cyber\.jsonl, row 1"):
         task._question_tasks()

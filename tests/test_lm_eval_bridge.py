@@ -54,7 +54,7 @@ def test_mmlu_bundled_matches_own_computation(tiny):
 
 def test_wmdp_fixture_accuracy_matches_own_computation(tiny):
     model, tok = tiny
-    task = Wmdp(WmdpMiniConfig(utility_tasks=[], subjects=["bio", "cyber", "chem"]))
+    task = Wmdp(WmdpMiniConfig(utility_tasks=[], subjects=["bio", "cyber", "chem"], stop_split="none"))
     names, local, rename = task._question_tasks()
     assert rename == {"wmdp_bio_local": "wmdp_bio", "wmdp_cyber_local": "wmdp_cyber",
                       "wmdp_chem_local": "wmdp_chem"}
@@ -88,7 +88,7 @@ def test_wmdp_probe_reads_lm_evals_letter_probabilities(tiny):
     assert len(sets.forget) == 6 and len(sets.utility["mmlu"]) == 3 and len(sets.validation) == 3
     assert sets.level == 0.3 and all(len(a) == 3 for a in sets.alternatives["forget"])
     got = match.probe(model, tok, sets, ("forget", "utility", "validation"), 4, 32)  # 32: the task's cap wins
-    docs = [(describe(s), r) for s in ("bio", "cyber") for r in task.questions(s)[:3]]
+    docs = [(describe(s), r) for s in ("bio", "cyber") for r in task.stopping_and_measured(s)[0][:3]]
     mmlu = lm_eval_bridge.mmlu_rows("test")
     subjects = list(mmlu)[:3]  # one question from each of the first subjects, in name order
     utility_docs = [(lm_eval_bridge.description(s.replace("_", " ")), mmlu[s][0]) for s in subjects]

@@ -299,10 +299,7 @@ def train(model: torch.nn.Module, micro_batches: Sequence[Any],
     stepper = update.optimizer(cfg, optimizer)
     lr_sched = torch.optim.lr_scheduler.LambdaLR(stepper, lr_factor(cfg, n_steps))
     log = TrainLog()
-    first = _resume(checkpoint, update, stepper, lr_sched, log)
-    if first and on_resume is not None:
-        on_resume(first, update.whole())
-        update.resume()
+    first = _resume(checkpoint, update, stepper, lr_sched, log, on_resume)
     log.bf16_autocast = bf16 = autocast_on(cfg, update.device)
     log.master_weights = update.mixed_precision(cfg)
     start = time.perf_counter()
@@ -333,8 +330,10 @@ def train(model: torch.nn.Module, micro_batches: Sequence[Any],
     return log
 
 
-def _resume(checkpoint: Path | None, update: Attached, optimizer, lr_sched, log: TrainLog) -> int:
-    """The step to start from: after the checkpoint's, when this process (and, under FSDP, every one) has it."""
+def _resume(checkpoint: Path | None, update: Attached, optimizer, lr_sched, log: TrainLog,
+            on_resume: Callable[[int, torch.nn.Module], None] | None = None) -> int:
+    """The step to start from: after the checkpoint's, when this process (and, under FSDP, every one) has it;
+    `on_resume` is handed the model as it was after that step."""
     found = checkpoint is not None and checkpoint.is_file()
     if update.sharded and not distributed.agree(found):
         raise UnlearnBenchError(f"only some processes find their checkpoint file ({checkpoint}); delete "
@@ -346,4 +345,7 @@ def _resume(checkpoint: Path | None, update: Attached, optimizer, lr_sched, log:
         raise UnlearnBenchError(f"the processes' checkpoint files ({checkpoint}) are of different steps "
                                 "(interrupted while saving); delete them to start the run over")
     logging.getLogger(__name__).info("resumed from %s after step %d", checkpoint, first)
+    if on_resume is not None:
+        on_resume(first, update.whole())
+        update.resume()
     return first
