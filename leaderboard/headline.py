@@ -23,7 +23,7 @@ def reached(row: dict[str, Any]) -> tuple[float, str]:
     text = f"{k}/{n}" + ("" if k == n else " ⚠")
     bisected = row["metrics"].get("match_bisected")
     past = 0 if bisected is None else bisected["n"] - round(bisected["mean"] * bisected["n"])
-    return k / n, text + (f", {past} past the level ⚠" if past > 0 else "")
+    return k / n, text + (f", {past} past ⚠" if past > 0 else "")
 
 
 def lr_label(row: dict[str, Any]) -> str:
@@ -76,9 +76,9 @@ def matched(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def warning_text(rows: list[dict[str, Any]]) -> str:
     """What ⚠ in the headline's "reached" column means on this board."""
-    past = any("past the level" in reached(r)[1] for r in matched(rows))
-    return ("⚠: some seeds never reached the level" + (", or were evaluated past it (not bisected back to it, "
-            "docs/metrics.md)" if past else "") + ".")
+    past = any(" past ⚠" in reached(r)[1] for r in matched(rows))
+    return ("⚠: some seeds never reached the level" + ("; past: seeds evaluated past it (not bisected back to "
+            "it, docs/metrics.md)" if past else "") + ".")
 
 
 def level_text(rows: list[dict[str, Any]], refs: list[dict[str, Any]]) -> str:

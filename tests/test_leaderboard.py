@@ -220,10 +220,10 @@ def test_the_headline_counts_seeds_evaluated_past_the_level(matched_results, tmp
         path.write_text(json.dumps(record))
     table.write_all(matched_results, tmp_path / "board")
     md = (tmp_path / "board" / "leaderboard.md").read_text()
-    assert "| wagle (0.5) + graddiff | 0.0001 of {3.33e-05, 0.0001, 0.0003, 0.0009} | 7/7, 1 past the level ⚠ |" in md
+    assert "| wagle (0.5) + graddiff | 0.0001 of {3.33e-05, 0.0001, 0.0003, 0.0009} | 7/7, 1 past ⚠ |" in md
     assert "| dense (1) + graddiff | 0.0001 of {3.33e-05, 0.0001, 0.0003, 0.0009} | 7/7 |" in md  # no such metric
-    assert ">7/7, 1 past the level ⚠</td>" in (tmp_path / "board" / "index.html").read_text()
-    assert "⚠: some seeds never reached the level, or were evaluated past it" in md
+    assert ">7/7, 1 past ⚠</td>" in (tmp_path / "board" / "index.html").read_text()
+    assert "⚠: some seeds never reached the level; past: seeds evaluated past it" in md
     from harness.measure.matcher import match_metrics
 
     summary = {"probe": "utility", "at_match": 0.4, "tradeoff": 0.9, "reached": True, "step": 6,
@@ -247,8 +247,15 @@ def test_an_undecided_verdict_says_what_the_seeds_could_have_detected(matched_re
 def test_headline_fits_a_laptop_screen_and_highlights_resolved_differences(matched_results, tmp_path):
     from selenium.webdriver.common.by import By
 
+    for seed in range(7):  # the widest "reached" cell: a seed that never reached, one evaluated past the level
+        path = matched_results / "runs" / f"random-{seed}.json"
+        record = json.loads(path.read_text())
+        if seed != 2:
+            record["metrics"]["match_bisected"] = {"value": float(seed != 5), "direction": "higher", "group": "info"}
+        path.write_text(json.dumps(record))
     out = tmp_path / "board"
     table.write_all(matched_results, out)
+    assert "| 6/7 ⚠, 1 past ⚠ |" in (out / "leaderboard.md").read_text()
     driver = _chromium()
     try:
         driver.set_window_size(1366, 768)
