@@ -40,11 +40,22 @@ class RmuConfig:
 
 
 def activations(model, batch: Batch, layer: int) -> torch.Tensor:
-    """Output of decoder layer `layer` (hidden_states[layer + 1]; index 0 is the embeddings)."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
-    if layer + 1 >= len(out.hidden_states):
-        raise ValueError(f"rmu layer {layer}: the model has {len(out.hidden_states) - 1} decoder layers")
-    return out.hidden_states[layer + 1]
+    """Output of decoder layer `layer`, read by a forward hook on it as WMDP's `rmu/unlearn.py` reads it (not
+    `hidden_states[layer + 1]`, which for the last layer is after the model's final norm)."""
+    layers = model.get_decoder().layers
+    if layer >= len(layers):
+        raise ValueError(f"rmu layer {layer}: the model has {len(layers)} decoder layers")
+    kept: list[torch.Tensor] = []
+
+    def keep(_module, _inputs, output) -> None:
+        kept.append(output[0] if isinstance(output, tuple) else output)
+
+    hook = layers[layer].register_forward_hook(keep)
+    try:
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    finally:
+        hook.remove()
+    return kept[0]
 
 
 def masked_mse(a: torch.Tensor, b: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:

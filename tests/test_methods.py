@@ -196,6 +196,20 @@ def test_rmu_loss_by_hand_and_its_module_filter(tiny):
         get_registry().build("objective", "rmu", {"layer": 5}).loss(model, batch, reference)
 
 
+def test_rmu_steers_the_last_layers_own_output_not_the_final_norms(tiny):
+    from methods.rmu import activations
+
+    model, tok = tiny
+    batch = _batch(tok, FORGET[:2])
+    with torch.no_grad():
+        hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       output_hidden_states=True).hidden_states
+        first, last = activations(model, batch, 0), activations(model, batch, 1)
+    assert torch.equal(first, hidden[1])  # a layer below the last: its output is the next hidden state
+    # the last hidden state is the model's final norm of the last layer's output (WMDP's rmu hooks the output)
+    assert torch.allclose(model.model.norm(last), hidden[2], atol=1e-6) and not torch.allclose(last, hidden[2])
+
+
 def test_rmu_restricts_the_mask_to_its_modules(tiny):
     from harness.learn.update import restrict
 
