@@ -88,11 +88,11 @@ def test_a_probe_that_is_not_finite_stops_the_run(tiny):
         matcher.check(model)
 
 
-def _tune_record(lr, reached, validation_utility, validation_tradeoff, status="finished", seed=1000):
+def _tune_record(lr, reached, validation_utility, validation_tradeoff, status="finished", seed=1000, step=None):
     from harness.run.records import Record
 
-    return Record(kind="tune", id=f"r{lr}-{seed}", status=status, spec={"train": {"lr": lr}, "seed": seed},
-                  match={"reached": reached},
+    return Record(kind="tune", id=f"r{lr}-{seed}", status=status,
+                  spec={"train": {"lr": lr, "max_steps": 30}, "seed": seed}, match={"reached": reached, "step": step},
                   metrics={"validation_match_utility": {"value": validation_utility},
                            "validation_tradeoff_score": {"value": validation_tradeoff}})
 
@@ -114,6 +114,12 @@ def test_tune_rule_prefers_reaching_then_the_validation_metric_then_smaller_rate
            _tune_record(1e-4, True, 0.65, 0.5), _tune_record(1e-4, True, 0.5, 0.5, seed=1001)]
     assert select(two, "match_utility") == {"lr": 1e-5, "reached": True,
                                             "runs": ["r1e-05-1000", "r1e-05-1001"], "score": pytest.approx(0.6)}
+    # headroom: a rate whose tuning runs reach the level only near the end of their 30 steps is not counted as
+    # reaching (a test seed needing a step or two more would not); 24 steps is 0.8 of the budget, 26 is past it
+    late = [_tune_record(3e-5, True, 0.5, 0.9, step=24), _tune_record(3e-5, True, 0.5, 0.95, seed=1001, step=26),
+            _tune_record(1e-4, True, 0.5, 0.85, step=12), _tune_record(1e-4, True, 0.5, 0.9, seed=1001, step=10)]
+    assert select(late)["lr"] == 3e-5 and select(late, headroom=0.8)["lr"] == 1e-4
+    assert select(late[:1] + late[2:3], headroom=0.8)["lr"] == 3e-5  # step 24 is within 0.8 × 30
 
 
 def test_a_rate_is_chosen_from_the_whole_grid_never_at_a_rate_that_failed_and_extended_at_an_edge(tmp_path):

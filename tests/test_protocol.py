@@ -35,7 +35,8 @@ def protocol(tmp_path_factory):
 
 
 def test_tuning_runs_then_test_runs_at_the_selected_rate(protocol):
-    _, _, counts, records = protocol
+    cfg, _, counts, records = protocol
+    headroom = cfg.tune.headroom
     # 2 methods x (2 rates on the tuning seed, then one rate outward, then 2 test seeds)
     assert counts == {"finished": 10, "skipped": 0, "failed": 0, "busy": 0}
     tune = [r for r in records if r["kind"] == "tune"]
@@ -46,11 +47,11 @@ def test_tuning_runs_then_test_runs_at_the_selected_rate(protocol):
     for attribution, base in (("dense", 3e-3), ("random", 6e-3)):
         grid = [Record.from_json(r, "test") for r in tune if r["spec"]["attribution"] == attribution]
         first = [r for r in grid if r.spec["train"]["lr"] in (pytest.approx(base), pytest.approx(3 * base))]
-        edge = sweep.select(first)["lr"]  # a grid of two: its choice is always an edge, so it extends once
+        edge = sweep.select(first, headroom=headroom)["lr"]  # a grid of two: its choice is always an edge, so it extends once
         outward = edge / 3 if edge == pytest.approx(base) else edge * 3
         lrs = sorted({r.spec["train"]["lr"] for r in grid})
         assert lrs == pytest.approx(sorted([base, 3 * base, outward])) and len(first) == 2
-        chosen = sweep.select(grid)["lr"]
+        chosen = sweep.select(grid, headroom=headroom)["lr"]
         tested = [r for r in runs if r["spec"]["attribution"] == attribution]
         assert {r["spec"]["train"]["lr"] for r in tested} == {chosen}
         assert all(r["spec"]["tuned_from"] == pytest.approx(lrs) for r in tested)

@@ -52,19 +52,25 @@ class TuneConfig:
         "tradeoff_score", "the validation metric a rate is chosen on among the rates that reached the level: the "
                           "trade-off score (the whole path to the level, as the verdicts' default primary metric) or "
                           "utility at the match (the end point only)")
+    headroom: float = option(0.8, "a rate counts as reaching the level only where every tuning run reached it "
+                                  "within this share of its step budget (train.max_steps), so that test seeds, "
+                                  "which may need a few steps more, reach it too; 1: anywhere in the budget")
 
     def validate(self) -> None:
         if not self.lr_factors or any(not f > 0 for f in self.lr_factors):
             raise ValueError(f"lr_factors must be positive numbers, got {self.lr_factors}")
+        if not 0 < self.headroom <= 1:
+            raise ValueError(f"headroom must be in (0, 1], got {self.headroom}")
         if not self.seeds:
             raise ValueError("seeds must name at least one tuning seed")
 
 
 TUNE_RULE = ("per rate, over the tuning seeds: among the rates whose every tuning run finished and reached the "
-             "retain model's forgetting level, the highest mean validation `tune.metric` (default the trade-off "
-             "score; ties: the smaller rate); if none did, the highest mean validation trade-off score among the "
-             "rates without a failed run; chosen once every tuning run has a record; with extend, a choice on the "
-             "grid's edge adds one rate outward and the rule runs again over all")
+             "retain model's forgetting level within `tune.headroom` of its step budget, the highest mean "
+             "validation `tune.metric` (default the trade-off score; ties: the smaller rate); if none did, the "
+             "highest mean validation trade-off score among the rates without a failed run; chosen once every "
+             "tuning run has a record; with extend, a choice on the grid's edge adds one rate outward and the "
+             "rule runs again over all")
 
 
 TUNABLE = typing.get_args(typing.get_type_hints(TuneConfig)["metric"])  # the metrics a rate can be chosen on
@@ -269,10 +275,12 @@ def tuning_grid(cfg: SweepConfig, where: str = "sweep") -> dict[MethodKey, list[
     return grid
 
 
-def select(tuning: list[records.Record], metric: str = "tradeoff_score") -> dict[str, Any] | None:
+def select(tuning: list[records.Record], metric: str = "tradeoff_score", headroom: float = 1.0
+           ) -> dict[str, Any] | None:
     """The tune rule (TUNE_RULE) over one method's tuning records (any seeds), choosing among the rates whose
-    every run finished and reached the level on validation `metric`; a rate with a failed run (a loss or probe
-    that diverged at that rate on some seed) is never chosen; None when no rate has only finished runs."""
+    every run finished and reached the level within `headroom` of its step budget, on validation `metric`; a
+    rate with a failed run (a loss or probe that diverged at that rate on some seed) is never chosen; None when
+    no rate has only finished runs."""
     by_lr: dict[float, list[records.Record]] = {}
     for r in tuning:
         by_lr.setdefault(r.spec["train"]["lr"], []).append(r)
@@ -285,7 +293,11 @@ def select(tuning: list[records.Record], metric: str = "tradeoff_score") -> dict
         ok = all(v is not None and math.isfinite(v) for v in values)
         return sum(values) / len(values) if ok else float("-inf")
 
-    reached = {lr: runs for lr, runs in complete.items() if all(r.match["reached"] for r in runs)}
+    def early(r: records.Record) -> bool:  # reached the level within headroom × its step budget
+        budget, step = r.spec["train"].get("max_steps"), r.match.get("step")
+        return r.match["reached"] and (budget is None or step is None or step <= headroom * budget)
+
+    reached = {lr: runs for lr, runs in complete.items() if all(early(r) for r in runs)}
     pool, name = (reached, f"validation_{metric}") if reached else (complete, "validation_tradeoff_score")
     lr = max(pool, key=lambda x: (mean(pool[x], name), -x))
     return {"lr": lr, "reached": bool(reached), "runs": sorted(r.id for r in pool[lr]), "score": mean(pool[lr], name)}
@@ -309,7 +321,8 @@ def extension(cfg: SweepConfig, results_dir: Path, grid: dict[MethodKey, list[Ru
     out = {}
     for m, tuning in grid.items() if cfg.tune.extend else ():
         lrs = sorted({s.train.lr for s in tuning})
-        choice = select(_found(results_dir, tuning), cfg.tune.metric) if recorded(results_dir, tuning) else None
+        done = recorded(results_dir, tuning)
+        choice = select(_found(results_dir, tuning), cfg.tune.metric, cfg.tune.headroom) if done else None
         if choice is None or len(lrs) < 2 or lrs[0] < choice["lr"] < lrs[-1]:
             continue
         edge, inner = (lrs[0], lrs[1]) if choice["lr"] == lrs[0] else (lrs[-1], lrs[-2])
@@ -329,7 +342,7 @@ def tuned_specs(cfg: SweepConfig, results_dir: Path, grid: dict[MethodKey, list[
             missing[m] = ("busy", f"{m.label}: a tuning run has no record yet (another process holds it, or its "
                                   "worker was lost), so no rate is chosen and its test runs wait for a resume")
             continue
-        choice = select(_found(results_dir, tuning), cfg.tune.metric)
+        choice = select(_found(results_dir, tuning), cfg.tune.metric, cfg.tune.headroom)
         if choice is None:
             missing[m] = ("failed", f"{m.label}: a run failed at every rate of its tuning grid, so it has no "
                                     "selected rate and no test runs")
