@@ -120,6 +120,11 @@ def test_tune_rule_prefers_reaching_then_the_validation_metric_then_smaller_rate
             _tune_record(1e-4, True, 0.5, 0.85, step=12), _tune_record(1e-4, True, 0.5, 0.9, seed=1001, step=10)]
     assert select(late)["lr"] == 3e-5 and select(late, headroom=0.8)["lr"] == 1e-4
     assert select(late[:1] + late[2:3], headroom=0.8)["lr"] == 3e-5  # step 24 is within 0.8 × 30
+    # every rate reached past the headroom: the one that reached soonest, not the slowest the score favours
+    later = [_tune_record(3e-5, True, 0.5, 0.9, step=28), _tune_record(3e-5, True, 0.5, 0.9, seed=1001, step=30),
+             _tune_record(1e-4, True, 0.5, 0.85, step=25), _tune_record(1e-4, True, 0.5, 0.85, seed=1001, step=26)]
+    assert select(later, headroom=0.8) == {"lr": 1e-4, "reached": True, "runs": ["r0.0001-1000", "r0.0001-1001"],
+                                           "score": pytest.approx(0.85)}
 
 
 def test_a_rate_is_chosen_from_the_whole_grid_never_at_a_rate_that_failed_and_extended_at_an_edge(tmp_path):

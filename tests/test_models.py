@@ -87,6 +87,8 @@ def test_generation_ends_on_the_models_own_end_tokens(tiny):
 
     model, tok = tiny
     model.generation_config.eos_token_id = [5, 7]  # several, as Llama-3-Instruct's generation config lists
-    assert end_tokens(model, tok) == [5, 7]
+    assert end_tokens(model, tok) == [5, 7, tok.eos_token_id]  # and the EOS answers are trained to end with
+    model.generation_config.eos_token_id = tok.eos_token_id
+    assert end_tokens(model, tok) == tok.eos_token_id
     model.generation_config.eos_token_id = None
     assert end_tokens(model, tok) == tok.eos_token_id

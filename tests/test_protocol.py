@@ -47,7 +47,7 @@ def test_tuning_runs_then_test_runs_at_the_selected_rate(protocol):
     for attribution, base in (("dense", 3e-3), ("random", 6e-3)):
         grid = [Record.from_json(r, "test") for r in tune if r["spec"]["attribution"] == attribution]
         first = [r for r in grid if r.spec["train"]["lr"] in (pytest.approx(base), pytest.approx(3 * base))]
-        edge = sweep.select(first, headroom=headroom)["lr"]  # a grid of two: its choice is always an edge, so it extends once
+        edge = sweep.select(first, headroom=headroom)["lr"]  # a grid of two: always an edge, so it extends once
         outward = edge / 3 if edge == pytest.approx(base) else edge * 3
         lrs = sorted({r.spec["train"]["lr"] for r in grid})
         assert lrs == pytest.approx(sorted([base, 3 * base, outward])) and len(first) == 2

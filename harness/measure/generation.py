@@ -35,11 +35,13 @@ def greedy(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_
 
 def end_tokens(model, tokenizer) -> int | list[int]:
     """The tokens that end a generation: the model's own (its generation config, which may list several, as
-    Llama-3-Instruct's does, and which TOFU's and open-unlearning's `generate` calls use), else the
-    tokenizer's EOS."""
-    config = getattr(model, "generation_config", None)
-    own = getattr(config, "eos_token_id", None)
-    return own if own is not None else tokenizer.eos_token_id
+    Llama-3-Instruct's does, and which TOFU's and open-unlearning's `generate` calls use) and the tokenizer's
+    EOS, which every answer is trained to end with (harness/learn/data.py)."""
+    own = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = [] if own is None else [own] if isinstance(own, int) else list(own)
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids[0] if len(ids) == 1 else ids
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:

@@ -67,8 +67,9 @@ class TuneConfig:
 
 TUNE_RULE = ("per rate, over the tuning seeds: among the rates whose every tuning run finished and reached the "
              "retain model's forgetting level within `tune.headroom` of its step budget, the highest mean "
-             "validation `tune.metric` (default the trade-off score; ties: the smaller rate); if none did, the "
-             "highest mean validation trade-off score among the rates without a failed run; chosen once every "
+             "validation `tune.metric` (default the trade-off score; ties: the smaller rate); if every rate "
+             "that reached did so later, the one that reached soonest; if none reached, the highest mean "
+             "validation trade-off score among the rates without a failed run; chosen once every "
              "tuning run has a record; with extend, a choice on the grid's edge adds one rate outward and the "
              "rule runs again over all")
 
@@ -297,10 +298,19 @@ def select(tuning: list[records.Record], metric: str = "tradeoff_score", headroo
         budget, step = r.spec["train"].get("max_steps"), r.match.get("step")
         return r.match["reached"] and (budget is None or step is None or step <= headroom * budget)
 
+    def slowest(runs: list[records.Record]) -> float:  # the last step at which its runs reached the level
+        return max(r.match.get("step") or 0 for r in runs)
+
     reached = {lr: runs for lr, runs in complete.items() if all(early(r) for r in runs)}
-    pool, name = (reached, f"validation_{metric}") if reached else (complete, "validation_tradeoff_score")
-    lr = max(pool, key=lambda x: (mean(pool[x], name), -x))
-    return {"lr": lr, "reached": bool(reached), "runs": sorted(r.id for r in pool[lr]), "score": mean(pool[lr], name)}
+    late = {lr: runs for lr, runs in complete.items() if all(r.match["reached"] for r in runs)}
+    if reached:
+        pool, name, rank = reached, f"validation_{metric}", lambda x: (mean(pool[x], name), -x)
+    elif late:  # every rate that reached did so past the headroom: the one that reached soonest
+        pool, name, rank = late, f"validation_{metric}", lambda x: (-slowest(pool[x]), mean(pool[x], name), -x)
+    else:
+        pool, name, rank = complete, "validation_tradeoff_score", lambda x: (mean(pool[x], name), -x)
+    lr = max(pool, key=rank)
+    return {"lr": lr, "reached": bool(late), "runs": sorted(r.id for r in pool[lr]), "score": mean(pool[lr], name)}
 
 
 def recorded(results_dir: Path, specs: list[RunSpec]) -> bool:
