@@ -14,16 +14,21 @@ def method_label(row: dict[str, Any]) -> str:
     return row["label"]
 
 
+def past_level(row: dict[str, Any]) -> int:
+    """How many of a method row's seeds that reached the level were evaluated past it, on the check that crossed
+    it (no bisection: a run resumed between the two checks, several processes, `bisect: false`, or out of
+    bisection probes; records from before `match_bisected` say nothing)."""
+    bisected = row["metrics"].get("match_bisected")
+    return 0 if bisected is None else bisected["n"] - round(bisected["mean"] * bisected["n"])
+
+
 def reached(row: dict[str, Any]) -> tuple[float, str]:
     """How many of a method row's seeds reached the level (⚠ where some did not), and how many of those were
-    evaluated past it, on the check that crossed it (no bisection: a run resumed between the two checks, several
-    processes, `bisect: false`, or out of bisection probes; records from before `match_bisected` say nothing)."""
+    evaluated past it (`past_level`)."""
     n, stat = row["n"], row["metrics"].get("match_reached")
     k = round(stat["mean"] * stat["n"]) if stat else 0
-    text = f"{k}/{n}" + ("" if k == n else " ⚠")
-    bisected = row["metrics"].get("match_bisected")
-    past = 0 if bisected is None else bisected["n"] - round(bisected["mean"] * bisected["n"])
-    return k / n, text + (f", {past} past ⚠" if past > 0 else "")
+    past = past_level(row)
+    return k / n, f"{k}/{n}" + ("" if k == n else " ⚠") + (f", {past} past ⚠" if past > 0 else "")
 
 
 def lr_label(row: dict[str, Any]) -> str:
@@ -76,7 +81,7 @@ def matched(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def warning_text(rows: list[dict[str, Any]]) -> str:
     """What ⚠ in the headline's "reached" column means on this board."""
-    past = any(" past ⚠" in reached(r)[1] for r in matched(rows))
+    past = any(past_level(r) > 0 for r in matched(rows))
     return ("⚠: some seeds never reached the level" + ("; past: seeds evaluated past it (not bisected back to "
             "it, docs/metrics.md)" if past else "") + ".")
 
