@@ -167,18 +167,17 @@ def test_a_rate_is_chosen_from_the_whole_grid_never_at_a_rate_that_failed_and_ex
     assert [(s.train.lr, s.seed) for s in more] == [(pytest.approx(9e-4), 1000), (pytest.approx(9e-4), 1001)]
     # `sweep --plan` lists what the sweep will run: the extension, then test runs at the base rate until the
     # extension has records, then at the chosen rate
-    plain = sweep.tuning_grid(cfg)
-    tests = plan.tests(cfg, tmp_path, plain)
-    assert len(plain[method]) == 8 and all(s.train.lr == pytest.approx(1e-4) and not s.tuned_from for s in tests)
+    planned, tests = plan.runs_of(cfg, tmp_path)
+    assert len(planned) == 8 and all(s.train.lr == pytest.approx(1e-4) and not s.tuned_from for s in tests)
     for spec in more:
         write(spec)
-    tests = plan.tests(cfg, tmp_path, sweep.tuning_grid(cfg))
+    tests = plan.runs_of(cfg, tmp_path)[1]
     assert [s.seed for s in tests] == [0, 1] and all(s.train.lr == pytest.approx(3e-4) for s in tests)
     assert tests[0].tuned_from == pytest.approx([1e-4 / 3, 1e-4, 3e-4, 9e-4])
     for spec in tuning:  # every rate failed on some seed: no rate, and neither the sweep nor its plan has test runs
         write(spec, status="failed")
     assert sweep.tuned_specs(cfg, tmp_path, grid)[1][method][0] == "failed"
-    assert plan.tests(cfg, tmp_path, sweep.tuning_grid(cfg)) == []
+    assert plan.runs_of(cfg, tmp_path)[1] == []
 
 
 def _runs(values):

@@ -140,9 +140,8 @@ def rows(cfg, results_dir: Path) -> list[Row]:
     for one in sweep.grids(cfg):
         task = registry.build("task", one.task, one.task_config, "plan: task_config")
         tokens, n = tokens_per_example(one.model, task.forget_examples()), parameters(one.model)
-        grid = sweep.tuning_grid(one) if one.tune.enabled else {}
-        test_runs = tests(one, results_dir, grid)  # first: it adds the extension runs to the grid
-        specs = [("tune", s) for runs in grid.values() for s in runs] + [("test", s) for s in test_runs]
+        tuning, tests = runs_of(one, results_dir)
+        specs = [("tune", s) for s in tuning] + [("test", s) for s in tests]
         for kind, spec in specs:
             key = MethodKey.of(to_dict(spec), digest=False)
             steps = tuned.get(key) if spec.match.enabled and key in tuned else budget(spec, len(task.forget_examples()))
@@ -153,21 +152,23 @@ def rows(cfg, results_dir: Path) -> list[Row]:
     return out
 
 
-def tests(cfg, results_dir: Path, grid: dict[MethodKey, list]) -> list:
-    """The test runs: at each method's chosen rate where its tuning records have chosen one, otherwise at the
-    base rate; `grid` gains the extension runs its records call for, as the sweep would run them."""
+def runs_of(cfg, results_dir: Path) -> tuple[list, list]:
+    """The runs the sweep will make, as it would make them: its tuning runs with the extension their records
+    call for, and its test runs, at each method's chosen rate where its tuning records have chosen one,
+    otherwise at the base rate (none for a method whose tuning failed)."""
     from harness.config import to_dict
     from harness.sweeps import sweep
 
-    if not grid:
-        return sweep.expand(cfg)
+    if not cfg.tune.enabled:
+        return [], sweep.expand(cfg)
+    grid = sweep.tuning_grid(cfg)
     more = sweep.extension(cfg, results_dir, grid)
-    for m, runs in more.items():
-        grid[m] = grid[m] + runs
+    grid = {m: runs + more.get(m, []) for m, runs in grid.items()}
     chosen, missing = sweep.tuned_specs(cfg, results_dir, grid)
     decided = {MethodKey.of(to_dict(s), digest=False) for s in chosen} | {
         m for m, (outcome, _) in missing.items() if outcome == "failed"}  # tuning failed: no test runs
-    return chosen + [s for s in sweep.expand(cfg) if MethodKey.of(to_dict(s), digest=False) not in decided]
+    tests = chosen + [s for s in sweep.expand(cfg) if MethodKey.of(to_dict(s), digest=False) not in decided]
+    return [s for runs in grid.values() for s in runs], tests
 
 
 def matmul_flops(dtype=None, n: int = 1024, repeats: int = 5, device: str = "cpu", trials: int = 1) -> float:
