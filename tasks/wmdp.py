@@ -225,9 +225,9 @@ class Wmdp(Task):
         """Matched forgetting on multiple choice, read as lm-eval reads it: each question in lm-eval's zero-shot
         prompt, the right letter against the three others (mean normalised probability; its argmax is
         lm-eval's accuracy). Forget: the first `probe_limit` questions of each subject's stopping split
-        (`stop_split`); utility: MMLU test
-        questions; validation (for tuning): MMLU dev questions, which no test metric uses; level:
-        `probe_level`, used where there is no retain model to read it from (WMDP; wmdp-mini has one)."""
+        (`stop_split`); utility: MMLU test questions; validation (for tuning): MMLU dev questions, which no test
+        metric uses; level: `probe_level`, used where there is no retain model to read it from (WMDP; wmdp-mini
+        has one)."""
         n = self.config.probe_limit
         forget = [(describe(s), r) for s in self.config.subjects for r in self.stopping_and_measured(s)[0][:n]]
         utility, validation = (spread(lm_eval_bridge.mmlu_rows(split), n) for split in ("test", "dev"))

@@ -171,7 +171,6 @@ def test_a_plugin_whose_code_version_or_defaults_change_gets_a_new_run_id(third_
         ids = {first}
 
 
-
 def test_where_a_plugin_module_lives_does_not_change_run_ids(monkeypatch):
     """Moving a built-in plugin's module (here: the optimizer's and the backend's, which every run uses)
     keeps run ids; the provenance still says which module registered each component."""
