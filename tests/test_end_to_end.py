@@ -197,3 +197,15 @@ def test_extra_seeds_stop_at_the_match_and_their_settings_are_checked():
         sweep.expand(from_dict(sweep.SweepConfig, {"seeds": [0, 1], "evaluate_seeds": [0]}, "g"))
     with pytest.raises(ValueError, match=r"needs match\.enabled"):
         RunSpec(full_evaluation=False).validate()
+
+
+def test_checkpoints_fall_on_check_steps_when_the_run_bisects():
+    from harness.run.spec import RunSpec
+
+    refused = r"s: train\.checkpoint_every \(3\) must be a multiple of match\.check_every \(2\)"
+    with pytest.raises(ConfigError, match=refused):
+        from_dict(RunSpec, {"match": {"enabled": True, "check_every": 2}, "train": {"checkpoint_every": 3}},
+                  "s")
+    for ok in ({"match": {"enabled": True, "check_every": 2}, "train": {"checkpoint_every": 4}},
+               {"match": {"enabled": True, "check_every": 2, "bisect": False}, "train": {"checkpoint_every": 3}}):
+        from_dict(RunSpec, ok, "s")  # validates

@@ -29,6 +29,11 @@ def spec_rules(spec: RunSpec) -> None:
         raise ValueError("full_evaluation: false runs no probes and no lm-eval utility")
     if not spec.evaluate and not spec.match.enabled:
         raise ValueError("evaluate: false (a tuning run) needs match.enabled: it records only the probes")
+    every = spec.train.checkpoint_every
+    if spec.match.enabled and spec.match.bisect and every and every % spec.match.check_every:
+        raise ValueError(f"train.checkpoint_every ({every}) must be a multiple of match.check_every "
+                         f"({spec.match.check_every}) with bisection: a run resumed from a step that is not a check "
+                         "step has lost bisection's bracket and would be evaluated past the level")
 
 
 def run_rules(spec: RunSpec, registry: Registry, save_to: Path | None = None, processes: int = 1) -> None:
