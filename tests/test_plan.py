@@ -33,6 +33,21 @@ def test_token_passes_by_hand():
     assert plan.Passes(3, 1).flops(100) == 2 * 100 * 3 + 4 * 100 * 1
 
 
+def test_probe_passes_count_the_check_at_a_budget_ending_between_checks():
+    cfg = from_dict(sweep.SweepConfig, {"task": "tofu-mini", "model": "tiny-llama", "attributions": ["dense"],
+                                        "objectives": ["graddiff"], "seeds": [0],
+                                        "match": {"enabled": True, "check_every": 2}}, "plan")
+    (spec,) = sweep.expand(cfg)
+    task = get_registry().build("task", "tofu-mini", {})
+    sets = task.probe_sets()
+    probe = len(sets.forget) + len(sets.validation) + sum(len(v) for v in sets.utility.values())
+    probe += sum(len(a) for v in sets.alternatives.values() for a in v)
+    bisection = plan.BISECTION_PROBES * len(sets.forget)
+    for steps, checks in ((6, 3 + 1), (7, 4 + 1)):  # checks at 2, 4, 6 (and 7), one after bisection
+        passes = plan.run_passes(spec, task, get_registry(), 10.0, steps)["probes"]
+        assert passes == plan.Passes(10.0 * (checks * probe + bisection)), steps
+
+
 def test_the_demo_estimate_is_within_a_factor_of_two_of_its_measured_time():
     """The committed demo's runs took 4.1 hours of run time on the reference CPU (their records' total_s);
     the plan's estimate at that machine's rate lies within a factor of two."""

@@ -9,8 +9,8 @@ The estimate counts token passes and turns them into FLOPs as docs/scale.md does
   forward of the reference model where the objective has one. Steps: the budget, min(max_steps, epochs ·
   ⌈forget / batch⌉ / accumulation); under matched forgetting, the median step at which the method's finished
   tuning runs in the results folder reached the level, where there are some;
-- matched-forgetting probes: a forward over the probe sets every `check_every` steps and 8 forget probes of
-  bisection;
+- matched-forgetting probes: a forward over the probe sets every `check_every` steps (and at the last step
+  when the budget ends between checks), once more after bisection, and 8 forget probes of bisection;
 - the full evaluation: the sequences the task's evaluation scores and the tokens it generates
   (`Task.evaluation_size`; a task that does not say is not estimated there).
 
@@ -100,7 +100,7 @@ def run_passes(spec, task, registry, tokens: float, steps: int) -> dict[str, Pas
         sets = task.probe_sets()
         probe = sum(len(v) for v in (sets.forget, sets.validation, *sets.utility.values()))
         alternatives = sum(len(a) for v in sets.alternatives.values() for a in v)
-        checks = steps // spec.match.check_every + 1
+        checks = math.ceil(steps / spec.match.check_every) + 1  # a budget ending between checks: one more there
         out["probes"] = Passes(tokens * (checks * (probe + alternatives) + BISECTION_PROBES * len(sets.forget)))
     if spec.evaluate and spec.full_evaluation:
         sequences, generated = task.evaluation_size()
