@@ -102,6 +102,16 @@ def replay(record: dict[str, Any], metric: str, w: dict[str, np.ndarray]) -> np.
     return out
 
 
+def same_questions(q: dict[str, Any], other: dict[str, Any]) -> bool:
+    """Whether two runs were probed on the same questions in the same order: the same sets, sizes and clusters,
+    and the same target model's value on each question (the values identify the questions; a tolerance of
+    rounding across machines)."""
+    if {k: len(v) for k, v in q["target"].items()} != {k: len(v) for k, v in other["target"].items()}:
+        return False
+    return q.get("clusters") == other.get("clusters") and all(
+        np.allclose(v, other["target"][k], rtol=1e-5, atol=1e-9) for k, v in q["target"].items())
+
+
 def two_level(pairs: list[tuple[dict[str, Any], dict[str, Any]]], metric: str, resamples: int = RESAMPLES,
               seed: int = 0) -> dict[str, float] | None:
     """The two-level bootstrap of the mean paired difference of `metric` over `pairs` (method record, baseline
@@ -116,10 +126,7 @@ def two_level(pairs: list[tuple[dict[str, Any], dict[str, Any]]], metric: str, r
         return None
     first = pairs[0][0]["match"]["questions"]
 
-    def layout(q: dict[str, Any]) -> tuple:
-        return {k: len(v) for k, v in q["target"].items()}, q.get("clusters")
-
-    if any(layout(r["match"]["questions"]) != layout(first) for p in pairs for r in p):
+    if not all(same_questions(r["match"]["questions"], first) for p in pairs for r in p):
         return None
     rng = np.random.default_rng(seed)
     w = draws(first, resamples, rng)

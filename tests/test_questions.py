@@ -57,6 +57,9 @@ def test_two_level_bootstrap_splits_seed_and_question_variance():
     assert out["var_seeds"] > 0 and out["var_questions"] > 0
     assert questions.two_level([(better[0], {"match": {}})] * 2, "tradeoff_score") is None  # no questions kept
     assert questions.two_level(list(zip(better, base, strict=True))[:1], "tradeoff_score") is None  # one pair
+    other = _record([(0.5, 0.5), (0.1, 0.2)], [(0.45, 0.35), (0.3, 0.3)])
+    other["match"]["questions"]["target"]["forget"] = [0.7, 0.9]  # the same sizes, the questions in another order
+    assert questions.two_level([*zip(better, base, strict=True), (other, base[0])], "tradeoff_score") is None
     same = questions.two_level(list(zip(base, base, strict=True)), "tradeoff_score", resamples=200)
     assert (same["two_level_low"], same["two_level_high"], same["var_questions"]) == (0.0, 0.0, 0.0)  # shared draws
 
