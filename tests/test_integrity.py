@@ -312,3 +312,27 @@ def test_models_are_keyed_on_their_contents_and_revision(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     assert models.versioned("org/name") == "hub:org/name@abc123"
     assert models.versioned("org/other") == "hub:org/other@unresolved"
+
+
+def test_a_reference_model_that_scores_otherwise_here_is_refused(tmp_path):
+    """Resuming a folder on a machine whose fine-tuned target differs (another CPU's bf16, say) stops with
+    the file and the number, instead of rewriting the reference record under runs made from the other model."""
+    from harness.run import records, runner
+    from harness.run.spec import RunSpec
+
+    spec = from_dict(RunSpec, {"task": "tofu-mini", "model": "tiny-llama"}, "spec")
+    runner.write_reference_records(spec, tmp_path)
+    path = next((tmp_path / "runs").glob("tofu-mini-target-*.json"))
+    data = json.loads(path.read_text())
+    name = next(k for k, m in sorted(data["metrics"].items()) if abs(m["value"]) > 1e-3)
+    value = data["metrics"][name]["value"]
+    for scale in (1 + 1e-6, 1.01):  # rounding across machines goes on; a model that scores 1% otherwise stops
+        data["metrics"][name]["value"] = value * scale
+        path.write_text(json.dumps(data))
+        if scale < 1.001:
+            runner.write_reference_records(spec, tmp_path)
+            continue
+        with pytest.raises(records.ReferenceChangedError, match=rf"{path.name}: the target model prepared here .*"
+                                                                rf"{name} {value * scale:.6g} in the record"):
+            runner.write_reference_records(spec, tmp_path)
+    assert json.loads(path.read_text())["metrics"][name]["value"] == value * 1.01  # the record is left as it was

@@ -9,7 +9,7 @@ from harness.api import Example, LossOutput
 from harness.errors import NonFiniteLossError, UnlearnBenchError
 from harness.learn import masks
 from harness.learn.data import collate, encode
-from harness.learn.train import TrainConfig, finetune_batches, train
+from harness.learn.train import TrainConfig, autocast_on, fast_bf16, finetune_batches, train
 from harness.learn.update import UpdatePlan
 from harness.measure.scoring import mean_nll
 
@@ -89,7 +89,8 @@ def test_constant_schedule_and_a_stop_asked_by_the_step_callback(tiny):
     log = train(model, finetune_batches(tok, EXAMPLES, cfg, 64, seed=0), _loss, cfg, on_step=on_step)
     assert [row["lr"] for row in log.steps] == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3])
     assert seen == [1, 2, 3, 4] and log.stopped_at == 4 and log.steps[-1]["eval"] == {"stop": True}
-    assert log.bf16_autocast is False  # null: on only where bf16 is fast, and this CPU test runs fp32
+    assert log.bf16_autocast is False  # fp32 unless asked, whatever the machine
+    assert autocast_on(TrainConfig(bf16_autocast=None), torch.device("cpu")) is fast_bf16(torch.device("cpu"))
     with pytest.raises(ValueError, match="schedule 'cosine': choose linear or constant"):
         TrainConfig(schedule="cosine").validate()
 

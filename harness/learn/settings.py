@@ -41,9 +41,10 @@ class TrainConfig:
     checkpoint_every: int | None = option(None, "save a resumable checkpoint every N optimizer steps")
     gradient_checkpointing: bool = option(False, "recompute activations in backward (less memory, ~30% more "
                                                  "compute; for 7B models)")
-    bf16_autocast: bool | None = option(None, "forward/backward in bf16 autocast; null: on where bf16 is fast "
-                                               "(CUDA, CPUs with AMX or AVX512-BF16; on other CPUs it is about "
-                                               "25x slower than fp32)")
+    bf16_autocast: bool | None = option(False, "forward/backward in bf16 autocast (about 25x slower than fp32 on "
+                                                "CPUs without AMX or AVX512-BF16); null: on where bf16 is fast "
+                                                "(CUDA, such CPUs), so that the numbers depend on the machine "
+                                                "(the record keeps what it resolved to)")
 
     def validate(self) -> None:
         if not (math.isfinite(self.lr) and self.lr > 0):

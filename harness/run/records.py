@@ -12,6 +12,7 @@ import dataclasses
 import importlib.metadata
 import json
 import logging
+import math
 import os
 import platform
 import resource
@@ -56,6 +57,12 @@ def _core_digest() -> str:
     return core_digest()
 
 
+def _cpu_bf16() -> bool:
+    from harness.learn.train import fast_bf16
+
+    return fast_bf16(torch.device("cpu"))
+
+
 def provenance(plugins: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
     return {
         "packages": {d: _version(d) for d in ("unlearn-bench", "torch", "transformers", "lm-eval", "pluggy")},
@@ -68,6 +75,8 @@ def provenance(plugins: dict[str, dict[str, str]] | None = None) -> dict[str, An
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "cpu_kernels": torch.backends.cpu.get_cpu_capability(),  # AVX2, AVX512, ...: which kernels ran
+            "cpu_bf16": _cpu_bf16(),
         },
     }
 
@@ -162,6 +171,42 @@ def _check_fields(data: dict[str, Any], where: str) -> None:
 
 class RecordError(UnlearnBenchError):
     pass
+
+
+class ReferenceChangedError(UnlearnBenchError):
+    """A results folder's target or retain model scores otherwise here than its record says."""
+
+
+REFERENCE_RTOL = 1e-4  # fp32 on another CPU's kernels moves a reference's probe far less (docs/metrics.md)
+
+
+def _numbers(record: Record) -> dict[str, float]:
+    """What identifies a reference model's scoring: its matched-forgetting probe, else its metrics."""
+    values = record.probe or {k: m.get("value") for k, m in record.metrics.items()}
+    return {k: float(v) for k, v in values.items() if isinstance(v, int | float) and math.isfinite(v)}
+
+
+def check_reference(results_dir: Path, record_id: str, new: Record) -> None:
+    """Refuse to replace a reference record (target or retain) whose numbers this machine does not reproduce:
+    the folder's runs started from that model or were measured against it, and a different one here (fine-tuned
+    in bf16 where this CPU has it, say) would put two protocols in one board."""
+    old = find(results_dir, record_id)
+    if old is None:
+        return
+    before, after = _numbers(old), _numbers(new)
+    changed = {k: (before[k], after[k]) for k in sorted(before.keys() & after.keys())
+               if not math.isclose(before[k], after[k], rel_tol=REFERENCE_RTOL, abs_tol=1e-9)}
+    if changed:
+        k, (a, b) = next(iter(changed.items()))
+        made = old.provenance.get("hardware", {})
+        where = (f"{old.provenance.get('platform')}, CPU kernels {made.get('cpu_kernels', 'unrecorded')}, bf16 "
+                 f"instructions {made.get('cpu_bf16', 'unrecorded')}")
+        raise ReferenceChangedError(
+            f"{Path(results_dir) / 'runs' / record_id}.json: the {old.role} model prepared here is not the one this "
+            f"folder's runs used: {k} {a:.6g} in the record, {b:.6g} here ({len(changed)} of {len(before)} numbers "
+            f"differ; recorded on {where}). A model fine-tuned on another kind of machine is another model: resume "
+            "where the records were made, bring that machine's prepared models ($UNLEARN_BENCH_CACHE/prepared), or "
+            "start a new results folder")
 
 
 def write(results_dir: Path, record_id: str, record: Record) -> Path:

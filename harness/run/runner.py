@@ -422,6 +422,7 @@ def write_reference_records(spec: RunSpec, results_dir: Path) -> None:
                 record.metrics.update({"match_utility": vars(Metric(probe["utility"], "higher", "match")),
                                        "tradeoff_score": vars(Metric(1.0, "higher", "match"))})
         rid = f"{spec.task}-{role}-{stable_hash(dict(ref_spec, path=path), 12)}"
+        records.check_reference(results_dir, rid, record)
         records.write(results_dir, rid, record)
 
 
