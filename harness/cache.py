@@ -24,6 +24,15 @@ def cache_root() -> Path:
     return path
 
 
+def portable(path: str | Path) -> str:
+    """A model path as it reads on any machine: relative to the cache root where it lies inside it (prepared
+    models), else as given (a hub id or the user's own folder)."""
+    try:
+        return Path(path).resolve().relative_to(cache_root().resolve()).as_posix()
+    except (ValueError, OSError):
+        return str(path)
+
+
 def stable_hash(obj: Any, length: int = 16) -> str:
     """Hash of plain data, independent of dict order."""
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)

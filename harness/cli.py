@@ -107,8 +107,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.run import runner
 
     spec = _spec_from_args(args)
+    runner.write_reference_records(spec, Path(args.results))  # the target and retain rows, as a sweep writes first
     record = runner.execute(spec, Path(args.results), Path(args.save_model) if args.save_model else None)
-    runner.write_reference_records(spec, Path(args.results))  # the target and retain rows, as a sweep writes
     if distributed.is_main():
         print(json.dumps({k: m["value"] for k, m in record.metrics.items()}, indent=2))
     return 0

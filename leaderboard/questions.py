@@ -104,12 +104,13 @@ def replay(record: dict[str, Any], metric: str, w: dict[str, np.ndarray]) -> np.
 
 def same_questions(q: dict[str, Any], other: dict[str, Any]) -> bool:
     """Whether two runs were probed on the same questions in the same order: the same sets, sizes and clusters,
-    and the same target model's value on each question (the values identify the questions; a tolerance of
-    rounding across machines)."""
+    and the same target model's value on each question (the values identify the questions: another question
+    moves them by a tenth, rounding on another machine's kernels by 10⁻⁴ at most; a NaN matches a NaN)."""
     if {k: len(v) for k, v in q["target"].items()} != {k: len(v) for k, v in other["target"].items()}:
         return False
     return q.get("clusters") == other.get("clusters") and all(
-        np.allclose(v, other["target"][k], rtol=1e-5, atol=1e-9) for k, v in q["target"].items())
+        np.allclose(np.asarray(v, dtype=float), np.asarray(other["target"][k], dtype=float), rtol=1e-3, atol=1e-6,
+                    equal_nan=True) for k, v in q["target"].items())
 
 
 def two_level(pairs: list[tuple[dict[str, Any], dict[str, Any]]], metric: str, resamples: int = RESAMPLES,

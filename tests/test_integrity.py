@@ -314,25 +314,39 @@ def test_models_are_keyed_on_their_contents_and_revision(tmp_path, monkeypatch):
     assert models.versioned("org/other") == "hub:org/other@unresolved"
 
 
-def test_a_reference_model_that_scores_otherwise_here_is_refused(tmp_path):
+@pytest.mark.parametrize("match", [False, True], ids=["metrics", "probe"])
+def test_a_reference_model_that_scores_otherwise_here_is_refused(tmp_path, match):
     """Resuming a folder on a machine whose fine-tuned target differs (another CPU's bf16, say) stops with
-    the file and the number, instead of rewriting the reference record under runs made from the other model."""
+    the file and the number, instead of rewriting the reference record under runs made from the other model;
+    rounding goes on, and the record is found by its spec whatever its file is called (another cache root)."""
     from harness.run import records, runner
     from harness.run.spec import RunSpec
 
-    spec = from_dict(RunSpec, {"task": "tofu-mini", "model": "tiny-llama"}, "spec")
+    spec = from_dict(RunSpec, {"task": "tofu-mini", "model": "tiny-llama", "match": {"enabled": match}}, "spec")
     runner.write_reference_records(spec, tmp_path)
-    path = next((tmp_path / "runs").glob("tofu-mini-target-*.json"))
-    data = json.loads(path.read_text())
-    name = next(k for k, m in sorted(data["metrics"].items()) if abs(m["value"]) > 1e-3)
-    value = data["metrics"][name]["value"]
-    for scale in (1 + 1e-6, 1.01):  # rounding across machines goes on; a model that scores 1% otherwise stops
-        data["metrics"][name]["value"] = value * scale
-        path.write_text(json.dumps(data))
-        if scale < 1.001:
-            runner.write_reference_records(spec, tmp_path)
-            continue
-        with pytest.raises(records.ReferenceChangedError, match=rf"{path.name}: the target model prepared here .*"
-                                                                rf"{name} {value * scale:.6g} in the record"):
-            runner.write_reference_records(spec, tmp_path)
-    assert json.loads(path.read_text())["metrics"][name]["value"] == value * 1.01  # the record is left as it was
+    made = next((tmp_path / "runs").glob("tofu-mini-target-*.json"))
+    path = made.with_name("tofu-mini-target-elsewhere.json")  # as a cache at another path would have named it
+    data = json.loads(made.read_text())
+    made.unlink()
+    numbers = data["probe"] if match else {k: m["value"] for k, m in data["metrics"].items()}
+    assert bool(data.get("probe")) == match
+    name = next(k for k, v in sorted(numbers.items()) if abs(v) > 1e-3)
+    value = numbers[name]
+
+    def stored(x: float) -> None:
+        if match:
+            data["probe"][name] = x
+        else:
+            data["metrics"][name]["value"] = x
+        path.write_text(json.dumps(dict(data, id=path.stem)))
+
+    stored(value * (1 + 1e-6))  # rounding across machines: resumed, the record kept as the first machine wrote it
+    runner.write_reference_records(spec, tmp_path)
+    assert sorted(p.name for p in (tmp_path / "runs").glob("tofu-mini-target-*")) == [path.name]
+    stored(value * 1.01)  # a model that scores 1% otherwise: refused, nothing written
+    before = path.read_text()
+    with pytest.raises(records.ReferenceChangedError, match=rf"{path.name}: the target model prepared here .*"
+                                                            rf"{name} {value * 1.01} in the record"):
+        runner.write_reference_records(spec, tmp_path)
+    assert path.read_text() == before
+    assert sorted(p.name for p in (tmp_path / "runs").glob("tofu-mini-target-*")) == [path.name]

@@ -3,6 +3,7 @@ measured time of the committed demo's runs on the reference CPU."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -33,19 +34,27 @@ def test_token_passes_by_hand():
     assert plan.Passes(3, 1).flops(100) == 2 * 100 * 3 + 4 * 100 * 1
 
 
-def test_probe_passes_count_the_check_at_a_budget_ending_between_checks():
+@pytest.mark.parametrize("evaluate", [True, False], ids=["test", "tuning"])
+def test_probe_passes_by_hand(evaluate):
+    """Each check scores the forget set and the compared one (utility, or validation in a tuning run) with
+    their wrong alternatives; one more check where the budget ends between checks; bisection's 8 forget probes
+    and the pair once more only with bisection."""
     cfg = from_dict(sweep.SweepConfig, {"task": "tofu-mini", "model": "tiny-llama", "attributions": ["dense"],
                                         "objectives": ["graddiff"], "seeds": [0],
                                         "match": {"enabled": True, "check_every": 2}}, "plan")
     (spec,) = sweep.expand(cfg)
+    spec = dataclasses.replace(spec, evaluate=evaluate)
     task = get_registry().build("task", "tofu-mini", {})
     sets = task.probe_sets()
-    probe = len(sets.forget) + len(sets.validation) + sum(len(v) for v in sets.utility.values())
-    probe += sum(len(a) for v in sets.alternatives.values() for a in v)
-    bisection = plan.BISECTION_PROBES * len(sets.forget)
-    for steps, checks in ((6, 3 + 1), (7, 4 + 1)):  # checks at 2, 4, 6 (and 7), one after bisection
+    compared = sets.utility if evaluate else {"validation": sets.validation}
+    pair = len(sets.forget) + sum(len(v) for v in compared.values())
+    pair += sum(len(a) for k in ("forget", *compared) for a in sets.alternatives.get(k, ()))
+    forget = len(sets.forget) + sum(len(a) for a in sets.alternatives.get("forget", ()))
+    for steps, checks in ((6, 3), (7, 4)):  # checks at 2, 4, 6 (and 7)
         passes = plan.run_passes(spec, task, get_registry(), 10.0, steps)["probes"]
-        assert passes == plan.Passes(10.0 * (checks * probe + bisection)), steps
+        assert passes == plan.Passes(10.0 * (checks * pair + plan.BISECTION_PROBES * forget + pair)), steps
+    plain = dataclasses.replace(spec, match=dataclasses.replace(spec.match, bisect=False))
+    assert plan.run_passes(plain, task, get_registry(), 10.0, 6)["probes"] == plan.Passes(10.0 * 3 * pair)
 
 
 def test_the_demo_estimate_is_within_a_factor_of_two_of_its_measured_time():
@@ -77,3 +86,6 @@ def test_the_plan_says_which_runs_are_done(tmp_path, capsys):
     assert "4 runs: 1 done, 0 failed, 3 pending" in printed and "on one A100" in printed
     with pytest.raises(ValueError, match="no peak known for the GPU 'TPU'"):
         plan.gpu_rate("TPU")
+    assert plan.gpu_rate("NVIDIA H100 80GB HBM3", bf16=False) == 67e12 * plan.GPU_EFFICIENCY  # fp32 runs
+    found = plan.rows(sweep.load(file), tmp_path / "results")
+    assert not any(r.bf16 for r in found)  # fp32 by default: the fp32 peak applies to them

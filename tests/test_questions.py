@@ -60,6 +60,10 @@ def test_two_level_bootstrap_splits_seed_and_question_variance():
     other = _record([(0.5, 0.5), (0.1, 0.2)], [(0.45, 0.35), (0.3, 0.3)])
     other["match"]["questions"]["target"]["forget"] = [0.7, 0.9]  # the same sizes, the questions in another order
     assert questions.two_level([*zip(better, base, strict=True), (other, base[0])], "tradeoff_score") is None
+    other["match"]["questions"]["target"]["forget"] = [0.9 * (1 + 6e-5), 0.7]  # another CPU's rounding: paired
+    assert questions.two_level([*zip(better, base, strict=True), (other, base[0])], "tradeoff_score") is not None
+    nan = {"target": {"forget": [0.9, None]}, "clusters": {}}  # a value stored as null (NaN) matches itself
+    assert questions.same_questions(nan, nan) and not questions.same_questions(nan, base[0]["match"]["questions"])
     same = questions.two_level(list(zip(base, base, strict=True)), "tradeoff_score", resamples=200)
     assert (same["two_level_low"], same["two_level_high"], same["var_questions"]) == (0.0, 0.0, 0.0)  # shared draws
 

@@ -9,7 +9,7 @@ from harness.api import Example, LossOutput
 from harness.errors import NonFiniteLossError, UnlearnBenchError
 from harness.learn import masks
 from harness.learn.data import collate, encode
-from harness.learn.train import TrainConfig, autocast_on, fast_bf16, finetune_batches, train
+from harness.learn.train import TrainConfig, finetune_batches, train
 from harness.learn.update import UpdatePlan
 from harness.measure.scoring import mean_nll
 
@@ -89,8 +89,7 @@ def test_constant_schedule_and_a_stop_asked_by_the_step_callback(tiny):
     log = train(model, finetune_batches(tok, EXAMPLES, cfg, 64, seed=0), _loss, cfg, on_step=on_step)
     assert [row["lr"] for row in log.steps] == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3])
     assert seen == [1, 2, 3, 4] and log.stopped_at == 4 and log.steps[-1]["eval"] == {"stop": True}
-    assert log.bf16_autocast is False  # fp32 unless asked, whatever the machine
-    assert autocast_on(TrainConfig(bf16_autocast=None), torch.device("cpu")) is fast_bf16(torch.device("cpu"))
+    assert log.bf16_autocast is False
     with pytest.raises(ValueError, match="schedule 'cosine': choose linear or constant"):
         TrainConfig(schedule="cosine").validate()
 
@@ -404,3 +403,28 @@ def test_batches_are_tokenized_when_reached_and_equal_the_eager_ones(tiny):
     assert counting.calls == 2 * (len(forget) + len(retain))  # each example tokenized once, however often used
     assert all(torch.equal(first.forget[k], batches[0].forget[k]) for k in first.forget)
     assert [len(b.forget["input_ids"]) for b in batches[1:3]] == [2, 2]  # a slice is a list of batches
+
+
+def test_fp32_unless_asked_even_where_bf16_is_fast(tiny, monkeypatch):
+    """bf16 autocast is part of a run's protocol: off by default on every machine (here one that says bf16 is
+    fast), on under null only where it is fast, and a null prepare config is keyed by what it resolved to."""
+    from harness.learn import train as train_module
+    from harness.plugins import get_registry
+    from harness.run import prepare
+    from harness.run.spec import PrepareConfig
+
+    model, tok = tiny
+    monkeypatch.setattr(train_module, "fast_bf16", lambda device: True)
+    cfg = TrainConfig(lr=1e-3, epochs=1, batch_size=4, max_steps=1)
+    assert TrainConfig().bf16_autocast is False and PrepareConfig().bf16_autocast is False
+    assert train(model, finetune_batches(tok, EXAMPLES, cfg, 64, seed=0), _loss, cfg).bf16_autocast is False
+    assert train_module.autocast_on(TrainConfig(bf16_autocast=None), torch.device("cpu")) is True
+    monkeypatch.setattr(prepare, "cached_dir", lambda kind, key, build: (key, True))  # the key, nothing built
+    task = get_registry().build("task", "tofu-mini", {})
+
+    def key(bf16: bool | None) -> str:
+        return prepare.ensure_model(task, "tiny-llama", "target", PrepareConfig(bf16_autocast=bf16))[0]
+
+    assert key(None) == key(True) != key(False)
+    monkeypatch.setattr(train_module, "fast_bf16", lambda device: False)
+    assert key(None) == key(False)

@@ -6,6 +6,7 @@ Each is cached under a key hashing everything that determines it; a second call 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from harness.cache import cache_root, cached_dir, stable_hash
 from harness.config import to_dict
 from harness.io import atomic_write_json
 from harness.learn.data import examples_hash
-from harness.learn.train import finetune_batches, log_step, train
+from harness.learn.train import autocast_on, finetune_batches, log_step, train
 from harness.measure.scoring import mean_nll
 from harness.run import models
 from harness.run.identity import code_digest, core_digest
@@ -53,6 +54,8 @@ def ensure_model(task: Task, base: str, which: Which, cfg: PrepareConfig, dtype:
     provided = task.provided_model(which) if provided else None
     if provided:
         return provided, True
+    if cfg.bf16_autocast is None:  # null resolves here, so that the cache key names what the model computed
+        cfg = dataclasses.replace(cfg, bf16_autocast=autocast_on(cfg, models.pick_device(device)))
     key = f"{task.name}-{which}-{model_key(task, base, which, cfg)}"
     if dtype != "float32":
         key += f"-{dtype}"
@@ -67,7 +70,8 @@ def ensure_model(task: Task, base: str, which: Which, cfg: PrepareConfig, dtype:
         tok.save_pretrained(out)
         atomic_write_json(out / "unlearn_bench_prepare.json", {
             "task": task.name, "which": which, "base": base, "prepare": to_dict(cfg),
-            "examples": len(examples), "seconds": result.seconds, "master_weights": result.master_weights,
+            "examples": len(examples), "seconds": result.seconds, "bf16_autocast": result.bf16_autocast,
+            "master_weights": result.master_weights,
             "final_loss": result.steps[-1]["loss"] if result.steps else None})
 
     path, hit = cached_dir("prepared", key, build)

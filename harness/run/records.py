@@ -180,33 +180,42 @@ class ReferenceChangedError(UnlearnBenchError):
 REFERENCE_RTOL = 1e-4  # fp32 on another CPU's kernels moves a reference's probe far less (docs/metrics.md)
 
 
-def _numbers(record: Record) -> dict[str, float]:
-    """What identifies a reference model's scoring: its matched-forgetting probe, else its metrics."""
+def _numbers(record: Record) -> dict[str, float | None]:
+    """What identifies a reference model's scoring: its matched-forgetting probe, else its metrics (None for a
+    value that is not a finite number)."""
     values = record.probe or {k: m.get("value") for k, m in record.metrics.items()}
-    return {k: float(v) for k, v in values.items() if isinstance(v, int | float) and math.isfinite(v)}
+    return {k: float(v) if isinstance(v, int | float) and math.isfinite(v) else None for k, v in values.items()}
 
 
-def check_reference(results_dir: Path, record_id: str, new: Record) -> None:
-    """Refuse to replace a reference record (target or retain) whose numbers this machine does not reproduce:
-    the folder's runs started from that model or were measured against it, and a different one here (fine-tuned
-    in bf16 where this CPU has it, say) would put two protocols in one board."""
-    old = find(results_dir, record_id)
-    if old is None:
-        return
-    before, after = _numbers(old), _numbers(new)
-    changed = {k: (before[k], after[k]) for k in sorted(before.keys() & after.keys())
-               if not math.isclose(before[k], after[k], rel_tol=REFERENCE_RTOL, abs_tol=1e-9)}
-    if changed:
-        k, (a, b) = next(iter(changed.items()))
-        made = old.provenance.get("hardware", {})
-        where = (f"{old.provenance.get('platform')}, CPU kernels {made.get('cpu_kernels', 'unrecorded')}, bf16 "
-                 f"instructions {made.get('cpu_bf16', 'unrecorded')}")
-        raise ReferenceChangedError(
-            f"{Path(results_dir) / 'runs' / record_id}.json: the {old.role} model prepared here is not the one this "
-            f"folder's runs used: {k} {a:.6g} in the record, {b:.6g} here ({len(changed)} of {len(before)} numbers "
-            f"differ; recorded on {where}). A model fine-tuned on another kind of machine is another model: resume "
-            "where the records were made, bring that machine's prepared models ($UNLEARN_BENCH_CACHE/prepared), or "
-            "start a new results folder")
+def _differ(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return (a is None) != (b is None)
+    return not math.isclose(a, b, rel_tol=REFERENCE_RTOL, abs_tol=1e-9)
+
+
+def check_reference(results_dir: Path, new: Record) -> bool:
+    """Whether `new` (a target or retain model's record) is to be written: False when the folder already holds
+    a record of that role and spec which it reproduces (left as it is, with the provenance of the machine that
+    made it); ReferenceChangedError when one it does not reproduce: the folder's runs started from that model or
+    were measured against it, and a different one here (fine-tuned in bf16 where this CPU has it, say) would
+    put two protocols in one board. Found by role and spec, not by file name, which holds the model's path."""
+    spec = json.loads(json.dumps(new.spec))
+    same = [r for r in read_all(results_dir) if r.kind == "reference" and r.role == new.role and r.spec == spec]
+    for old in same:
+        before, after = _numbers(old), _numbers(new)
+        changed = [k for k in sorted(before.keys() & after.keys()) if _differ(before[k], after[k])]
+        if changed or (before and not before.keys() & after.keys()):
+            k = (changed or sorted(before))[0]
+            made = old.provenance.get("hardware", {})
+            where = (f"{old.provenance.get('platform')}, CPU kernels {made.get('cpu_kernels', 'unrecorded')}, bf16 "
+                     f"instructions {made.get('cpu_bf16', 'unrecorded')}")
+            raise ReferenceChangedError(
+                f"{Path(results_dir) / 'runs' / old.id}.json: the {old.role} model prepared here is not the one this "
+                f"folder's runs used: {k} {before[k]} in the record, {after.get(k)} here ({len(changed)} of "
+                f"{len(before)} numbers differ; recorded on {where}). A model fine-tuned on another kind of machine "
+                "is another model: resume where the records were made, bring that machine's prepared models "
+                "($UNLEARN_BENCH_CACHE/prepared), or start a new results folder")
+    return not same
 
 
 def write(results_dir: Path, record_id: str, record: Record) -> Path:

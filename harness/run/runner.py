@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from harness import distributed
+from harness import cache, distributed
 from harness.api import AttributionData, EvalContext, Evaluation, Metric, Objective, Task
 from harness.cache import cached_dir, stable_hash
 from harness.config import from_dict, to_dict
@@ -394,7 +394,9 @@ def keep(record: records.Record, spec: RunSpec, plan: UpdatePlan, model, tok, re
 
 
 def write_reference_records(spec: RunSpec, results_dir: Path) -> None:
-    """Records of the target and retain models themselves (rows 'target' and 'retain' of a leaderboard)."""
+    """Records of the target and retain models themselves (rows 'target' and 'retain' of a leaderboard); a
+    folder's existing ones are kept when this machine's models reproduce them, and refused when not
+    (records.check_reference), before any run starts."""
     registry = get_registry()
     task = registry.build("task", spec.task, spec.task_config, "reference: task_config")
     target, retain_model, retain_eval = references(task, spec)
@@ -403,27 +405,41 @@ def write_reference_records(spec: RunSpec, results_dir: Path) -> None:
     if retain_model is not None:
         rows.append(("retain", retain_model, retain_eval))
     probes = reference_probes(task, spec, target, retain_model) if spec.match.enabled else {}  # every process
-    for role, path, ev in rows if distributed.is_main() else ():
-        ref_spec = {"task": spec.task, "model": spec.model, "task_config": to_dict(task.config),
-                    "prepare": to_dict(spec.prepare)}
-        record = records.Record(kind="reference", role=role, spec=ref_spec, model=path, status="finished",
-                                metrics=dict(ev["metrics"]), provenance=records.provenance(),
-                                headline=dict(zip(("forget", "utility"), task.headline, strict=True)))
-        if spec.utility:  # the runs' extra lm-eval scores, on the reference model too
-            ref_spec.update(utility=spec.utility, utility_limit=spec.utility_limit)
-            record.lm_eval = prepare.reference_utility(path, spec.utility, spec.utility_limit, task.eval_batch_size,
-                                                       spec.dtype, spec.device)
-            record.metrics.update({k: vars(m) for k, m in lm_eval_bridge.metrics(record.lm_eval).items()})
-        if spec.match.enabled:  # the probe values, and for the retain model its own matched-forgetting numbers
-            probe = probes[role]
-            ref_spec["match"] = to_dict(spec.match)
-            record.probe = probe
-            if role == "retain":
-                record.metrics.update({"match_utility": vars(Metric(probe["utility"], "higher", "match")),
-                                       "tradeoff_score": vars(Metric(1.0, "higher", "match"))})
-        rid = f"{spec.task}-{role}-{stable_hash(dict(ref_spec, path=path), 12)}"
-        records.check_reference(results_dir, rid, record)
+    problem, fresh = None, []
+    if distributed.is_main():
+        try:
+            built = [reference_record(spec, task, role, path, ev, probes.get(role)) for role, path, ev in rows]
+            fresh = [(rid, record) for rid, record in built if records.check_reference(results_dir, record)]
+        except records.ReferenceChangedError as exc:
+            problem = str(exc)
+    problem = distributed.broadcast(problem)  # every process stops, not only the one that read the records
+    if problem is not None:
+        raise records.ReferenceChangedError(problem)
+    for rid, record in fresh:
         records.write(results_dir, rid, record)
+
+
+def reference_record(spec: RunSpec, task: Task, role: str, path: str, ev: dict,
+                     probe: dict | None) -> tuple[str, records.Record]:
+    """The record of one reference model and its id (keyed by the model's path inside the cache, so a cache
+    elsewhere names it alike)."""
+    ref_spec = {"task": spec.task, "model": spec.model, "task_config": to_dict(task.config),
+                "prepare": to_dict(spec.prepare)}
+    record = records.Record(kind="reference", role=role, spec=ref_spec, model=path, status="finished",
+                            metrics=dict(ev["metrics"]), provenance=records.provenance(),
+                            headline=dict(zip(("forget", "utility"), task.headline, strict=True)))
+    if spec.utility:  # the runs' extra lm-eval scores, on the reference model too
+        ref_spec.update(utility=spec.utility, utility_limit=spec.utility_limit)
+        record.lm_eval = prepare.reference_utility(path, spec.utility, spec.utility_limit, task.eval_batch_size,
+                                                   spec.dtype, spec.device)
+        record.metrics.update({k: vars(m) for k, m in lm_eval_bridge.metrics(record.lm_eval).items()})
+    if probe is not None:  # the probe values, and for the retain model its own matched-forgetting numbers
+        ref_spec["match"] = to_dict(spec.match)
+        record.probe = probe
+        if role == "retain":
+            record.metrics.update({"match_utility": vars(Metric(probe["utility"], "higher", "match")),
+                                   "tradeoff_score": vars(Metric(1.0, "higher", "match"))})
+    return f"{spec.task}-{role}-{stable_hash(dict(ref_spec, path=cache.portable(path)), 12)}", record
 
 
 def target_model(task: Task, spec: RunSpec) -> str:

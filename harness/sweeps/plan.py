@@ -9,15 +9,16 @@ The estimate counts token passes and turns them into FLOPs as docs/scale.md does
   forward of the reference model where the objective has one. Steps: the budget, min(max_steps, epochs ·
   ⌈forget / batch⌉ / accumulation); under matched forgetting, the median step at which the method's finished
   tuning runs in the results folder reached the level, where there are some;
-- matched-forgetting probes: a forward over the probe sets every `check_every` steps (and at the last step
-  when the budget ends between checks), once more after bisection, and 8 forget probes of bisection;
+- matched-forgetting probes: a forward over the forget set and the compared one (utility in a test run,
+  validation in a tuning run), with their wrong alternatives, every `check_every` steps (and at the last step
+  when the budget ends between checks); with bisection, 8 forget probes and the pair once more at the match;
 - the full evaluation: the sequences the task's evaluation scores and the tokens it generates
   (`Task.evaluation_size`; a task that does not say is not estimated there).
 
 Time on this machine: FLOPs / (its measured fp32 matmul rate × 0.58, the share the harness's forward and
-backward passes reached on the reference CPU, docs/performance.md); on a GPU: FLOPs / (its dense bf16 peak ×
-0.35, an assumed efficiency, stated as such). Tokens per example come from the model's tokenizer where it is
-on this machine, else from characters / 4.
+backward passes reached on the reference CPU, docs/performance.md); on a GPU: FLOPs / (its dense bf16 peak,
+or its fp32 peak for a run that computes in fp32, × 0.35, an assumed efficiency, stated as such). Tokens per
+example come from the model's tokenizer where it is on this machine, else from characters / 4.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from harness.run.method import MethodKey
 CPU_EFFICIENCY = 0.58  # docs/performance.md: SmolLM2-135M's training step against the 2048² fp32 matmul
 GPU_EFFICIENCY = 0.35  # assumed
 GPU_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "L4": 121e12}
+GPU_PEAK_FP32 = {"H200": 67e12, "H100": 67e12, "A100": 19.5e12, "L40S": 91.6e12, "A10": 31.2e12, "L4": 30.3e12}
 BISECTION_PROBES = 8
 
 
@@ -57,6 +59,7 @@ class Row:
     seed: int
     state: str
     flops: float | None
+    bf16: bool = False  # computes in 16 bits (a 16-bit dtype, or bf16 autocast): the GPU's bf16 peak applies
 
 
 def tokens_per_example(model: str, examples: list) -> float:
@@ -98,10 +101,15 @@ def run_passes(spec, task, registry, tokens: float, steps: int) -> dict[str, Pas
     out["unlearning"] = Passes(steps * (per_step + reference), steps * per_step)
     if spec.match.enabled:
         sets = task.probe_sets()
-        probe = sum(len(v) for v in (sets.forget, sets.validation, *sets.utility.values()))
-        alternatives = sum(len(a) for v in sets.alternatives.values() for a in v)
-        checks = math.ceil(steps / spec.match.check_every) + 1  # a budget ending between checks: one more there
-        out["probes"] = Passes(tokens * (checks * (probe + alternatives) + BISECTION_PROBES * len(sets.forget)))
+        compared = sets.utility if spec.evaluate else {"validation": sets.validation}  # test runs: utility
+        parts = {"forget": sets.forget, **compared}
+
+        def size(names) -> int:  # the examples of these sets and their wrong alternatives
+            return sum(len(parts[k]) + sum(len(a) for a in sets.alternatives.get(k, ())) for k in names)
+
+        checks = math.ceil(steps / spec.match.check_every)  # a budget ending between checks: one more there
+        bisection = BISECTION_PROBES * size(["forget"]) + size(parts) if spec.match.bisect else 0
+        out["probes"] = Passes(tokens * (checks * size(parts) + bisection))
     if spec.evaluate and spec.full_evaluation:
         sequences, generated = task.evaluation_size()
         out["evaluation"] = Passes(sequences * tokens + generated)
@@ -148,7 +156,8 @@ def rows(cfg, results_dir: Path) -> list[Row]:
             passes = run_passes(spec, task, registry, tokens, steps)
             flops = None if n is None else sum(p.flops(n) for p in passes.values())
             state = {"finished": "done", "failed": "failed"}.get(sweep.status(results_dir, spec.run_id()), "pending")
-            out.append(Row(kind, spec.run_id(), key.label, spec.seed, state, flops))
+            bf16 = spec.dtype != "float32" or spec.train.bf16_autocast is not False
+            out.append(Row(kind, spec.run_id(), key.label, spec.seed, state, flops, bf16))
     return out
 
 
@@ -203,11 +212,13 @@ def machine_rate() -> float:
     return matmul_flops(trials=7) * CPU_EFFICIENCY
 
 
-def gpu_rate(name: str) -> float:
+def gpu_rate(name: str, bf16: bool = True) -> float:
+    """The GPU's dense bf16 (or, for fp32 runs, its fp32: no TF32, torch's default for matmuls) peak ×
+    GPU_EFFICIENCY."""
     key = next((k for k in GPU_PEAK if k in name.upper()), None)
     if key is None:
         raise ValueError(f"no peak known for the GPU {name!r}: choose one of {', '.join(GPU_PEAK)}")
-    return GPU_PEAK[key] * GPU_EFFICIENCY
+    return (GPU_PEAK if bf16 else GPU_PEAK_FP32)[key] * GPU_EFFICIENCY
 
 
 def duration(seconds: float | None) -> str:
@@ -222,19 +233,22 @@ def duration(seconds: float | None) -> str:
 
 def text(found: list[Row], here: float, gpu: str = "H100") -> str:
     """The plan as a table, then the totals of what is pending."""
-    on_gpu = gpu_rate(gpu)
+    def on_gpu(r: Row) -> float:
+        return r.flops / gpu_rate(gpu, r.bf16)
+
     lines = [f"{'#':>3}  {'kind':4}  {'state':7}  {'est. here':>9}  {'on ' + gpu:>9}  run"]
     for i, r in enumerate(found, start=1):
-        est = (None, None) if r.flops is None else (r.flops / here, r.flops / on_gpu)
+        est = (None, None) if r.flops is None else (r.flops / here, on_gpu(r))
         lines.append(f"{i:>3}  {r.kind:4}  {r.state:7}  {duration(est[0]):>9}  {duration(est[1]):>9}  "
                      f"{r.label}, seed {r.seed} ({r.run_id})")
     pending = [r for r in found if r.state == "pending"]
-    known = [r.flops for r in pending if r.flops is not None]
+    known = [r for r in pending if r.flops is not None]
     states = {s: sum(r.state == s for r in found) for s in ("done", "failed", "pending")}
     lines.append(f"{len(found)} runs: {states['done']} done, {states['failed']} failed, {states['pending']} pending; "
-                 f"pending ≈ {duration(sum(known) / here)} here, ≈ {duration(sum(known) / on_gpu)} on one {gpu} "
+                 f"pending ≈ {duration(sum(r.flops for r in known) / here)} here, "
+                 f"≈ {duration(sum(on_gpu(r) for r in known))} on one {gpu} "
                  f"(FLOPs at {here / 1e9:.0f} GFLOP/s here, measured now: work already running here lowers it; "
-                 f"{gpu}: dense bf16 peak × {GPU_EFFICIENCY:g}, assumed)"
+                 f"{gpu}: its dense bf16 peak, or fp32 for fp32 runs, × {GPU_EFFICIENCY:g}, assumed)"
                  + ("" if len(known) == len(pending) else f"; {len(pending) - len(known)} runs not estimated "
                                                           "(their model's config is not on this machine)"))
     return "\n".join(lines)

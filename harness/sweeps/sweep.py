@@ -478,10 +478,14 @@ def run_one(spec: RunSpec, results_dir: Path, done: tuple[str, ...]) -> str:
 
 
 def write_references(spec: RunSpec, results_dir: Path) -> str:
-    """The target and retain models' records (built first if needed), one writer at a time."""
+    """The target and retain models' records (built first if needed), one writer at a time; a folder whose
+    reference models this machine does not reproduce comes back as the refusal's text (from any executor)."""
     main = distributed.is_main()  # under a launch the main process holds the lock; all take part
-    with run_lock(results_dir, "references", wait=True) if main else contextlib.nullcontext():
-        runner.write_reference_records(spec, results_dir)
+    try:
+        with run_lock(results_dir, "references", wait=True) if main else contextlib.nullcontext():
+            runner.write_reference_records(spec, results_dir)
+    except records.ReferenceChangedError as exc:
+        return f"refused: {exc}"
     return "finished"
 
 
