@@ -206,6 +206,8 @@ def test_checkpoints_fall_on_check_steps_when_the_run_bisects():
     with pytest.raises(ConfigError, match=refused):
         from_dict(RunSpec, {"match": {"enabled": True, "check_every": 2}, "train": {"checkpoint_every": 3}},
                   "s")
+    with pytest.raises(ConfigError, match=r"checkpoint_every must be >= 1 or null \(no checkpoints\), got -2"):
+        from_dict(RunSpec, {"train": {"checkpoint_every": -2}}, "s")
     for ok in ({"match": {"enabled": True, "check_every": 2}, "train": {"checkpoint_every": 4}},
                {"match": {"enabled": True, "check_every": 2, "bisect": False}, "train": {"checkpoint_every": 3}}):
         from_dict(RunSpec, ok, "s")  # validates

@@ -53,6 +53,8 @@ class TrainConfig:
             raise ValueError("batch_size, grad_accum and epochs must be >= 1")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1 or null (epochs decide), got {self.max_steps}")
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1 or null (no checkpoints), got {self.checkpoint_every}")
         if self.max_grad_norm is not None and not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
             raise ValueError(f"max_grad_norm must be a finite number > 0 or null (no clipping), got "
                              f"{self.max_grad_norm}: a negative norm flips every gradient, 0 freezes the model")
