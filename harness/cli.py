@@ -104,11 +104,14 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from harness.run import runner
+    from harness.run import export, runner
 
     spec = _spec_from_args(args)
+    save_to = Path(args.save_model) if args.save_model else None
+    if save_to is not None:  # a folder the harness would not replace is refused before anything is written
+        export.check_destination(save_to)
     runner.write_reference_records(spec, Path(args.results))  # the target and retain rows, as a sweep writes first
-    record = runner.execute(spec, Path(args.results), Path(args.save_model) if args.save_model else None)
+    record = runner.execute(spec, Path(args.results), save_to)
     if distributed.is_main():
         print(json.dumps({k: m["value"] for k, m in record.metrics.items()}, indent=2))
     return 0
