@@ -193,14 +193,20 @@ def _differ(a: float | None, b: float | None) -> bool:
     return not math.isclose(a, b, rel_tol=REFERENCE_RTOL, abs_tol=1e-9)
 
 
-def check_reference(results_dir: Path, new: Record) -> bool:
+def references(results_dir: Path) -> list[Record]:
+    """The reference (target and retain) records of a results folder."""
+    return [r for r in read_all(results_dir) if r.kind == "reference"]
+
+
+def check_reference(results_dir: Path, new: Record, found: list[Record]) -> bool:
     """Whether `new` (a target or retain model's record) is to be written: False when the folder already holds
     a record of that role and spec which it reproduces (left as it is, with the provenance of the machine that
     made it); ReferenceChangedError when one it does not reproduce: the folder's runs started from that model or
     were measured against it, and a different one here (fine-tuned in bf16 where this CPU has it, say) would
-    put two protocols in one board. Found by role and spec, not by file name, which holds the model's path."""
+    put two protocols in one board. Found among the folder's reference records (`found`, read once by the
+    caller) by role and spec, not by file name, which holds the model's path."""
     spec = json.loads(json.dumps(new.spec))
-    same = [r for r in read_all(results_dir) if r.kind == "reference" and r.role == new.role and r.spec == spec]
+    same = [r for r in found if r.role == new.role and r.spec == spec]
     for old in same:
         before, after = _numbers(old), _numbers(new)
         changed = [k for k in sorted(before.keys() & after.keys()) if _differ(before[k], after[k])]

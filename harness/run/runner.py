@@ -409,7 +409,8 @@ def write_reference_records(spec: RunSpec, results_dir: Path) -> None:
     if distributed.is_main():
         try:
             built = [reference_record(spec, task, role, path, ev, probes.get(role)) for role, path, ev in rows]
-            fresh = [(rid, record) for rid, record in built if records.check_reference(results_dir, record)]
+            found = records.references(results_dir)  # read once for both roles
+            fresh = [(rid, record) for rid, record in built if records.check_reference(results_dir, record, found)]
         except records.ReferenceChangedError as exc:
             problem = str(exc)
     problem = distributed.broadcast(problem)  # every process stops, not only the one that read the records
