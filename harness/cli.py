@@ -467,6 +467,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("absl").setLevel(logging.WARNING)  # rouge-score's "Using default tokenizer." on every load
+    # peft imports bitsandbytes, whose CPU backend asks the Hub for an optional kernel and warns twice when
+    # offline, then runs its own code (tests/test_probes.py checks the probe's 4-bit grids against it)
+    for name in ("kernels", "bitsandbytes.backends"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     try:
         return args.func(args)
     except UnlearnBenchError as exc:
