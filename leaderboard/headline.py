@@ -80,10 +80,14 @@ def matched(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def warning_text(rows: list[dict[str, Any]]) -> str:
-    """What ⚠ in the headline's "reached" column means on this board."""
-    past = any(past_level(r) > 0 for r in matched(rows))
-    return ("⚠: some seeds never reached the level" + ("; past: seeds evaluated past it (not bisected back to "
-            "it, docs/metrics.md)" if past else "") + ".")
+    """What ⚠ in the headline's "reached" column means on this board; nothing where no row has one."""
+    rows = matched(rows)
+    short = any(reached(r)[0] < 1 for r in rows)
+    past = any(past_level(r) > 0 for r in rows)
+    if not (short or past):
+        return ""
+    return "⚠: " + "; ".join((["some seeds never reached the level"] if short else []) + (
+        ["past: seeds evaluated past it (not bisected back to it, docs/metrics.md)"] if past else [])) + "."
 
 
 def level_text(rows: list[dict[str, Any]], refs: list[dict[str, Any]]) -> str:

@@ -199,8 +199,8 @@ def task_section(task: str, rows: list[dict[str, Any]], references: list[dict[st
         lines = "".join(f"<li>{html.escape(line[2:])}</li>" for line in findings(paired))
         parts += ["<h3>Matched forgetting</h3>",
                   f"<p>Each run unlearns until its forget probe reaches {html.escape(level_text(rows, references))}"
-                  f"; methods are compared there. {html.escape(warning_text(rows))} "
-                  f"{html.escape(protocol_text(cfg))}</p>",
+                  "; methods are compared there. "
+                  + html.escape(" ".join(filter(None, [warning_text(rows), protocol_text(cfg)]))) + "</p>",
                   _headline(rows, references, paired, cfg), f'<h4>Verdicts</h4><ul class="verdicts">{lines}</ul>',
                   _img(plots.get("trajectory"), "trajectory", f"{task}: unlearning trajectories"),
                   _img(plots.get("ratios"), "ratios", f"{task}: trade-off score by ratio"),

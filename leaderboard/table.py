@@ -180,8 +180,8 @@ def markdown(tasks: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]], 
         if matched(rows):
             out += ["### Matched forgetting", "",
                     f"Each run unlearns until its forget probe reaches {level_text(rows, refs)}; utility at the "
-                    f"match and the trade-off score are defined in docs/metrics.md. {warning_text(rows)} "
-                    f"{protocol_text(cfg)}",
+                    f"match and the trade-off score are defined in docs/metrics.md. "
+                    + " ".join(filter(None, [warning_text(rows), protocol_text(cfg)])),
                     "", *_md_table(*headline_rows(rows, refs, task_paired, cfg)), "", "### Verdicts", "",
                     *findings(task_paired), "", "### Paired differences", ""]
             out += [*_md_table(PAIRED_HEAD, [paired_cells(d) for d in task_paired]), "", "### All metrics", ""]

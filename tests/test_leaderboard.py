@@ -207,9 +207,19 @@ def test_paired_differences_and_headline_by_hand(matched_results, tmp_path):
     md = (tmp_path / "board" / "leaderboard.md").read_text()
     assert md.index("### Matched forgetting") < md.index("### Verdicts") < md.index("### All metrics")
     assert "| random (0.5) + graddiff | 0.0001 of {3.33e-05, 0.0001, 0.0003, 0.0009} | 6/7 ⚠ |" in md
+    assert "docs/metrics.md. ⚠: some seeds never reached the level. Declared before the runs" in md
     assert ("- wagle (0.5) + graddiff vs dense, tradeoff_score: +0.0543 [+0.0453, +0.0633] resolved, higher "
             "(adjusted p 0.031) over 7 seed pairs") in md
     assert "- wagle (0.5) + graddiff vs random, tradeoff_score: " in md and "equivalent within ±0.02" in md
+
+
+def test_a_board_where_every_seed_reached_the_level_has_no_warning(matched_results, tmp_path):
+    (matched_results / "runs" / "random-2.json").unlink()  # the one seed that never reached it
+    table.write_all(matched_results, tmp_path / "board")
+    md = (tmp_path / "board" / "leaderboard.md").read_text()
+    assert "| random (0.5) + graddiff | 0.0001 of {3.33e-05, 0.0001, 0.0003, 0.0009} | 6/6 |" in md
+    assert "⚠" not in md and "⚠" not in (tmp_path / "board" / "index.html").read_text()
+    assert "docs/metrics.md. Declared before the runs" in md
 
 
 def test_the_headline_counts_seeds_evaluated_past_the_level(matched_results, tmp_path):
