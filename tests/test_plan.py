@@ -58,14 +58,15 @@ def test_probe_passes_by_hand(evaluate):
 
 
 def test_the_demo_estimate_is_within_a_factor_of_two_of_its_measured_time():
-    """The committed demo's runs took 4.1 hours of run time on the reference CPU (their records' total_s);
-    the plan's estimate at that machine's rate lies within a factor of two."""
+    """The committed demo's runs took 2.65 hours of run time on the reference CPU (their records' total_s; the
+    plan estimated 2.67); the plan's estimate at that machine's rate lies within a factor of two."""
     cfg = sweep.load(ROOT / "experiments" / "demo-tofu-mini.yaml")
     found = plan.rows(cfg, ROOT / "leaderboards" / "tofu-mini" / "records")
     estimated = sum(r.flops for r in found) / REFERENCE_CPU
     measured = sum(r.timings["total_s"] for r in records.read_all(ROOT / "leaderboards" / "tofu-mini" / "records")
                    if r.kind in ("run", "tune"))
-    assert [r.kind for r in found[:9]] == ["tune"] * 9 and len(found) == 9 + 21  # tuning first, then 7 × 3
+    # tuning first (three rates of each method, one step further at dense's and random's edges), then 7 × 3
+    assert [r.kind for r in found[:11]] == ["tune"] * 11 and len(found) == 11 + 21
     assert 0.5 < estimated / measured < 2.0, (estimated, measured)
 
 
