@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from harness import __version__, distributed, offline
+from harness import __version__, offline  # not harness.distributed here: it imports torch, and with it tqdm
 from harness.config import describe, from_dict, yaml_mapping
 from harness.errors import UnlearnBenchError
 
@@ -104,6 +104,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from harness import distributed
     from harness.run import export, runner
 
     spec = _spec_from_args(args)
@@ -173,6 +174,7 @@ def cmd_mask_report(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from harness import distributed
     from harness.sweeps import sweep
 
     cfg = sweep.load(Path(args.file))
@@ -461,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
     if not sys.stderr.isatty():  # piped: no progress bars (tqdm reads this when first imported); log lines say it
         os.environ.setdefault("TQDM_DISABLE", "1")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from harness import distributed  # after the line above: it imports torch, which imports tqdm
+
     args = build_parser().parse_args(argv)
     offline.configure(args.online)  # before any command imports huggingface_hub, which reads them once
     quiet = args.quiet or not distributed.is_main()  # under a launch, progress is logged once

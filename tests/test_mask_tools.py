@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,17 @@ def test_mask_cli_and_report_with_plot(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "density per module type" in printed and "pairwise Jaccard overlap" in printed
     assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_piped_command_disables_progress_bars_before_torch_loads_tqdm():
+    # tqdm reads TQDM_DISABLE once, when first imported, and torch imports it: the CLI must set it before torch
+    # loads (the embedded model's GGUF conversion printed its bar into piped logs)
+    script = ("from harness import cli; cli.main(['-q', 'list']); from tqdm.auto import tqdm; "
+              "print('disabled', tqdm(range(2)).disable)")
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300,
+                         check=True)
+    assert out.stdout.splitlines()[-1] == "disabled True", out.stdout[-500:]
 
 
 def _spec(tmp_path):
