@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,28 @@ def smol():
     from harness.run import models
 
     return models.load("smollm2-135m")
+
+
+@pytest.fixture
+def chromium():
+    """A headless Chromium through Selenium, for the leaderboard pages; `make test` installs Debian's chromium
+    and chromium-driver (missing: a failure under CI, a skip elsewhere)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    driver_path = shutil.which("chromedriver")
+    if driver_path is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromedriver is missing: `make test` installs Debian's chromium and chromium-driver")
+        pytest.skip("chromedriver not installed (make test installs it)")
+    options = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(arg)
+    if shutil.which("chromium"):
+        options.binary_location = shutil.which("chromium")
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    yield driver
+    driver.quit()
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -25,3 +25,16 @@ def test_committed_board_regenerates_byte_for_byte(board, tmp_path):
     assert sorted(p.name for p in written) == sorted(p.name for p in committed.iterdir() if p.is_file())
     for path in written:
         assert path.read_bytes() == (committed / path.name).read_bytes(), f"{board}/{path.name} differs"
+
+
+@pytest.mark.parametrize("board", BOARDS)
+def test_committed_board_headline_fits_a_laptop_screen(board, chromium):
+    """Each committed board's page opens on its headline table, readable at 1366 pixels without scrolling
+    sideways (the synthetic board's widest cells: tests/test_leaderboard.py)."""
+    from selenium.webdriver.common.by import By
+
+    chromium.set_window_size(1366, 768)
+    chromium.get((ROOT / "leaderboards" / board / "index.html").as_uri())
+    width = chromium.execute_script("return document.documentElement.clientWidth")
+    assert chromium.find_element(By.CSS_SELECTOR, "table.headline").size["width"] <= width
+    assert chromium.execute_script("return document.documentElement.scrollWidth") <= width

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -97,60 +96,39 @@ def test_write_all_is_a_pure_function_of_the_records(results, tmp_path):
     assert (out / "tradeoff-tofu-mini.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def _chromium():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    driver_path = shutil.which("chromedriver")
-    if driver_path is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromedriver is missing: `make test` installs Debian's chromium and chromium-driver")
-        pytest.skip("chromedriver not installed (make test installs it)")
-    options = webdriver.ChromeOptions()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        options.add_argument(arg)
-    chromium = shutil.which("chromium")
-    if chromium:
-        options.binary_location = chromium
-    return webdriver.Chrome(service=Service(driver_path), options=options)
-
-
-def test_html_page_renders_sorts_and_shows_the_plot_in_chromium(results, tmp_path):
+def test_html_page_renders_sorts_and_shows_the_plot_in_chromium(results, tmp_path, chromium):
     from selenium.webdriver.common.by import By
 
     out = tmp_path / "board"
     table.write_all(results, out)
-    driver = _chromium()
-    try:
-        driver.get((out / "index.html").as_uri())
-        assert driver.title == "unlearn-bench leaderboard"
-        assert driver.find_element(By.CSS_SELECTOR, "details[open] summary").text.startswith("Forgetting")
-        driver.execute_script("document.querySelectorAll('details').forEach(d => d.open = true)")
-        tables = driver.find_elements(By.CSS_SELECTOR, "section#task-tofu-mini table.sortable")
-        assert "model_utility ↑" in [h.text for h in tables[1].find_elements(By.TAG_NAME, "th")]
-        tbl = tables[0]  # forgetting
-        headers = tbl.find_elements(By.TAG_NAME, "th")
-        labels = [h.text for h in headers]
-        assert "forget_rouge ↓" in labels
-        assert headers[labels.index("forget_rouge ↓")].get_attribute("title") == "lower is better"
+    driver = chromium
+    driver.get((out / "index.html").as_uri())
+    assert driver.title == "unlearn-bench leaderboard"
+    assert driver.find_element(By.CSS_SELECTOR, "details[open] summary").text.startswith("Forgetting")
+    driver.execute_script("document.querySelectorAll('details').forEach(d => d.open = true)")
+    tables = driver.find_elements(By.CSS_SELECTOR, "section#task-tofu-mini table.sortable")
+    assert "model_utility ↑" in [h.text for h in tables[1].find_elements(By.TAG_NAME, "th")]
+    tbl = tables[0]  # forgetting
+    headers = tbl.find_elements(By.TAG_NAME, "th")
+    labels = [h.text for h in headers]
+    assert "forget_rouge ↓" in labels
+    assert headers[labels.index("forget_rouge ↓")].get_attribute("title") == "lower is better"
 
-        def column(i):
-            return [r.find_elements(By.TAG_NAME, "td")[i].text.split(" ")[0]
-                    for r in tbl.find_elements(By.CSS_SELECTOR, "tbody tr")]
+    def column(i):
+        return [r.find_elements(By.TAG_NAME, "td")[i].text.split(" ")[0]
+                for r in tbl.find_elements(By.CSS_SELECTOR, "tbody tr")]
 
-        assert column(0) == ["target", "retain", "dense", "random", "wagle"]
-        col = labels.index("forget_rouge ↓")
-        headers[col].click()
-        assert column(col) == ["0.33", "0.4", "0.6", "0.8", "0.98"]
-        headers[col].click()
-        assert column(col) == ["0.98", "0.8", "0.6", "0.4", "0.33"]
-        for img in driver.find_elements(By.CSS_SELECTOR, "img.tradeoff, img.density"):
-            assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img) > 100
-        shot = tmp_path / "page.png"
-        driver.save_screenshot(str(shot))
-        assert shot.stat().st_size > 10_000
-    finally:
-        driver.quit()
+    assert column(0) == ["target", "retain", "dense", "random", "wagle"]
+    col = labels.index("forget_rouge ↓")
+    headers[col].click()
+    assert column(col) == ["0.33", "0.4", "0.6", "0.8", "0.98"]
+    headers[col].click()
+    assert column(col) == ["0.98", "0.8", "0.6", "0.4", "0.33"]
+    for img in driver.find_elements(By.CSS_SELECTOR, "img.tradeoff, img.density"):
+        assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img) > 100
+    shot = tmp_path / "page.png"
+    driver.save_screenshot(str(shot))
+    assert shot.stat().st_size > 10_000
 
 
 def _matched(runs: Path, rid: str, attribution: str, seed: int, utility: float | None, score: float) -> None:
@@ -254,7 +232,7 @@ def test_an_undecided_verdict_says_what_the_seeds_could_have_detected(matched_re
     assert "undecided (p 0.5; detectable ≥ ∞" in line and "an exact test over a family of 2 needs ≥ 7 pairs" in line
 
 
-def test_headline_fits_a_laptop_screen_and_highlights_resolved_differences(matched_results, tmp_path):
+def test_headline_fits_a_laptop_screen_and_highlights_resolved_differences(matched_results, tmp_path, chromium):
     from selenium.webdriver.common.by import By
 
     for seed in range(7):  # the widest "reached" cell: a seed that never reached, one evaluated past the level
@@ -266,30 +244,27 @@ def test_headline_fits_a_laptop_screen_and_highlights_resolved_differences(match
     out = tmp_path / "board"
     table.write_all(matched_results, out)
     assert "| 6/7 ⚠, 1 past ⚠ |" in (out / "leaderboard.md").read_text()
-    driver = _chromium()
-    try:
-        driver.set_window_size(1366, 768)
-        driver.get((out / "index.html").as_uri())
-        headline = driver.find_element(By.CSS_SELECTOR, "table.headline")
-        first_table = driver.find_element(By.CSS_SELECTOR, "table")
-        assert headline == first_table  # the headline comes before every other table
-        width = driver.execute_script("return document.documentElement.clientWidth")
-        assert headline.size["width"] <= width
-        assert driver.execute_script("return document.documentElement.scrollWidth") <= width
-        labels = [h.text for h in headline.find_elements(By.TAG_NAME, "th")]
-        assert labels[:3] == ["method", "lr", "reached"] and labels[-2:] == ["tradeoff_score vs dense",
-                                                                             "tradeoff_score vs random"]
-        wagle = next(r for r in headline.find_elements(By.CSS_SELECTOR, "tbody tr") if r.text.startswith("wagle"))
-        cells = wagle.find_elements(By.TAG_NAME, "td")
-        assert "better" in cells[-2].get_attribute("class") and "resolved ↑" in cells[-2].text
-        assert "equivalent" in cells[-1].get_attribute("class") and "equivalent ±0.02" in cells[-1].text
-        verdicts = driver.find_element(By.CSS_SELECTOR, "ul.verdicts").text
-        assert "resolved, higher" in verdicts and "equivalent within ±0.02" in verdicts
-        assert not driver.find_element(By.CSS_SELECTOR, "details").get_attribute("open")  # other columns folded
-        for img in driver.find_elements(By.CSS_SELECTOR, "img.tradeoff"):
-            assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img) > 100
-    finally:
-        driver.quit()
+    driver = chromium
+    driver.set_window_size(1366, 768)
+    driver.get((out / "index.html").as_uri())
+    headline = driver.find_element(By.CSS_SELECTOR, "table.headline")
+    first_table = driver.find_element(By.CSS_SELECTOR, "table")
+    assert headline == first_table  # the headline comes before every other table
+    width = driver.execute_script("return document.documentElement.clientWidth")
+    assert headline.size["width"] <= width
+    assert driver.execute_script("return document.documentElement.scrollWidth") <= width
+    labels = [h.text for h in headline.find_elements(By.TAG_NAME, "th")]
+    assert labels[:3] == ["method", "lr", "reached"] and labels[-2:] == ["tradeoff_score vs dense",
+                                                                         "tradeoff_score vs random"]
+    wagle = next(r for r in headline.find_elements(By.CSS_SELECTOR, "tbody tr") if r.text.startswith("wagle"))
+    cells = wagle.find_elements(By.TAG_NAME, "td")
+    assert "better" in cells[-2].get_attribute("class") and "resolved ↑" in cells[-2].text
+    assert "equivalent" in cells[-1].get_attribute("class") and "equivalent ±0.02" in cells[-1].text
+    verdicts = driver.find_element(By.CSS_SELECTOR, "ul.verdicts").text
+    assert "resolved, higher" in verdicts and "equivalent within ±0.02" in verdicts
+    assert not driver.find_element(By.CSS_SELECTOR, "details").get_attribute("open")  # other columns folded
+    for img in driver.find_elements(By.CSS_SELECTOR, "img.tradeoff"):
+        assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img) > 100
 
 
 def test_ratio_plot_only_when_an_attribution_ran_several_ratios():
