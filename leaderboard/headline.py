@@ -84,10 +84,14 @@ def warning_text(rows: list[dict[str, Any]]) -> str:
     rows = matched(rows)
     short = any(reached(r)[0] < 1 for r in rows)
     past = any(past_level(r) > 0 for r in rows)
-    if not (short or past):
-        return ""
-    return "⚠: " + "; ".join((["some seeds never reached the level"] if short else []) + (
-        ["past: seeds evaluated past it (not bisected back to it, docs/metrics.md)"] if past else [])) + "."
+    parts = (["some seeds never reached the level"] if short else []) + (
+        ["past: seeds evaluated past it (not bisected back to it, docs/metrics.md)"] if past else [])
+    return "⚠: " + "; ".join(parts) + "." if parts else ""
+
+
+def legend_text(rows: list[dict[str, Any]], cfg: CompareConfig) -> str:
+    """What the headline's marks mean on this board, where it has any, then the declared protocol."""
+    return " ".join(filter(None, [warning_text(rows), protocol_text(cfg)]))
 
 
 def level_text(rows: list[dict[str, Any]], refs: list[dict[str, Any]]) -> str:

@@ -12,15 +12,14 @@ from leaderboard.headline import (
     PAIRED_HEAD,
     diff_label,
     findings,
+    legend_text,
     level_text,
     lr_label,
     matched,
     method_label,
     paired_cells,
     paired_lookup,
-    protocol_text,
     reached,
-    warning_text,
 )
 from leaderboard.verdicts import CompareConfig
 
@@ -200,7 +199,7 @@ def task_section(task: str, rows: list[dict[str, Any]], references: list[dict[st
         parts += ["<h3>Matched forgetting</h3>",
                   f"<p>Each run unlearns until its forget probe reaches {html.escape(level_text(rows, references))}"
                   "; methods are compared there. "
-                  + html.escape(" ".join(filter(None, [warning_text(rows), protocol_text(cfg)]))) + "</p>",
+                  + html.escape(legend_text(rows, cfg)) + "</p>",
                   _headline(rows, references, paired, cfg), f'<h4>Verdicts</h4><ul class="verdicts">{lines}</ul>',
                   _img(plots.get("trajectory"), "trajectory", f"{task}: unlearning trajectories"),
                   _img(plots.get("ratios"), "ratios", f"{task}: trade-off score by ratio"),

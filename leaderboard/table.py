@@ -17,15 +17,14 @@ from leaderboard.headline import (
     PAIRED_HEAD,
     diff_label,
     findings,
+    legend_text,
     level_text,
     lr_label,
     matched,
     method_label,
     paired_cells,
     paired_lookup,
-    protocol_text,
     reached,
-    warning_text,
 )
 from leaderboard.verdicts import CompareConfig
 
@@ -181,7 +180,7 @@ def markdown(tasks: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]], 
             out += ["### Matched forgetting", "",
                     f"Each run unlearns until its forget probe reaches {level_text(rows, refs)}; utility at the "
                     f"match and the trade-off score are defined in docs/metrics.md. "
-                    + " ".join(filter(None, [warning_text(rows), protocol_text(cfg)])),
+                    + legend_text(rows, cfg),
                     "", *_md_table(*headline_rows(rows, refs, task_paired, cfg)), "", "### Verdicts", "",
                     *findings(task_paired), "", "### Paired differences", ""]
             out += [*_md_table(PAIRED_HEAD, [paired_cells(d) for d in task_paired]), "", "### All metrics", ""]

@@ -62,8 +62,9 @@ def chromium():
     options = webdriver.ChromeOptions()
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
         options.add_argument(arg)
-    if shutil.which("chromium"):
-        options.binary_location = shutil.which("chromium")
+    chromium = shutil.which("chromium")
+    if chromium:
+        options.binary_location = chromium
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     yield driver
     driver.quit()
