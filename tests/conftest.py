@@ -62,9 +62,9 @@ def chromium():
     options = webdriver.ChromeOptions()
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
         options.add_argument(arg)
-    chromium = shutil.which("chromium")
-    if chromium:
-        options.binary_location = chromium
+    binary = shutil.which("chromium")
+    if binary:
+        options.binary_location = binary
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     yield driver
     driver.quit()
