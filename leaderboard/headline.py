@@ -106,7 +106,9 @@ def level_text(rows: list[dict[str, Any]], refs: list[dict[str, Any]]) -> str:
 
 def findings(paired: list[dict[str, Any]]) -> list[str]:
     """One line per declared comparison (the primary metric against each baseline): its difference, verdict and,
-    when undecided, what these seeds could have detected; a line saying so when nothing was declared."""
+    when undecided, what these seeds could have detected, then the two-level interval where the runs kept their
+    questions (the verdict holds for the questions probed; that interval says how far it carries to others); a
+    line saying so when nothing was declared."""
     lines = []
     for d in (d for d in paired if d.get("role") == "primary"):
         label = d["label"]
@@ -114,6 +116,10 @@ def findings(paired: list[dict[str, Any]]) -> list[str]:
             lines.append(f"- {label} vs {d['baseline']}, {d['metric']}: no seed pairs, no verdict.")
             continue
         sd = "" if d["sd"] is None else f", σ_d {d['sd']:.2g}"
+        if d.get("two_level_low") is not None:  # how far the verdict, decided over seeds, carries to other questions
+            share = d.get("question_share")
+            sd += (f"; over seeds and questions [{d['two_level_low']:+.3g}, {d['two_level_high']:+.3g}]"
+                   + ("" if share is None else f", the questions' share {share:.0%}"))
         floor = min_pairs(d["alpha"] / d["family"])
         short = (f"; an exact test over a family of {d['family']} needs ≥ {floor} pairs"
                  if d["n"] < floor and d["verdict"] == "undecided" else "")

@@ -35,6 +35,8 @@ body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; max-width
 table { border-collapse: collapse; font-size: 13px; margin: 0.5em 0 1em; }
 table.headline { font-size: 13px; }
 table.headline td { white-space: nowrap; }
+table.headline .ci { display: block; white-space: nowrap; }
+table.headline td.diff, table.headline td.text { white-space: normal; }
 td.better { background: #d9f2d9; font-weight: 600; } td.worse { background: #f7d9d9; font-weight: 600; }
 td.unresolved { color: #666; } td.equivalent { background: #e3ebf7; }
 td.diff { white-space: normal; min-width: 9em; } .verdict { font-size: 11px; }

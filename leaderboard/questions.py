@@ -23,8 +23,6 @@ from typing import Any
 
 import numpy as np
 
-from harness.measure import match
-
 METRICS = ("tradeoff_score", "match_utility")
 RESAMPLES = 2000
 MAX_UNDEFINED = 0.01  # the largest share of question draws left out of the two-level interval (two_level)
@@ -67,9 +65,46 @@ def _utility(rows: list[dict[str, list[float]]], probe: str, w: dict[str, np.nda
         return np.where((parts > 0).all(axis=0), len(parts) / (1.0 / parts).sum(axis=0), 0.0)
 
 
-def replay(record: dict[str, Any], metric: str, w: dict[str, np.ndarray]) -> np.ndarray:
-    """The run's `metric` (tradeoff_score or match_utility) under each draw of question weights; NaN where a
-    draw leaves nothing to unlearn (the target's forget probe at or below the level)."""
+def _segment_arrays(e: np.ndarray, u: np.ndarray):
+    """harness/measure/match.py's `_segments` of many trajectories at once (e, u of shape (trajectories,
+    points)). Per segment (points - 1 of them): whether it advances the running maximum of e within [0, 1], and
+    its (lo, u(lo), hi, u(hi)), with the same floating-point operations in the same order as `_segments`. A
+    segment after the running maximum reached 1 never advances, as `_segments` stops there. The arrays keep the
+    two-level bootstrap's thousands of replays per run fast (benchmarks/two_level.py)."""
+    e1, e2, u1, u2 = e[:, :-1], e[:, 1:], u[:, :-1], u[:, 1:]
+    reach = np.maximum.accumulate(np.concatenate([np.zeros((len(e), 1)), np.maximum(e[:, 1:-1], 0.0)], axis=1),
+                                  axis=1)  # the running maximum before each segment (the first point not in it)
+    lo, hi = np.maximum(e1, reach), np.minimum(e2, 1.0)
+    live = (e2 > reach) & (hi > lo)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        slope = (u2 - u1) / (e2 - e1)
+        return live, lo, u1 + slope * (lo - e1), hi, u1 + slope * (hi - e1)
+
+
+def tradeoff_scores(e: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """harness/measure/match.py's tradeoff_score of each row of e, u (shape (trajectories, points)), bit for
+    bit: the trapezoids are added one segment at a time, left to right, as Python's sum adds them."""
+    live, lo, ua, hi, ub = _segment_arrays(e, u)
+    total = np.zeros(len(e))
+    for i in range(live.shape[1]):
+        total = total + np.where(live[:, i], (hi[:, i] - lo[:, i]) * (ua[:, i] + ub[:, i]) / 2, 0.0)
+    return total
+
+
+def at_matches(e: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """harness/measure/match.py's at_match of each row of e, u (shape (trajectories, points)); NaN where e
+    never reaches 1."""
+    live, _, _, hi, ub = _segment_arrays(e, u)
+    ends = live & (hi >= 1.0)
+    first = ends.argmax(axis=1)
+    return np.where(ends.any(axis=1), ub[np.arange(len(e)), first], np.nan)
+
+
+def trajectories(record: dict[str, Any], w: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+    """The run's matched-forgetting points under each draw of question weights, as harness/measure/match.py
+    places them from the whole sets: efficacy e and relative utility u (shape (draws, points)), the reference
+    utility per draw, and whether the draw leaves something to unlearn (the target's forget probe above the
+    level)."""
     m = record["match"]
     q, probe = m["questions"], m["probe"]
     bisection = m.get("bisection")
@@ -82,24 +117,23 @@ def replay(record: dict[str, Any], metric: str, w: dict[str, np.ndarray]) -> np.
     level = (_means([q["retain"]], "forget", w["forget"])[:, 0] if fixed is None and "retain" in q
              else np.full(forget.shape[0], m["level"]))
     reference = _utility([q["retain"] if "retain" in q else q["target"]], probe, w)[:, 0]
-    matched = _utility([q["matched"]], probe, w)[:, 0] if bisection is not None else None
-    matched_forget = _means([q["matched"]], "forget", w["forget"])[:, 0] if bisection is not None else None
-    out = np.full(forget.shape[0], np.nan)
-    for b in range(forget.shape[0]):
-        start = forget[b, 0]
-        if start <= level[b] or reference[b] <= 0:
-            continue
-        points = [((start - f) / (start - level[b]), u / reference[b]) for f, u in zip(forget[b], utility[b],
-                                                                                       strict=True)]
-        if matched is not None:  # the match, as harness/measure/match.py::summarize places it
-            e = 1.0 if bisection.get("within", True) else (start - matched_forget[b]) / (start - level[b])
-            points.append((e, matched[b] / reference[b]))
-        if metric == "tradeoff_score":
-            out[b] = match.tradeoff_score(points)
-        else:
-            rel = match.at_match(points)
-            out[b] = np.nan if rel is None else rel * reference[b]
-    return out
+    start = forget[:, :1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        e, u = (start - forget) / (start - level[:, None]), utility / reference[:, None]
+        if bisection is not None:  # the match, as harness/measure/match.py::summarize places it
+            matched = _utility([q["matched"]], probe, w)[:, 0]
+            e_match = (np.ones_like(level) if bisection.get("within", True)
+                       else (start[:, 0] - _means([q["matched"]], "forget", w["forget"])[:, 0]) / (start[:, 0] - level))
+            e, u = np.column_stack([e, e_match]), np.column_stack([u, matched / reference])
+    return e, u, reference, (start[:, 0] > level) & (reference > 0)
+
+
+def replay(record: dict[str, Any], metric: str, w: dict[str, np.ndarray]) -> np.ndarray:
+    """The run's `metric` (tradeoff_score or match_utility) under each draw of question weights; NaN where a
+    draw leaves nothing to unlearn (the target's forget probe at or below the level)."""
+    e, u, reference, defined = trajectories(record, w)
+    out = tradeoff_scores(e, u) if metric == "tradeoff_score" else at_matches(e, u) * reference
+    return np.where(defined, out, np.nan)
 
 
 def same_questions(q: dict[str, Any], other: dict[str, Any]) -> bool:

@@ -311,6 +311,19 @@ def test_one_seed_pair_has_no_interval_and_ranks_nothing():
     assert findings([]) == ["- No declared comparison: no method was paired by seed with a declared baseline."]
 
 
+def test_a_verdict_line_says_how_far_it_carries_to_other_questions():
+    from leaderboard.headline import findings
+    from leaderboard.verdicts import CompareConfig, decide
+
+    (d,) = decide([[0.03, 0.05, 0.02, 0.04, 0.06, 0.05, 0.03, 0.04]], CompareConfig(baselines=["dense"]))
+    d.update(label="wagle (0.5) + graddiff", baseline="dense", metric="tradeoff_score", role="primary",
+             two_level_low=-0.0123, two_level_high=0.0871, question_share=0.934)
+    assert findings([d])[0].endswith("σ_d 0.013; over seeds and questions [-0.0123, +0.0871], the questions' share "
+                                     "93%.")
+    d.update(two_level_low=None, two_level_high=None, question_share=None)  # runs that kept no questions
+    assert findings([d])[0].endswith("σ_d 0.013.")
+
+
 
 
 def test_a_baseline_without_a_mask_pairs_with_every_ratio():

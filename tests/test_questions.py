@@ -80,3 +80,20 @@ def test_two_level_leaves_out_draws_that_never_reach_the_level_only_when_they_ar
     monkeypatch.setattr(questions, "MAX_UNDEFINED", 0.5)
     out = questions.two_level(pairs, "match_utility", resamples=400)
     assert np.isfinite([out["two_level_low"], out["two_level_high"], out["var_questions"]]).all()
+
+
+@pytest.mark.parametrize("points", [4, 9])
+def test_array_versions_equal_the_scalar_ones_bit_for_bit(points):
+    # trajectories that fall back, pass 1, start below 0 and never reach 1, as the two-level bootstrap replays them
+    rng = np.random.default_rng(points)
+    e = np.cumsum(rng.normal(0.2, 0.35, size=(500, points)), axis=1) - 0.1
+    e[:, 0] = 0.0
+    e[::7, 0] = -0.05
+    u = rng.uniform(0.2, 1.2, size=(500, points))
+    scores, ends = questions.tradeoff_scores(e, u), questions.at_matches(e, u)
+    for row in range(len(e)):
+        pts = list(zip(e[row].tolist(), u[row].tolist(), strict=True))
+        assert scores[row] == match.tradeoff_score(pts)
+        end = match.at_match(pts)
+        assert np.isnan(ends[row]) if end is None else ends[row] == end
+    assert np.isnan(ends).any() and not np.isnan(ends).all()  # both kinds of trajectory were drawn
