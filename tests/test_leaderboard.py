@@ -324,8 +324,6 @@ def test_a_verdict_line_says_how_far_it_carries_to_other_questions():
     assert findings([d])[0].endswith("σ_d 0.013.")
 
 
-
-
 def test_a_baseline_without_a_mask_pairs_with_every_ratio():
     from leaderboard.paired import _baseline
 

@@ -82,7 +82,7 @@ def test_two_level_leaves_out_draws_that_never_reach_the_level_only_when_they_ar
     assert np.isfinite([out["two_level_low"], out["two_level_high"], out["var_questions"]]).all()
 
 
-@pytest.mark.parametrize("points", [4, 9])
+@pytest.mark.parametrize("points", [2, 4, 9])
 def test_array_versions_equal_the_scalar_ones_bit_for_bit(points):
     # trajectories that fall back, pass 1, start below 0 and never reach 1, as the two-level bootstrap replays them
     rng = np.random.default_rng(points)
